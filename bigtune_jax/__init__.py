@@ -1,0 +1,51 @@
+"""bigtune_jax: optimization and tuning for large models as composable JAX pieces.
+
+``import bigtune_jax as bt``; every optimizer is an ``optax.GradientTransformation``:
+``optax.chain(bt.l2(1e-4), bt.momentum(0.1, gamma=0.9))``.
+"""
+
+from bigtune_jax.control import EarlyStopping
+from bigtune_jax.control import EarlyStoppingState
+from bigtune_jax.control import ReduceOnPlateauState
+from bigtune_jax.control import reduce_on_plateau
+from bigtune_jax.schedules import constant
+from bigtune_jax.schedules import exponential_decay
+from bigtune_jax.schedules import step_decay
+from bigtune_jax.schedules import warmup_cosine_decay
+from bigtune_jax.transforms import HypergradientState
+from bigtune_jax.transforms import accumulate
+from bigtune_jax.transforms import adam
+from bigtune_jax.transforms import adaptive_sgd
+from bigtune_jax.transforms import ema_momentum
+from bigtune_jax.transforms import hypergradient_adam
+from bigtune_jax.transforms import hypergradient_descent
+from bigtune_jax.transforms import hypergradient_sgd
+from bigtune_jax.transforms import l1
+from bigtune_jax.transforms import l2
+from bigtune_jax.transforms import momentum
+from bigtune_jax.transforms import sgd
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "EarlyStopping",
+    "EarlyStoppingState",
+    "HypergradientState",
+    "ReduceOnPlateauState",
+    "accumulate",
+    "adam",
+    "adaptive_sgd",
+    "constant",
+    "ema_momentum",
+    "exponential_decay",
+    "hypergradient_adam",
+    "hypergradient_descent",
+    "hypergradient_sgd",
+    "l1",
+    "l2",
+    "momentum",
+    "reduce_on_plateau",
+    "sgd",
+    "step_decay",
+    "warmup_cosine_decay",
+)

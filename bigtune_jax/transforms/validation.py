@@ -1,0 +1,73 @@
+"""Hyperparameter checks shared by transforms, schedules and control.
+
+Every check runs at construction, before any work, and raises one ``ValueError``
+that names the argument, the accepted range and the value received. Traced
+values (inside ``jax.jit`` / ``jax.vmap`` / ``optax.inject_hyperparams`` updates)
+cannot be inspected and are accepted as they are, so that a population of
+hyperparameters can be trained in one program; schedules (callables) are
+accepted wherever a learning rate is.
+"""
+
+from collections.abc import Collection
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _concrete_scalar(name: str, value: Any) -> float | None:
+  """Returns ``value`` as a float, or None when it is traced and cannot be checked."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  try:
+    array = np.asarray(value)
+  except Exception as error:  # e.g. an object that is not a number at all
+    raise ValueError(f"{name} must be a real scalar, got {value!r}") from error
+  if array.ndim != 0 or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+    raise ValueError(f"{name} must be a real scalar, got {value!r}")
+  return float(array)
+
+
+def check_learning_rate(name: str, value: Any) -> None:
+  """A learning rate: a finite scalar >= 0, a traced array, or a schedule."""
+  if callable(value):
+    return
+  x = _concrete_scalar(name, value)
+  if x is not None and not (math.isfinite(x) and x >= 0):
+    raise ValueError(f"{name} must be a finite number >= 0 (or a schedule), got {value!r}")
+
+
+def check_interval(name: str, value: Any, low: float, high: float, *,
+                   low_closed: bool = True, high_closed: bool = False) -> None:
+  """A scalar inside an interval, e.g. ``[0, 1)`` for an EMA decay."""
+  x = _concrete_scalar(name, value)
+  if x is None:
+    return
+  above = x >= low if low_closed else x > low
+  below = x <= high if high_closed else x < high
+  if not (math.isfinite(x) and above and below):
+    interval = f"{'[' if low_closed else '('}{low}, {high}{']' if high_closed else ')'}"
+    raise ValueError(f"{name} must be in {interval}, got {value!r}")
+
+
+def check_non_negative(name: str, value: Any) -> None:
+  """A finite scalar >= 0 (regularization strengths, thresholds, ...)."""
+  x = _concrete_scalar(name, value)
+  if x is not None and not (math.isfinite(x) and x >= 0):
+    raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+  """A Python integer >= ``minimum`` (counts: patience, steps, k)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: Collection[str]) -> None:
+  """One of a fixed set of strings."""
+  if value not in choices:
+    accepted = ", ".join(repr(c) for c in choices)
+    raise ValueError(f"{name} must be one of {accepted}, got {value!r}")
