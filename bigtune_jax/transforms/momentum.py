@@ -16,7 +16,10 @@ Exponential-moving-average momentum (seed 001 §3.1.3):
 .. math::
   v_{t+1} = \\beta v_t + (1 - \\beta) g_t, \\qquad w_{t+1} = w_t - \\alpha_t v_{t+1}, \\qquad v_0 = 0
 
-(no bias correction). Both are compositions of optax primitives.
+(no bias correction). For constant rates the two forms are the same algorithm:
+``ema_momentum(alpha, beta)`` takes exactly the steps of ``momentum(alpha (1 - beta), beta)``
+(multiply the EMA recursion by :math:`\\alpha`); at the same nominal rate, heavy-ball steps
+are about :math:`1/(1-\\gamma)` times larger. Both are compositions of optax primitives.
 """
 
 import optax
