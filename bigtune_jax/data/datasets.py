@@ -1,0 +1,120 @@
+"""``load_dataset``: one entry point for every dataset, embedded or from ``--data-dir``.
+
+=================  ==========================================  =================================
+name               data_dir=None (embedded, no network)        data_dir=DIR (files users bring)
+=================  ==========================================  =================================
+``digits``         scikit-learn digits, 8 x 8 (``digits.py``)  --
+``mnist``          -- (use ``digits``, ``image_size=28``)      IDX files (``idx.py``)
+``fashion_mnist``  --                                          IDX files (``idx.py``)
+``cifar10``        --                                          binary or python batches
+``linear_toy``     seed 002 §4.4 toy (``toy.py``)              --
+``text``           Python's pydoc topics (``text.py``)         a .txt file or a folder of them
+=================  ==========================================  =================================
+
+A dataset with no embedded copy and no ``data_dir`` raises a ``ValueError`` saying what to
+pass; nothing is ever downloaded, and nothing falls back silently to other data.
+
+Splits (always the keys "train", "validation" and, except for text, "test"):
+
+* digits, linear_toy: ``test_fraction`` and ``validation_fraction`` of the examples, the rest
+  train; stratified by label for digits unless ``stratify=False`` (``splits.py``).
+* mnist, fashion_mnist, cifar10: the official test set; validation is ``validation_fraction``
+  of the official training set.
+* text: the last ``validation_fraction`` of the bytes is validation; no test split.
+
+Image values become float32 in [0, 1] (bytes / 255, digits / 16), NHWC; labels int32.
+"""
+
+import numpy as np
+
+from bigtune_jax.data import cifar
+from bigtune_jax.data import digits
+from bigtune_jax.data import idx
+from bigtune_jax.data import splits
+from bigtune_jax.data import text
+from bigtune_jax.data import toy
+from bigtune_jax.data.pipeline import ArrayDataset
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "linear_toy", "text")
+_EMBEDDED = ("digits", "linear_toy", "text")
+_FROM_FILES = ("mnist", "fashion_mnist", "cifar10", "text")
+DEFAULT_BLOCK_SIZE = 128
+
+
+def _images_to_unit(split: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {"image": split["image"].astype(np.float32) / 255.0, "label": split["label"]}
+
+
+def _check_options(name, data_dir, validation_fraction, test_fraction, image_size, block_size):
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+  if data_dir is None and name not in _EMBEDDED:
+    raise ValueError(f"dataset {name!r} has no embedded copy and nothing is downloaded: pass "
+                     "data_dir=... (--data-dir) with its files, or use 'digits' (image_size=28 "
+                     "gives an upsampled 28 x 28 view)")
+  if data_dir is not None and name not in _FROM_FILES:
+    raise ValueError(f"dataset {name!r} is embedded and reads no files; data_dir must be None, "
+                     f"got {data_dir!r}")
+  for field, value in (("validation_fraction", validation_fraction),
+                       ("test_fraction", test_fraction)):
+    if not 0.0 <= value < 1.0:
+      raise ValueError(f"{field} must lie in [0, 1), got {value!r}")
+  if validation_fraction + test_fraction >= 1.0:
+    raise ValueError(f"validation_fraction + test_fraction must be < 1 (the rest is train), "
+                     f"got {validation_fraction} + {test_fraction}")
+  if image_size is not None and name != "digits":
+    raise ValueError(f"image_size applies to 'digits' only, got image_size={image_size!r} "
+                     f"for {name!r}")
+  if block_size is not None and name != "text":
+    raise ValueError(f"block_size applies to 'text' only, got block_size={block_size!r} "
+                     f"for {name!r}")
+
+
+def load_dataset(name: str, data_dir=None, *, seed: int = 0, validation_fraction: float = 0.1,
+                 test_fraction: float = 0.2, stratify: bool = True,
+                 image_size: int | None = None,
+                 block_size: int | None = None) -> dict[str, ArrayDataset]:
+  """Loads dataset ``name`` and splits it, the same way for the same arguments.
+
+  Args:
+    name: one of ``DATASETS`` (see the module docstring).
+    data_dir: None for the embedded data, or the file / folder holding the dataset's files.
+    seed: selects the validation / test examples (the order of batches has its own seed).
+    validation_fraction: the fraction held out for validation.
+    test_fraction: the fraction held out for testing, for digits and linear_toy (the other
+      datasets have an official test set, or none for text).
+    stratify: keep the class proportions in every split of a labelled dataset.
+    image_size: digits only: 8 (default) or the side of the upsampled view, e.g. 28.
+    block_size: text only: the context length of the windows (default 128).
+
+  Returns:
+    ``{"train": ArrayDataset, "validation": ..., "test": ...}`` (no "test" for text). Images
+    give ``{"image", "label"}``, linear_toy ``{"x", "y"}``, text ``{"inputs", "targets"}``
+    (uint8 bytes, vocabulary 256, targets shifted by one).
+  """
+  _check_options(name, data_dir, validation_fraction, test_fraction, image_size, block_size)
+  if name == "text":
+    tokens = text.stdlib_corpus() if data_dir is None else text.read_text(data_dir)
+    parts = text.split_tokens(tokens, validation_fraction)
+    size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    return {split: ArrayDataset(text.lm_windows(part, size))
+            for split, part in zip(("train", "validation"), parts)}
+  if name in ("digits", "linear_toy"):
+    if name == "digits":
+      arrays = digits.load_digits(image_size=digits.NATIVE_SIZE if image_size is None
+                                  else image_size)
+    else:
+      arrays = toy.linear_regression_toy()
+    fractions = {"train": 1.0 - validation_fraction - test_fraction,
+                 "validation": validation_fraction, "test": test_fraction}
+    key = "label" if stratify and "label" in arrays else None
+    parts = splits.split_arrays(arrays, fractions, seed=seed, stratify=key)
+    return {split: ArrayDataset(part) for split, part in parts.items()}
+  official = cifar.load_cifar10(data_dir) if name == "cifar10" else idx.load_mnist(data_dir)
+  train = splits.split_arrays(
+      _images_to_unit(official["train"]),
+      {"train": 1.0 - validation_fraction, "validation": validation_fraction},
+      seed=seed, stratify="label" if stratify else None)
+  return {"train": ArrayDataset(train["train"]),
+          "validation": ArrayDataset(train["validation"]),
+          "test": ArrayDataset(_images_to_unit(official["test"]))}

@@ -1,0 +1,92 @@
+"""Byte-level text for language models (seed 003 §4.1: tuning a GPT-style language model).
+
+The seed names GPT-2 and a ``dataloader`` it never defines. With no network, the embedded
+corpus is real English prose that every Python ships: the help topics of ``pydoc_data.topics``
+(the text behind ``help("if")``, about 470 kB in Python 3.11), joined in sorted key order
+with a blank line between topics. Users bring their own with ``--data-dir`` (one ``.txt``
+file, or a folder whose ``*.txt`` files are read in sorted name order).
+
+Choices:
+
+* Tokens are the raw bytes of the UTF-8 text: ``uint8``, vocabulary 256, no tokenizer to
+  train or ship, and any file can be read without decoding it.
+* The corpus depends on the Python version (the topics are regenerated for each release);
+  it is fixed for one interpreter.
+* Validation is the last ``validation_fraction`` of the bytes, one contiguous piece (as in
+  nanoGPT), so no training window overlaps a validation window.
+* ``lm_windows`` returns read-only views into the token buffer (no copy, whatever the
+  stride); batching copies only the rows of a batch. ``targets`` are ``inputs`` shifted by
+  one byte. The default stride is ``block_size``: windows tile the text and one epoch reads
+  every byte once; a stride of 1 gives every offset (``block_size`` times more windows).
+"""
+
+import pathlib
+
+import numpy as np
+
+VOCAB_SIZE = 256  # byte values
+
+
+def stdlib_corpus() -> np.ndarray:
+  """The embedded corpus: Python's pydoc help topics as ``uint8`` UTF-8 bytes."""
+  try:
+    from pydoc_data import topics
+  except ImportError as error:  # some Linux distributions package it separately
+    raise FileNotFoundError(
+        "the embedded text corpus needs the standard-library module pydoc_data, which this "
+        "Python lacks; pass data_dir=... with a .txt file instead") from error
+  text = "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
+  return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
+
+def read_text(path) -> np.ndarray:
+  """The bytes of one text file, or of a folder's ``*.txt`` files in sorted name order."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    files = sorted(path.glob("*.txt"))
+    if not files:
+      raise FileNotFoundError(f"{path}: no *.txt file in this folder (expected the text of a "
+                              "language-model corpus, e.g. input.txt)")
+  elif path.is_file():
+    files = [path]
+  else:
+    raise FileNotFoundError(f"{path}: no such text file or folder")
+  data = b"".join(f.read_bytes() for f in files)
+  if not data:
+    raise ValueError(f"{path}: the text is empty; expected at least a few bytes of text")
+  return np.frombuffer(data, dtype=np.uint8)
+
+
+def split_tokens(tokens: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+  """``(train, validation)``: the first and the last ``validation_fraction`` of the tokens."""
+  if not 0.0 <= validation_fraction < 1.0:
+    raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction!r}")
+  cut = len(tokens) - int(round(validation_fraction * len(tokens)))
+  return tokens[:cut], tokens[cut:]
+
+
+def lm_windows(tokens: np.ndarray, block_size: int, *,
+               stride: int | None = None) -> dict[str, np.ndarray]:
+  """Next-token windows: ``inputs[i] = tokens[s:s+T]``, ``targets[i] = tokens[s+1:s+T+1]``.
+
+  Args:
+    tokens: a 1-D token array (bytes).
+    block_size: ``T``, the context length.
+    stride: the distance ``s`` between window starts; default ``block_size`` (tiling).
+
+  Returns:
+    ``{"inputs": (N, T), "targets": (N, T)}`` read-only views, ``N = (len - 1 - T) // s + 1``
+    (0 if the text is shorter than ``T + 1``).
+  """
+  tokens = np.asarray(tokens)
+  stride = block_size if stride is None else stride
+  if tokens.ndim != 1:
+    raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
+  for name, value in (("block_size", block_size), ("stride", stride)):
+    if int(value) != value or value < 1:
+      raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  if len(tokens) < block_size + 1:  # not one full window: empty, with the right shape
+    empty = np.zeros((0, block_size), tokens.dtype)
+    return {"inputs": empty, "targets": empty}
+  windows = np.lib.stride_tricks.sliding_window_view(tokens, block_size + 1)[::stride]
+  return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
