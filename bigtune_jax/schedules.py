@@ -92,7 +92,7 @@ def warmup_cosine_decay(peak_lr: float, warmup_steps: int, total_steps: int,
 
   def schedule(step):
     step = jnp.asarray(step)
-    warm = init_lr + (peak_lr - init_lr) * step / max(warmup_steps, 1)
+    warm = init_lr + (peak_lr - init_lr) * step / jnp.maximum(warmup_steps, 1)
     progress = jnp.clip((step - warmup_steps) / (total_steps - warmup_steps), 0.0, 1.0)
     cosine = end_lr + (peak_lr - end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
     return jnp.where(step < warmup_steps, warm, cosine)

@@ -136,3 +136,38 @@ def test_schedules_go_wherever_a_learning_rate_does(case):
                      run(case.make(case.learning_rate)), rtol=1e-6, atol=1e-7)
   decayed = run(case.make(bt.exponential_decay(case.learning_rate, 0.5)), steps=6)
   assert not np.allclose(decayed["scale"], run(case.make(case.learning_rate), steps=6)["scale"])
+
+
+def test_reduce_on_plateau_inside_inject_hyperparams_and_vmap_over_patience():
+  """Integer hyperparameters become int32 arrays under inject_hyperparams, and may be
+  traced: a population can differ in patience."""
+  metrics = jnp.asarray([1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5])
+
+  def scales(make):
+    opt = make()
+    def step(state, metric):
+      _, state = opt.update(jnp.ones(()), state, value=metric)
+      return state, state.inner_state.scale if hasattr(state, "inner_state") else state.scale
+    return jax.lax.scan(step, opt.init(jnp.zeros(())), metrics)[1]
+
+  injected = scales(lambda: optax.inject_hyperparams(bt.reduce_on_plateau)(factor=0.5, patience=1))
+  plain = scales(lambda: bt.reduce_on_plateau(factor=0.5, patience=1))
+  np.testing.assert_array_equal(injected, plain)
+  population = jax.vmap(lambda p: scales(lambda: bt.reduce_on_plateau(factor=0.5, patience=p)))(
+      jnp.arange(3))
+  for patience in range(3):
+    np.testing.assert_array_equal(
+        population[patience], scales(lambda: bt.reduce_on_plateau(factor=0.5, patience=patience)))
+  assert len({tuple(np.asarray(row)) for row in population}) == 3
+
+
+def test_early_stopping_and_schedules_take_traced_counts():
+  steps = jax.vmap(lambda w: bt.warmup_cosine_decay(1.0, w, 100)(jnp.asarray(5)))(jnp.asarray([0, 10]))
+  np.testing.assert_allclose(steps, [bt.warmup_cosine_decay(1.0, 0, 100)(5),
+                                     bt.warmup_cosine_decay(1.0, 10, 100)(5)], rtol=1e-6)
+
+  def stops(patience):
+    stopper = bt.EarlyStopping(patience=patience)
+    state = jax.lax.fori_loop(0, 4, lambda i, s: stopper.update(s, 1.0), stopper.init())
+    return state.should_stop
+  np.testing.assert_array_equal(jax.vmap(stops)(jnp.asarray([2, 3, 5])), [True, True, False])

@@ -58,11 +58,18 @@ def check_non_negative(name: str, value: Any) -> None:
     raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def check_int(name: str, value: Any, minimum: int) -> None:
-  """A Python integer >= ``minimum`` (counts: patience, steps, k)."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-  if value < minimum:
+def check_int(name: str, value: Any, minimum: Any) -> None:
+  """An integer >= ``minimum`` (counts: patience, steps, k).
+
+  Integer-valued 0-d arrays pass too (``optax.inject_hyperparams`` turns ints into int32
+  arrays), and traced values are not inspected.
+  """
+  if isinstance(value, jax.core.Tracer) or isinstance(minimum, jax.core.Tracer):
+    return
+  integral = isinstance(value, (int, np.integer)) or (
+      isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0
+      and np.issubdtype(value.dtype, np.integer))
+  if isinstance(value, bool) or not integral or value < minimum:
     raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
