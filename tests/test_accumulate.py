@@ -30,16 +30,16 @@ def test_k_micro_batches_equal_one_big_batch(make, k):
   grad = jax.jit(jax.grad(loss))
 
   big, big_params = make(), params
-  big_state = big.init(params)
+  big_state, big_update = big.init(params), jax.jit(big.update)
   accumulated, acc_params = bt.accumulate(make(), k, accumulator_dtype=jnp.float64), params
-  acc_state = accumulated.init(params)
+  acc_state, acc_update = accumulated.init(params), jax.jit(accumulated.update)
   for u in range(updates_count):
     g = grad(big_params, x[u].reshape(k * micro, 6), y[u].reshape(k * micro, 1))
-    updates, big_state = big.update(g, big_state, big_params)
+    updates, big_state = big_update(g, big_state, big_params)
     big_params = optax.apply_updates(big_params, updates)
     for j in range(k):
       before = acc_params
-      updates, acc_state = accumulated.update(grad(acc_params, x[u, j], y[u, j]), acc_state,
+      updates, acc_state = acc_update(grad(acc_params, x[u, j], y[u, j]), acc_state,
                                               acc_params)
       acc_params = optax.apply_updates(acc_params, updates)
       if j < k - 1:  # between updates the parameters do not move

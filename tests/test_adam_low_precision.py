@@ -98,3 +98,18 @@ def test_seed_makes_it_reproducible_and_different_seeds_differ():
 def test_unsupported_moment_dtype_is_rejected(dtype):
   with pytest.raises(ValueError, match="moment_dtype"):
     bt.adam(moment_dtype=dtype)
+
+
+def test_hashed_bits_are_uniform_and_change_every_step():
+  bits = [np.asarray(adam_module.random_bits((64, 1024), seed=0, step=jnp.asarray(t), leaf=0))
+          for t in (1, 2)]
+  low, high = bits[0] & 0xFFFF, bits[0] >> 16
+  for half in (low, high):  # chi-square over 64 buckets: 99.9 % quantile of chi2(63) is 103
+    counts = np.bincount((half >> 10).ravel(), minlength=64)
+    expected = half.size / 64
+    assert ((counts - expected) ** 2 / expected).sum() < 103
+  assert np.mean(bits[0] == bits[1]) < 1e-3  # next step, fresh bits
+  other_leaf = np.asarray(adam_module.random_bits((64, 1024), seed=0, step=jnp.asarray(1), leaf=1))
+  other_seed = np.asarray(adam_module.random_bits((64, 1024), seed=1, step=jnp.asarray(1), leaf=0))
+  assert np.mean(bits[0] == other_leaf) < 1e-3 and np.mean(bits[0] == other_seed) < 1e-3
+  assert abs(np.corrcoef(low.ravel()[:-1], low.ravel()[1:])[0, 1]) < 0.01  # neighbours

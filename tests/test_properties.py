@@ -17,13 +17,13 @@ from tests.utils import assert_trees_close
 CASES = pytest.mark.parametrize("case", registry.CASES, ids=repr)
 
 
-def problem(dtype=jnp.float32, steps=4):
+def problem(dtype=jnp.float32, steps=3):
   params, curvature, noise = registry.quadratic_problem(seed=1, steps=steps)
   cast = lambda t: jax.tree.map(lambda x: jnp.asarray(x, dtype), t)
   return cast(params), cast(curvature), cast(noise)
 
 
-def run(opt, steps=4, dtype=jnp.float32, jit=True):
+def run(opt, steps=3, dtype=jnp.float32, jit=True):
   params, curvature, noise = problem(dtype, steps)
   return registry.run_jax(opt, params, curvature, noise) if jit else _run_eager(
       opt, params, curvature, noise)
