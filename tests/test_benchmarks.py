@@ -1,0 +1,18 @@
+"""The optimizer-step benchmark runs end to end (tiny preset) and reports every row."""
+
+import math
+
+from benchmarks import optimizer_step
+
+
+def test_optimizer_step_benchmark_smoke():
+  result = optimizer_step.main(["--preset", "tiny", "--steps", "1", "--warmup", "1"])
+  names = {(row["name"], row["layout"]) for row in result["rows"]}
+  for layout in ("separate", "stacked"):
+    for name in ("bt.adam", "optax.adam", "bt.adam bf16 moments", "bt.momentum",
+                 "bt.adaptive_sgd", "copy (x + 1)"):
+      assert (name, layout) in names
+    assert any(n.startswith("torch.AdamW") and l == layout for n, l in names)
+  for row in result["rows"]:
+    assert row["median_ms"] > 0 and math.isfinite(row["gb_per_s"])
+  assert result["ratios"]
