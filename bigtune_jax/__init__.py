@@ -25,6 +25,10 @@ from bigtune_jax.transforms import l2
 from bigtune_jax.transforms import momentum
 from bigtune_jax.transforms import sgd
 
+# Subpackages, after the transforms they use: bt.models.MLP, bt.data.load_dataset.
+from bigtune_jax import data  # noqa: E402
+from bigtune_jax import models  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = (
@@ -36,6 +40,7 @@ __all__ = (
     "adam",
     "adaptive_sgd",
     "constant",
+    "data",
     "ema_momentum",
     "exponential_decay",
     "hypergradient_adam",
@@ -43,6 +48,7 @@ __all__ = (
     "hypergradient_sgd",
     "l1",
     "l2",
+    "models",
     "momentum",
     "reduce_on_plateau",
     "sgd",

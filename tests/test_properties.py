@@ -171,3 +171,12 @@ def test_early_stopping_and_schedules_take_traced_counts():
     state = jax.lax.fori_loop(0, 4, lambda i, s: stopper.update(s, 1.0), stopper.init())
     return state.should_stop
   np.testing.assert_array_equal(jax.vmap(stops)(jnp.asarray([2, 3, 5])), [True, True, False])
+
+
+def test_public_api_of_the_design_contract():
+  for name in ("sgd", "momentum", "ema_momentum", "adam", "adaptive_sgd", "hypergradient_sgd",
+               "hypergradient_adam", "l1", "l2", "accumulate", "constant", "exponential_decay",
+               "step_decay", "warmup_cosine_decay", "reduce_on_plateau", "EarlyStopping"):
+    assert name in bt.__all__ and callable(getattr(bt, name)), name
+  for name in ("LinearRegression", "MLP", "SimpleCNN", "VGG16", "LSTMClassifier", "GPT"):
+    assert hasattr(bt.models, name), name
