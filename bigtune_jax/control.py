@@ -79,10 +79,10 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, mode: str = "min"
 
   def init_fn(params):
     dtype = jnp.result_type(jnp.float32, *[jnp.asarray(p).dtype for p in jax.tree.leaves(params)])
-    zero = jnp.zeros([], jnp.int32)
+    zero = lambda: jnp.zeros([], jnp.int32)  # one buffer per field: states get donated
     worst = jnp.inf if mode == "min" else -jnp.inf
     return ReduceOnPlateauState(scale=jnp.ones([], dtype), best=jnp.asarray(worst, dtype),
-                                num_bad=zero, cooldown_counter=zero, count=zero)
+                                num_bad=zero(), cooldown_counter=zero(), count=zero())
 
   def update_fn(updates, state, params=None, *, value, **extra_args):
     del params, extra_args
@@ -150,9 +150,9 @@ class EarlyStopping:
   def init(self, dtype=None) -> EarlyStoppingState:
     """A fresh state; ``dtype`` of ``best`` defaults to JAX's default float."""
     worst = jnp.inf if self.mode == "min" else -jnp.inf
-    zero = jnp.zeros([], jnp.int32)
-    return EarlyStoppingState(best=jnp.asarray(worst, dtype), best_step=zero - 1, num_bad=zero,
-                              step=zero, should_stop=jnp.zeros([], bool))
+    zero = lambda: jnp.zeros([], jnp.int32)  # one buffer per field: states get donated
+    return EarlyStoppingState(best=jnp.asarray(worst, dtype), best_step=zero() - 1,
+                              num_bad=zero(), step=zero(), should_stop=jnp.zeros([], bool))
 
   def update(self, state: EarlyStoppingState, metric) -> EarlyStoppingState:
     """Consumes one metric and returns the new state."""

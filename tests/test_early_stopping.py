@@ -56,3 +56,13 @@ def test_select_best_keeps_the_best_parameters():
     state = stopper.update(state, accuracy)
     best = stopper.select_best(state, best, params)
   np.testing.assert_array_equal(best["w"], [1.0, 1.0])  # the params of accuracy 0.7
+
+
+def test_fresh_states_can_be_donated():
+  """Each field is its own buffer, so a jit with donated state accepts a fresh state."""
+  stopper = bt.EarlyStopping(patience=2)
+  state = jax.jit(stopper.update, donate_argnums=0)(stopper.init(), 1.0)
+  assert int(state.step) == 1
+  plateau = bt.reduce_on_plateau()
+  update = jax.jit(lambda s: plateau.update((), s, value=1.0)[1], donate_argnums=0)
+  assert int(update(plateau.init(jnp.zeros(3))).count) == 1

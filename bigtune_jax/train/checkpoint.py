@@ -1,0 +1,287 @@
+"""Checkpoints of training states: Orbax's ``CheckpointManager`` behind a small, strict API.
+
+Choices, and why:
+
+* **Async by default.** ``save`` returns once the arrays are copied to host memory; Orbax
+  writes them in a background thread, so the caller may donate or overwrite the state at
+  once. ``wait()`` (also called by ``restore`` and ``close``) blocks until the write is
+  committed. A save waits for the previous one to finish first.
+* **Preservation policy, not ``max_to_keep``** (deprecated in Orbax): a checkpoint is kept
+  if it is one of the ``keep_last`` latest OR one of the ``keep_best`` best by
+  ``best_metric`` (``AnyPreservationPolicy([LatestN, BestN])``). A checkpoint saved
+  without metrics, or whose metric is NaN, never counts as best.
+* **Steps only move forward; nothing is overwritten.** ``save(step)`` with ``step`` at or
+  below ``latest_step()`` writes nothing, logs a warning and returns ``False`` (Orbax's rule).
+* **Restore through an abstract target.** Every leaf of ``target`` gives the shape, dtype
+  and sharding to restore into (a leaf without a sharding goes to the first local device).
+  The target is checked against the checkpoint's stored metadata before anything is read,
+  and the first mismatching path is named.
+* **Atomic commits.** Orbax writes ``DIR/<step>.orbax-checkpoint-tmp*`` and renames it to
+  ``DIR/<step>`` once complete, so a save killed midway leaves a tmp directory that is
+  never listed nor restored (and is replaced if the same step is saved again).
+
+On disk (Orbax's layout): ``DIR/<step>/default/`` holds the state (``_METADATA``: the tree
+of shapes and dtypes; ``manifest.ocdbt`` and ``d/``: the arrays, OCDBT/zarr);
+``DIR/<step>/metrics/metrics`` the metrics as JSON; ``DIR/<step>/_CHECKPOINT_METADATA``
+the commit time.
+
+Python scalars and NumPy arrays in the state are saved as JAX arrays (so they restore as
+arrays); static fields of a ``flax.struct.PyTreeNode`` (``apply_fn``, ``tx``) are not leaves
+and come from the target.
+"""
+
+import logging
+import math
+import operator
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+_ITEM = "default"  # Orbax's name for the single item of a CheckpointManager
+
+
+def _first_local_device_sharding():
+  return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
+def _abstract_leaf(x) -> jax.ShapeDtypeStruct:
+  if isinstance(x, jax.ShapeDtypeStruct):
+    if x.sharding is not None:
+      return x
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_first_local_device_sharding(),
+                                weak_type=x.weak_type)
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  x = jax.eval_shape(jnp.asarray, x)  # the dtype jnp.asarray(x) gives, without a copy
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_first_local_device_sharding())
+
+
+def abstract_like(tree):
+  """``tree`` with every leaf replaced by a ``jax.ShapeDtypeStruct`` carrying its sharding.
+
+  Leaves may be ``jax.Array`` (their own sharding), NumPy arrays or Python scalars (the
+  dtype ``jnp.asarray`` would give, on the first local device), or ``ShapeDtypeStruct``
+  (kept; given the first local device when they have no sharding).
+  """
+  return jax.tree.map(_abstract_leaf, tree)
+
+
+def _as_array(x):
+  return x if isinstance(x, jax.Array) else jnp.asarray(x)
+
+
+def _path_str(path) -> str:
+  """``params/Dense_0/kernel`` for a key path, whatever the kinds of its keys."""
+  def key_str(key):
+    for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return "/".join(key_str(k) for k in path)
+
+
+def _describe(shape, dtype) -> str:
+  return f"{tuple(shape)} {np.dtype(dtype).name}"
+
+
+def _first_mismatch(stored_tree, abstract_target) -> str | None:
+  """The first path where ``abstract_target`` differs from the stored metadata, or None."""
+  stored = {_path_str(p): leaf
+            for p, leaf in jax.tree_util.tree_flatten_with_path(stored_tree)[0]}
+  seen = set()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_target)[0]:
+    name = _path_str(path)
+    seen.add(name)
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf = jax.eval_shape(jax.random.key_data, leaf)  # typed keys are stored as their data
+    if name not in stored:
+      return f"{name}: in the target, not in the checkpoint"
+    meta = stored[name]
+    if not hasattr(meta, "shape") or not hasattr(meta, "dtype"):
+      continue  # not an array (Orbax stores e.g. strings too): nothing to compare
+    if tuple(meta.shape) != tuple(leaf.shape) or np.dtype(meta.dtype) != np.dtype(leaf.dtype):
+      return (f"{name}: stored {_describe(meta.shape, meta.dtype)}, "
+              f"target {_describe(leaf.shape, leaf.dtype)}")
+  extra = [name for name in stored if name not in seen]
+  return f"{extra[0]}: in the checkpoint, not in the target" if extra else None
+
+
+def _check_directory(path: Path) -> None:
+  """Raises ValueError unless ``path`` is, or can be created as, a writable directory."""
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"checkpoint directory {path} exists and is not a directory")
+  existing = path
+  while not existing.exists():  # the directory is created by the first save
+    existing = existing.parent
+  if not existing.is_dir():
+    raise ValueError(f"checkpoint directory {path}: {existing} is not a directory")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f"checkpoint directory {path}: {existing} is not writable")
+
+
+class Checkpointer:
+  """Orbax CheckpointManager for training states: async saves, a preservation policy that
+  keeps the last ``keep_last`` checkpoints and the ``keep_best`` best by a metric, restore
+  through an abstract target so shardings are explicit.
+
+  Args:
+    directory: where the step directories live; created by the first save.
+    keep_last: how many of the latest checkpoints to keep (>= 1).
+    keep_best: how many of the best checkpoints by ``best_metric`` to keep besides (>= 0);
+      None (default): 1 with a ``best_metric``, else 0.
+    best_metric: the key of the ``metrics`` dict that ranks checkpoints (e.g. ``"val_loss"``);
+      required when ``keep_best > 0``.
+    best_mode: ``"min"`` (lower is better) or ``"max"``.
+    async_save: write in a background thread (see ``wait``).
+
+  Example::
+
+    with Checkpointer(workdir / "checkpoints", best_metric="val_loss") as ckpt:
+      ckpt.save(int(state.step), state, {"val_loss": 0.31})
+      state = ckpt.restore(state)  # the latest; static fields come from `state`
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, keep_last: int = 2,
+               keep_best: int | None = None,
+               best_metric: str | None = None, best_mode: str = "min",
+               async_save: bool = True):
+    if not isinstance(keep_last, int) or keep_last < 1:
+      raise ValueError(f"keep_last must be an integer >= 1, got {keep_last!r}")
+    if keep_best is None:
+      keep_best = 0 if best_metric is None else 1
+    if not isinstance(keep_best, int) or keep_best < 0:
+      raise ValueError(f"keep_best must be an integer >= 0, got {keep_best!r}")
+    if best_mode not in ("min", "max"):
+      raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+    if keep_best > 0 and best_metric is None:
+      raise ValueError(f"keep_best={keep_best} needs best_metric (the metric that ranks "
+                       "checkpoints), got best_metric=None; or set keep_best=0")
+    self.directory = Path(directory).absolute()
+    _check_directory(self.directory)
+    self.best_metric = best_metric
+    self.best_mode = best_mode
+    kept = [policies.LatestN(n=keep_last)]
+    if keep_best > 0:
+      kept.append(policies.BestN(get_metric_fn=self._rank, reverse=best_mode == "min",
+                                 n=keep_best, keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(kept),
+        # Orbax writes metrics only when a best_fn is set; ours also ranks best_step().
+        best_fn=self._rank, best_mode=best_mode,
+        enable_async_checkpointing=async_save, create=False)
+    registry = ocp.handlers.create_default_handler_registry(
+        **{_ITEM: ocp.StandardCheckpointHandler()})
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            handler_registry=registry)
+    except Exception as err:  # e.g. an unreadable metrics file of an existing step
+      raise ValueError(f"cannot read the checkpoints in {self.directory}: {err}") from err
+
+  def _rank(self, metrics) -> float:
+    """The metric value Orbax ranks checkpoints by; a NaN or missing value ranks worst."""
+    value = float(metrics.get(self.best_metric, math.nan)) if self.best_metric else 0.0
+    if math.isnan(value):
+      return math.inf if self.best_mode == "min" else -math.inf
+    return value
+
+  def save(self, step: int, state, metrics: dict[str, float] | None = None) -> bool:
+    """Saves ``state`` as checkpoint ``step`` (in the background when ``async_save``).
+
+    ``metrics`` (name -> number) are stored with it and rank it for ``keep_best`` and
+    ``best_step``. Returns ``False`` and writes nothing when ``step <= latest_step()``.
+    """
+    given = step
+    try:
+      step = None if isinstance(step, bool) else operator.index(step)  # int, NumPy or JAX scalar
+    except TypeError:
+      step = None
+    if step is None or step < 0:
+      raise ValueError(f"step must be an integer >= 0, got {given!r}")
+    if metrics is not None:
+      try:
+        metrics = {str(k): float(v) for k, v in metrics.items()}
+      except (AttributeError, TypeError, ValueError) as err:
+        raise ValueError(f"metrics must map names to numbers, got {metrics!r}") from err
+      if self.best_metric is not None and self.best_metric not in metrics:
+        raise ValueError(f"metrics lack best_metric {self.best_metric!r}: got {sorted(metrics)}")
+    latest = self.latest_step()
+    if latest is not None and step <= latest:
+      logging.warning("Checkpointer: not saving step %d in %s: checkpoints go forward and "
+                      "the latest is step %d", step, self.directory, latest)
+      return False
+    if metrics is None and self.best_metric is None:
+      metrics = {}  # Orbax warns of a missing tracked metric on every save otherwise
+    state = jax.tree.map(_as_array, state)
+    return self._manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
+
+  def wait(self) -> None:
+    """Blocks until the pending async save, if any, is committed to disk."""
+    self._manager.wait_until_finished()
+
+  def all_steps(self) -> list[int]:
+    """Steps of the kept checkpoints, ascending (a pending async save included)."""
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The kept step with the best ``best_metric``; None without a metric or metrics."""
+    if self.best_metric is None:
+      return None
+    return self._manager.best_step()  # ranks by self._rank (a pending async save included)
+
+  def _step_path(self, step: int) -> Path:
+    return self.directory / str(step)
+
+  def restore(self, target, step: int | None = None):
+    """The checkpoint at ``step`` (the latest when None), restored into ``target``'s form.
+
+    ``target`` is a pytree of ``jax.ShapeDtypeStruct`` (e.g. ``jax.eval_shape`` of the
+    state's init, or :func:`abstract_like`) or of concrete arrays: each leaf's shape, dtype
+    and sharding say how to restore it. Returns a pytree of ``target``'s structure.
+
+    Raises:
+      FileNotFoundError: no checkpoint at ``step`` (the available steps are named).
+      ValueError: the target does not match the checkpoint (the first differing path is
+        named), or the checkpoint is unreadable (its path is named).
+    """
+    self.wait()
+    steps = self.all_steps()
+    if step is None and steps:
+      step = steps[-1]
+    if step is None or step not in steps:
+      wanted = "no checkpoint" if step is None else f"no checkpoint for step {step}"
+      raise FileNotFoundError(f"{wanted} in {self.directory}; available steps: {steps}")
+    path = self._step_path(step)
+    abstract = abstract_like(target)
+    try:
+      metadata = self._manager.item_metadata(step)
+      stored = getattr(metadata, "tree", metadata)  # TreeMetadata in recent Orbax
+      if stored is None:
+        raise ValueError("no item metadata")
+    except Exception as err:
+      raise ValueError(f"corrupt checkpoint {path}: cannot read its metadata: {err}") from err
+    mismatch = _first_mismatch(stored, abstract)
+    if mismatch is not None:
+      raise ValueError(f"checkpoint {path} does not fit the target: {mismatch}")
+    try:
+      restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as err:
+      raise ValueError(f"corrupt checkpoint {path}: {type(err).__name__}: {err}") from err
+    return restored  # the abstract target's tree: target's structure and static fields
+
+  def close(self) -> None:
+    """Waits for pending saves and deletions, then releases Orbax's resources."""
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

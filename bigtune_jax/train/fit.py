@@ -1,0 +1,206 @@
+"""The fit loop: steps, periodic evaluation, plateau and early stopping, checkpoints and
+automatic resume, metrics and plots (seed 000 §3.4, seed 004 §4.2-4.3).
+
+``fit`` trains ``config.steps`` steps (micro-batches) of ``config.batch_size`` examples in
+the deterministic order of ``ArrayDataset.batches`` (epoch ``e`` shuffled by
+``(seed, e)``). Every ``eval_every`` steps and at the last step it evaluates on the
+validation set and then, in this order:
+
+1. appends a row to ``workdir/metrics.jsonl``: ``step``, ``epoch``, ``train_loss`` (mean
+   over the steps since the last row), ``val_loss`` / ``val_accuracy``, ``lr`` (the
+   learning rate times the plateau scale), ``skipped_steps``;
+2. feeds the monitored metric to ``reduce_on_plateau`` (its scale multiplies the updates
+   from the next step on) and to ``EarlyStopping`` (keeping a copy of the best parameters);
+3. saves a checkpoint of the whole ``TrainState`` (every ``checkpoint_every_evals`` rows).
+
+A checkpoint is only ever taken at an evaluation, so everything between two of them is a
+pure function of the checkpoint: a run that is killed and started again on the same
+workdir restores the latest checkpoint, drops the metrics rows written after it, and
+continues to exactly the same result as an uninterrupted run (bit for bit on CPU).
+When early stopping fires, training ends and, if best parameters were kept, they are put
+back into the returned state.
+"""
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from bigtune_jax import control
+from bigtune_jax.data.pipeline import ArrayDataset
+from bigtune_jax.train import checkpoint as checkpoint_lib
+from bigtune_jax.train import metrics as metrics_lib
+from bigtune_jax.train.state import TrainState
+from bigtune_jax.train.step import LossFn
+from bigtune_jax.train.step import make_eval_step
+from bigtune_jax.train.step import make_train_step
+from bigtune_jax.transforms import validation
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+  """How ``fit`` trains; checked at construction."""
+  steps: int  # training steps (micro-batches) in all
+  batch_size: int  # global batch per step
+  eval_every: int = 0  # steps between evaluations; 0: once per epoch
+  eval_batch_size: int = 512
+  seed: int = 0  # data order
+  monitor: str = "val_loss"  # metric fed to plateau / early stopping ("train_loss" w/o val)
+  monitor_mode: str = "min"
+  checkpoint_every_evals: int = 1
+  keep_checkpoints: int = 2  # the latest N are kept, plus the best by `monitor`
+  learning_rate: float | Callable | None = None  # for the logs: a number or schedule(step)
+  progress: bool = True  # tqdm bar with loss and lr
+
+  def __post_init__(self):
+    validation.check_int("steps", self.steps, 1)
+    validation.check_int("batch_size", self.batch_size, 1)
+    validation.check_int("eval_every", self.eval_every, 0)
+    validation.check_int("eval_batch_size", self.eval_batch_size, 1)
+    validation.check_int("seed", self.seed, 0)
+    validation.check_choice("monitor_mode", self.monitor_mode, ("min", "max"))
+    validation.check_int("checkpoint_every_evals", self.checkpoint_every_evals, 1)
+    validation.check_int("keep_checkpoints", self.keep_checkpoints, 1)
+
+
+@dataclasses.dataclass
+class FitResult:
+  state: TrainState  # best parameters put back if early stopping kept them
+  history: list[dict]  # the metrics rows, also in workdir/metrics.jsonl
+  stopped_early: bool
+  resumed_from: int | None  # step of the checkpoint the run started from
+  wall_s: float
+
+
+def evaluate(eval_step: Callable, params, dataset: ArrayDataset, batch_size: int) -> dict:
+  """Mean loss (and accuracy) over every example of ``dataset`` exactly once."""
+  batch_size = min(batch_size, max(len(dataset), 1))
+  sums = None
+  for batch in dataset.batches(batch_size, shuffle=False, remainder="pad", process_index=0,
+                               process_count=1):
+    out = eval_step(params, batch)
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  result = {"loss": float(sums["loss_sum"] / sums["count"])}
+  if "correct" in sums:
+    result["accuracy"] = float(sums["correct"] / sums["count"])
+  return result
+
+
+def _learning_rate(config: FitConfig, state: TrainState) -> float | None:
+  if config.learning_rate is None:
+    return None
+  lr = config.learning_rate
+  lr = float(lr(int(state.step))) if callable(lr) else float(lr)
+  if isinstance(state.plateau, control.ReduceOnPlateauState):
+    lr *= float(state.plateau.scale)
+  return lr
+
+
+def _kept(best_params) -> bool:
+  return not (isinstance(best_params, tuple) and not best_params)  # () means "not kept"
+
+
+def _check_controls(state, plateau, early_stopping):
+  if (plateau is None) != (not isinstance(state.plateau, control.ReduceOnPlateauState)):
+    raise ValueError("plateau must be given to both create_train_state and fit (or neither)")
+  if (early_stopping is None) != (not isinstance(state.early_stopping,
+                                                 control.EarlyStoppingState)):
+    raise ValueError("early_stopping must be given to both create_train_state and fit "
+                     "(or neither)")
+
+
+def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
+        val_data: ArrayDataset | None = None, *, config: FitConfig, workdir: str | None = None,
+        plateau=None, early_stopping: control.EarlyStopping | None = None) -> FitResult:
+  """Trains ``state`` (see the module docstring); resumes from ``workdir`` if it has a
+  checkpoint. ``plateau`` / ``early_stopping`` are the objects whose states
+  ``create_train_state`` put into ``state``."""
+  start_time = time.time()
+  _check_controls(state, plateau, early_stopping)
+  steps_per_epoch = train_data.steps_per_epoch(config.batch_size)
+  if steps_per_epoch < 1:
+    raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
+                     f"({len(train_data)} examples)")
+  monitor = config.monitor if val_data is not None else "train_loss"
+  eval_every = config.eval_every or steps_per_epoch
+
+  log = checkpoints = None
+  resumed_from = None
+  if workdir is not None:
+    log = metrics_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+    checkpoints = checkpoint_lib.Checkpointer(
+        os.path.join(os.path.abspath(workdir), "checkpoints"), keep_last=config.keep_checkpoints,
+        keep_best=1, best_metric=monitor, best_mode=config.monitor_mode)
+    resumed_from = checkpoints.latest_step()
+    if resumed_from is not None:
+      state = checkpoints.restore(checkpoint_lib.abstract_like(state), step=resumed_from)
+      log.truncate_after(resumed_from)
+
+  train_step = jax.jit(make_train_step(loss_fn), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(loss_fn))
+  update_plateau = jax.jit(lambda s, v: plateau.update((), s, value=v)[1]) if plateau else None
+  update_stopper = jax.jit(early_stopping.update) if early_stopping else None
+  keep_best = jax.jit(control.EarlyStopping.select_best)
+
+  step = int(state.step)
+  stopped = bool(early_stopping and state.early_stopping.should_stop)
+  history = log.rows() if log is not None else []
+  loss_sum, loss_count = jnp.zeros([]), 0
+  bar = metrics_lib.Progress(config.steps, initial=step, enabled=config.progress)
+  try:
+    while step < config.steps and not stopped:
+      epoch, offset = divmod(step, steps_per_epoch)
+      for batch in train_data.batches(config.batch_size, seed=config.seed, epoch=epoch,
+                                      start_step=offset):
+        state, out = train_step(state, batch)
+        loss_sum, loss_count, step = loss_sum + out["loss"], loss_count + 1, step + 1
+        bar.update(1)
+        if step % eval_every and step < config.steps:
+          continue
+        row = {"epoch": epoch, "train_loss": float(loss_sum) / loss_count,
+               "skipped_steps": int(state.skipped_steps)}
+        loss_sum, loss_count = jnp.zeros([]), 0
+        if val_data is not None:
+          row.update({f"val_{k}": v for k, v in
+                      evaluate(eval_step, state.params, val_data, config.eval_batch_size).items()})
+        lr = _learning_rate(config, state)
+        if lr is not None:
+          row["lr"] = lr
+        if monitor not in row:
+          raise ValueError(f"monitor {monitor!r} is not among the metrics {sorted(row)}")
+        value = jnp.asarray(row[monitor], jnp.float32)
+        if plateau is not None:
+          state = state.replace(plateau=update_plateau(state.plateau, value))
+        if early_stopping is not None:
+          state = state.replace(early_stopping=update_stopper(state.early_stopping, value))
+          if _kept(state.best_params):
+            state = state.replace(best_params=keep_best(state.early_stopping, state.best_params,
+                                                        state.params))
+          stopped = bool(state.early_stopping.should_stop)
+        history.append({"step": step, **row})
+        bar.update(0, loss=row["train_loss"], **({"lr": lr} if lr is not None else {}))
+        if log is not None:
+          log.append(step, **row)
+        evals_done = len(history)
+        if checkpoints is not None and (evals_done % config.checkpoint_every_evals == 0
+                                        or step >= config.steps or stopped):
+          checkpoints.save(step, state, {monitor: row[monitor]})
+        if stopped or step >= config.steps:
+          break
+  finally:
+    bar.close()
+    if checkpoints is not None:
+      checkpoints.wait()
+      checkpoints.close()
+
+  if workdir is not None and history:
+    metrics_lib.plot_metrics(history, workdir)
+  if _kept(state.best_params) and early_stopping is not None:
+    state = state.replace(params=state.best_params)
+  return FitResult(state=state, history=history, stopped_early=stopped,
+                   resumed_from=resumed_from, wall_s=time.time() - start_time)
+

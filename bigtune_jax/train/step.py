@@ -1,0 +1,141 @@
+"""Loss functions, the train step and the eval step.
+
+A loss function maps ``(params, batch, rng, train)`` to ``(loss, sums)``: ``loss`` is the
+mean over the batch's real rows (``batch["mask"]``, False on the rows that pad a last
+batch), and ``sums`` holds ``loss_sum``, ``count`` (and ``correct`` for classifiers)
+so that evaluation adds batches up exactly, whatever the padding.
+
+The train step (``jax.jit(train_step, donate_argnums=0)``):
+
+.. math::
+  (\\ell, g) = \\nabla \\ell(w_t; B_t), \\quad (u, s') = tx(g, s, w_t), \\quad
+  w_{t+1} = w_t + \\text{scale} \\cdot u
+
+where ``scale`` is the reduce-on-plateau factor (1 without one). **NaN guard**: when the
+loss or any gradient is not finite, the parameters and optimizer state are left exactly
+as they were, ``skipped_steps`` counts it, and training goes on; a non-finite step never
+reaches the state. Gradient accumulation is the optimizer's business
+(``bt.accumulate``): each call of the step is one micro-batch.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from bigtune_jax import control
+from bigtune_jax.train.state import TrainState
+from bigtune_jax.train.state import accepts_train_flag
+
+LossFn = Callable[[Any, dict, jax.Array, bool], tuple[jax.Array, dict]]
+
+
+def _apply(model: nn.Module) -> Callable:
+  takes_train = accepts_train_flag(model)
+
+  def apply(params, x, rng, train):
+    if takes_train:
+      return model.apply({"params": params}, x, train=train, rngs={"dropout": rng})
+    return model.apply({"params": params}, x)
+
+  return apply
+
+
+def _masked_mean(per_example, mask):
+  mask = mask.astype(per_example.dtype)
+  total = jnp.sum(per_example * mask)
+  count = jnp.sum(mask)
+  return total / jnp.maximum(count, 1.0), total, count
+
+
+def _mask(batch, like):
+  return batch.get("mask", jnp.ones(like.shape[:1], bool))
+
+
+def classification_loss(model: nn.Module, input_key: str = "image",
+                        label_key: str = "label") -> LossFn:
+  """Softmax cross-entropy of logits against integer labels; also counts correct rows."""
+  apply = _apply(model)
+
+  def loss_fn(params, batch, rng, train):
+    logits = apply(params, batch[input_key], rng, train).astype(jnp.float32)
+    labels = batch[label_key]
+    mask = _mask(batch, labels)
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    loss, total, count = _masked_mean(per_example, mask)
+    correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
+    return loss, {"loss_sum": total, "count": count, "correct": correct.astype(jnp.float32)}
+
+  return loss_fn
+
+
+def regression_loss(model: nn.Module, input_key: str = "x", target_key: str = "y") -> LossFn:
+  """Mean squared error, averaged over the target's features and the batch's real rows."""
+  apply = _apply(model)
+
+  def loss_fn(params, batch, rng, train):
+    prediction = apply(params, batch[input_key], rng, train).astype(jnp.float32)
+    target = batch[target_key].astype(jnp.float32)
+    squared = (prediction - target) ** 2
+    per_example = squared.reshape(squared.shape[0], -1).mean(axis=1)
+    loss, total, count = _masked_mean(per_example, _mask(batch, target))
+    return loss, {"loss_sum": total, "count": count}
+
+  return loss_fn
+
+
+def language_model_loss(model: nn.Module, input_key: str = "inputs",
+                        target_key: str = "targets") -> LossFn:
+  """Next-token cross-entropy per token (every token of a real row counts once)."""
+  apply = _apply(model)
+
+  def loss_fn(params, batch, rng, train):
+    logits = apply(params, batch[input_key], rng, train).astype(jnp.float32)  # (B, T, V)
+    targets = batch[target_key]  # (B, T)
+    mask = jnp.broadcast_to(_mask(batch, targets)[:, None], targets.shape)
+    per_token = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    loss, total, count = _masked_mean(per_token.reshape(-1), mask.reshape(-1))
+    correct = jnp.sum((jnp.argmax(logits, -1) == targets) & mask)
+    return loss, {"loss_sum": total, "count": count, "correct": correct.astype(jnp.float32)}
+
+  return loss_fn
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
+
+
+def make_train_step(loss_fn: LossFn) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """``step(state, batch) -> (state, metrics)``; jit it with ``donate_argnums=0``."""
+
+  def train_step(state: TrainState, batch: dict):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng,
+                                                                     True)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    if isinstance(state.plateau, control.ReduceOnPlateauState):
+      updates = jax.tree.map(lambda u: (state.plateau.scale * u).astype(u.dtype), updates)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                          opt_state=keep(opt_state, state.opt_state),
+                          skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite, **sums}
+    return state, metrics
+
+  return train_step
+
+
+def make_eval_step(loss_fn: LossFn) -> Callable[[Any, dict], dict]:
+  """``step(params, batch) -> sums`` (deterministic: dropout off)."""
+
+  def eval_step(params, batch: dict):
+    _, sums = loss_fn(params, batch, jax.random.key(0), False)
+    return sums
+
+  return eval_step

@@ -1,0 +1,110 @@
+"""What every experiment shares: its command line, training through ``bt.train.fit`` and
+its report.
+
+  python -m experiments.NAME --workdir DIR [--preset small|full|tiny] [--set key=value ...]
+
+``small`` (the default) finishes in about a minute on a 2-core CPU, ``full`` is the
+seed's size for a GPU, and ``tiny`` is the smoke test that CI runs. ``--set`` overrides one
+field of the preset, parsed with the type of its default (``--set hidden=128,64``). Running
+again on the same workdir resumes from its last checkpoint. Each run writes
+``DIR/summary.json`` with at least ``experiment, preset, steps, final_train_loss,
+test_loss, devices, wall_s`` (plus ``test_accuracy`` for classifiers).
+"""
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+from bigtune_jax import train
+
+PRESETS = ("tiny", "small", "full")
+
+
+def _parse_value(key: str, text: str, default: Any) -> Any:
+  """``text`` as the type of ``default``."""
+  try:
+    if isinstance(default, bool):
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(text)
+      return text.lower() in ("true", "1")
+    if isinstance(default, tuple):
+      return tuple(type(default[0])(x) if default else int(x) for x in text.split(",") if x)
+    if default is None:
+      return text
+    return type(default)(text)
+  except ValueError as error:
+    raise ValueError(f"--set {key}={text}: expected a value of type "
+                     f"{type(default).__name__} like {default!r}") from error
+
+
+def parse_args(argv, presets: Mapping[str, Mapping[str, Any]], description: str):
+  """Returns ``(workdir, preset name, config dict)``; errors name the bad flag."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--workdir", required=True, help="checkpoints, metrics and report")
+  parser.add_argument("--preset", default="small", choices=sorted(presets))
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override one field of the preset")
+  args = parser.parse_args(argv)
+  config = dict(presets[args.preset])
+  for item in args.set:
+    key, sep, text = item.partition("=")
+    if not sep:
+      parser.error(f"--set expects KEY=VALUE, got {item!r}")
+    if key not in config:
+      parser.error(f"--set {key}: unknown field; the fields are {sorted(config)}")
+    try:
+      config[key] = _parse_value(key, text, config[key])
+    except ValueError as error:
+      parser.error(str(error))
+  return args.workdir, args.preset, config
+
+
+def train_and_evaluate(experiment: str, preset: str, model, params, tx, loss_fn, splits,
+                       fit_config: train.FitConfig, workdir: str, *, plateau=None,
+                       early_stopping=None, keep_best_params: bool = False,
+                       extra: Mapping[str, Any] | None = None) -> dict:
+  """Trains with ``bt.train.fit`` (resuming from ``workdir``), evaluates on the test split
+  and writes ``summary.json``; returns the summary."""
+  start = time.time()
+  state = train.create_train_state(model, params, tx, seed=fit_config.seed, plateau=plateau,
+                                   early_stopping=early_stopping,
+                                   keep_best_params=keep_best_params)
+  result = train.fit(state, loss_fn, splits["train"], splits.get("validation"),
+                     config=fit_config, workdir=workdir, plateau=plateau,
+                     early_stopping=early_stopping)
+  test = train.evaluate(jax.jit(train.make_eval_step(loss_fn)), result.state.params,
+                        splits["test"], fit_config.eval_batch_size)
+  last = result.history[-1] if result.history else {}
+  summary = {
+      "experiment": experiment, "preset": preset, "steps": int(result.state.step),
+      "final_train_loss": last.get("train_loss"), "test_loss": test["loss"],
+      **({"test_accuracy": test["accuracy"]} if "accuracy" in test else {}),
+      "val_loss": last.get("val_loss"), "stopped_early": result.stopped_early,
+      "skipped_steps": int(result.state.skipped_steps), "resumed_from": result.resumed_from,
+      "devices": jax.device_count(), "platform": jax.default_backend(),
+      "wall_s": round(time.time() - start, 2), **(extra or {}),
+  }
+  write_summary(workdir, summary)
+  return summary
+
+
+def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "summary.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(summary, f, indent=2, default=float)
+  os.replace(tmp, path)
+
+
+def print_summary(summary: Mapping[str, Any]) -> None:
+  width = max(len(k) for k in summary)
+  for key, value in summary.items():
+    if isinstance(value, float):
+      value = f"{value:.4f}"
+    print(f"{key:<{width}}  {value}")

@@ -1,0 +1,145 @@
+"""The training engine: NaN guard, determinism, plateau and early stopping in fit, resume
+from a checkpoint to the same result, accumulation in the loop, masked evaluation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import bigtune_jax as bt
+from bigtune_jax import data
+from bigtune_jax import models
+from bigtune_jax import train
+from tests.utils import assert_trees_close
+
+
+@pytest.fixture(scope="module")
+def splits():
+  return data.load_dataset("digits", seed=0)
+
+
+def setup(splits, tx=None, hidden=(32,), **controls):
+  model = models.MLP(hidden=hidden, num_classes=10)
+  params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), seed=0)
+  state = train.create_train_state(model, params, tx or bt.sgd(0.1), **controls)
+  return model, state, train.classification_loss(model)
+
+
+def config(**overrides):
+  return train.FitConfig(**{"steps": 40, "batch_size": 32, "eval_every": 20, "progress": False,
+                            **overrides})
+
+
+def test_fit_learns_and_logs(splits, tmp_path):
+  _, state, loss_fn = setup(splits)
+  result = train.fit(state, loss_fn, splits["train"], splits["validation"],
+                     config=config(learning_rate=0.1), workdir=str(tmp_path))
+  assert int(result.state.step) == 40 and [r["step"] for r in result.history] == [20, 40]
+  assert result.history[-1]["val_accuracy"] > 0.5
+  assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+  assert result.history[-1]["lr"] == pytest.approx(0.1)
+  rows = train.MetricsLog(tmp_path / "metrics.jsonl").rows()
+  assert [r["step"] for r in rows] == [20, 40]
+  assert (tmp_path / "loss.png").exists() and (tmp_path / "accuracy.png").exists()
+
+
+def test_same_seed_same_result_and_other_seed_differs(splits):
+  runs = []
+  for seed in (0, 0, 1):
+    _, state, loss_fn = setup(splits)
+    runs.append(train.fit(state, loss_fn, splits["train"], config=config(seed=seed)).state.params)
+  assert_trees_close(runs[0], runs[1], rtol=0, atol=0)
+  assert not np.allclose(jax.tree.leaves(runs[0])[0], jax.tree.leaves(runs[2])[0])
+
+
+def test_nan_gradient_step_is_skipped_and_counted(splits):
+  model, state, loss_fn = setup(splits)
+  step = jax.jit(train.make_train_step(loss_fn))
+  good = next(splits["train"].batches(32))
+  bad = dict(good, image=good["image"].copy())
+  bad["image"][0, 0, 0, 0] = np.nan
+  before = state
+  state, out = step(state, bad)
+  assert not bool(out["finite"]) and int(state.skipped_steps) == 1 and int(state.step) == 1
+  assert_trees_close(state.params, before.params, rtol=0, atol=0)
+  assert_trees_close(state.opt_state, before.opt_state, rtol=0, atol=0)
+  state, out = step(state, good)
+  assert bool(out["finite"]) and int(state.skipped_steps) == 1
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params))
+
+
+def test_resume_from_checkpoint_reaches_the_same_result(splits, tmp_path):
+  kwargs = dict(plateau=bt.reduce_on_plateau(factor=0.5, patience=0),
+                early_stopping=bt.EarlyStopping(patience=50))
+  _, state, loss_fn = setup(splits, tx=bt.momentum(0.05, 0.9), keep_best_params=True, **kwargs)
+  straight = train.fit(state, loss_fn, splits["train"], splits["validation"],
+                       config=config(steps=60), workdir=str(tmp_path / "a"), **kwargs)
+  _, state, loss_fn = setup(splits, tx=bt.momentum(0.05, 0.9), keep_best_params=True, **kwargs)
+  train.fit(state, loss_fn, splits["train"], splits["validation"], config=config(steps=40),
+            workdir=str(tmp_path / "b"), **kwargs)
+  _, state, loss_fn = setup(splits, tx=bt.momentum(0.05, 0.9), keep_best_params=True, **kwargs)
+  resumed = train.fit(state, loss_fn, splits["train"], splits["validation"],
+                      config=config(steps=60), workdir=str(tmp_path / "b"), **kwargs)
+  assert resumed.resumed_from == 40
+  assert_trees_close(resumed.state.params, straight.state.params, rtol=0, atol=0)
+  assert_trees_close(resumed.state.opt_state, straight.state.opt_state, rtol=0, atol=0)
+  assert resumed.history == straight.history
+
+
+def test_plateau_reduces_the_rate_from_validation_metrics(splits):
+  plateau = bt.reduce_on_plateau(factor=0.5, patience=0, threshold=10.0)  # nothing improves
+  _, state, loss_fn = setup(splits, plateau=plateau)
+  result = train.fit(state, loss_fn, splits["train"], splits["validation"],
+                     config=config(steps=60, learning_rate=0.1), plateau=plateau)
+  assert [r["lr"] for r in result.history] == pytest.approx([0.1, 0.05, 0.025])
+
+
+def test_early_stopping_stops_and_restores_the_best_params(splits):
+  stopper = bt.EarlyStopping(patience=1, mode="max")
+  _, state, loss_fn = setup(splits, tx=bt.sgd(5.0), early_stopping=stopper,
+                            keep_best_params=True)  # lr 5: unstable, accuracy drops
+  result = train.fit(state, loss_fn, splits["train"], splits["validation"],
+                     config=config(steps=400, eval_every=10, monitor="val_accuracy",
+                                   monitor_mode="max"), early_stopping=stopper)
+  assert result.stopped_early and int(result.state.step) < 400
+  best = max(r["val_accuracy"] for r in result.history)
+  assert_trees_close(result.state.params, result.state.best_params, rtol=0, atol=0)
+  evaluated = train.evaluate(jax.jit(train.make_eval_step(loss_fn)), result.state.params,
+                             splits["validation"], 512)
+  assert evaluated["accuracy"] == pytest.approx(best)
+
+
+def test_accumulation_in_fit_equals_the_larger_batch_step(splits):
+  """bt.accumulate(opt, 2) on batches of 16 == opt on the same 32 examples at once."""
+  _, state, loss_fn = setup(splits, tx=bt.accumulate(bt.sgd(0.1), 2))
+  step = jax.jit(train.make_train_step(loss_fn))
+  batch = next(splits["train"].batches(32))
+  half = lambda sl: {k: v[sl] for k, v in batch.items()}
+  state, _ = step(state, half(slice(0, 16)))
+  state, _ = step(state, half(slice(16, 32)))
+  _, big, loss_fn = setup(splits, tx=bt.sgd(0.1))
+  big, _ = jax.jit(train.make_train_step(loss_fn))(big, batch)
+  assert_trees_close(state.params, big.params, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_counts_every_example_once_with_padding(splits):
+  model, state, loss_fn = setup(splits)
+  eval_step = jax.jit(train.make_eval_step(loss_fn))
+  whole = train.evaluate(eval_step, state.params, splits["test"], len(splits["test"]))
+  padded = train.evaluate(eval_step, state.params, splits["test"], 64)  # 359 = 5*64 + 39
+  assert padded["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+  assert padded["accuracy"] == pytest.approx(whole["accuracy"])
+
+
+def test_controls_must_be_given_to_both_state_and_fit(splits):
+  _, state, loss_fn = setup(splits)
+  with pytest.raises(ValueError, match="plateau"):
+    train.fit(state, loss_fn, splits["train"], config=config(), plateau=bt.reduce_on_plateau())
+
+
+@pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", 0), ("eval_every", -1),
+                                         ("monitor_mode", "avg"), ("keep_checkpoints", 0)])
+def test_bad_fit_config_names_the_field(field, value):
+  with pytest.raises(ValueError, match=field):
+    config(**{field: value})
