@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,9 +68,12 @@ def parse_args(argv, presets: Mapping[str, Mapping[str, Any]], description: str)
 def train_and_evaluate(experiment: str, preset: str, model, params, tx, loss_fn, splits,
                        fit_config: train.FitConfig, workdir: str, *, plateau=None,
                        early_stopping=None, keep_best_params: bool = False,
-                       extra: Mapping[str, Any] | None = None) -> dict:
+                       extra: Mapping[str, Any] | None = None,
+                       report: Callable[[train.TrainState], Mapping[str, Any]] | None = None
+                       ) -> dict:
   """Trains with ``bt.train.fit`` (resuming from ``workdir``), evaluates on the test split
-  and writes ``summary.json``; returns the summary."""
+  and writes ``summary.json``; returns the summary. ``report(final_state)`` may add
+  entries computed from the trained state (e.g. a learned slope)."""
   start = time.time()
   state = train.create_train_state(model, params, tx, seed=fit_config.seed, plateau=plateau,
                                    early_stopping=early_stopping,
@@ -88,6 +92,7 @@ def train_and_evaluate(experiment: str, preset: str, model, params, tx, loss_fn,
       "skipped_steps": int(result.state.skipped_steps), "resumed_from": result.resumed_from,
       "devices": jax.device_count(), "platform": jax.default_backend(),
       "wall_s": round(time.time() - start, 2), **(extra or {}),
+      **(report(result.state) if report is not None else {}),
   }
   write_summary(workdir, summary)
   return summary

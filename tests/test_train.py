@@ -4,7 +4,6 @@ from a checkpoint to the same result, accumulation in the loop, masked evaluatio
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import bigtune_jax as bt

@@ -7,8 +7,9 @@ the deterministic order of ``ArrayDataset.batches`` (epoch ``e`` shuffled by
 validation set and then, in this order:
 
 1. appends a row to ``workdir/metrics.jsonl``: ``step``, ``epoch``, ``train_loss`` (mean
-   over the steps since the last row), ``val_loss`` / ``val_accuracy``, ``lr`` (the
-   learning rate times the plateau scale), ``skipped_steps``;
+   over the steps since the last row), ``val_loss`` / ``val_accuracy``, ``lr`` (the rate
+   in effect from this row on: ``FitConfig.learning_rate`` at this step, times the plateau
+   scale before this row's metric is fed to it), ``skipped_steps``;
 2. feeds the monitored metric to ``reduce_on_plateau`` (its scale multiplies the updates
    from the next step on) and to ``EarlyStopping`` (keeping a copy of the best parameters);
 3. saves a checkpoint of the whole ``TrainState`` (every ``checkpoint_every_evals`` rows).
@@ -90,11 +91,12 @@ def evaluate(eval_step: Callable, params, dataset: ArrayDataset, batch_size: int
   return result
 
 
-def _learning_rate(config: FitConfig, state: TrainState) -> float | None:
-  if config.learning_rate is None:
+def _learning_rate(schedule, state: TrainState) -> float | None:
+  """The rate the next update will use: ``schedule(step)`` (optax evaluates a schedule at
+  the number of updates done) times the plateau scale."""
+  if schedule is None:
     return None
-  lr = config.learning_rate
-  lr = float(lr(int(state.step))) if callable(lr) else float(lr)
+  lr = float(schedule(state.step)) if callable(schedule) else float(schedule)
   if isinstance(state.plateau, control.ReduceOnPlateauState):
     lr *= float(state.plateau.scale)
   return lr
@@ -145,6 +147,8 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
   update_plateau = jax.jit(lambda s, v: plateau.update((), s, value=v)[1]) if plateau else None
   update_stopper = jax.jit(early_stopping.update) if early_stopping else None
   keep_best = jax.jit(control.EarlyStopping.select_best)
+  schedule = config.learning_rate
+  schedule = jax.jit(schedule) if callable(schedule) else schedule  # one compile, any step
 
   step = int(state.step)
   stopped = bool(early_stopping and state.early_stopping.should_stop)
@@ -167,7 +171,7 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
         if val_data is not None:
           row.update({f"val_{k}": v for k, v in
                       evaluate(eval_step, state.params, val_data, config.eval_batch_size).items()})
-        lr = _learning_rate(config, state)
+        lr = _learning_rate(schedule, state)
         if lr is not None:
           row["lr"] = lr
         if monitor not in row:
