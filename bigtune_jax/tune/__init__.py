@@ -1,0 +1,52 @@
+"""Hyperparameter, structure and training-strategy search (seed 003 §3).
+
+One search-space description (:class:`Space`) shared by every searcher: grid, seeded
+random and Optuna (TPE + median / Hyperband pruning, in-memory / journal / RDB storage)
+search, all behind one ask / report / tell protocol; builders turning a sampled config
+into a training strategy (optimizer, schedule, batch, accumulation, hypergradient) or an
+MLP structure. Optuna is imported lazily, so this package imports without it.
+"""
+
+from bigtune_jax.tune.space import Choice
+from bigtune_jax.tune.space import Conditional
+from bigtune_jax.tune.space import Int
+from bigtune_jax.tune.space import LogUniform
+from bigtune_jax.tune.space import Space
+from bigtune_jax.tune.space import Uniform
+from bigtune_jax.tune.search import GridSearch
+from bigtune_jax.tune.search import RandomSearch
+from bigtune_jax.tune.search import Searcher
+from bigtune_jax.tune.search import Trial
+from bigtune_jax.tune.search import TrialPruned
+from bigtune_jax.tune.search import TrialResult
+from bigtune_jax.tune.optuna_search import OptunaSearch
+from bigtune_jax.tune.strategy import Strategy
+from bigtune_jax.tune.strategy import build_strategy
+from bigtune_jax.tune.strategy import make_schedule
+from bigtune_jax.tune.strategy import scaled_learning_rate
+from bigtune_jax.tune.strategy import strategy_space
+from bigtune_jax.tune.structure import build_structure
+from bigtune_jax.tune.structure import structure_space
+
+__all__ = (
+    "Choice",
+    "Conditional",
+    "GridSearch",
+    "Int",
+    "LogUniform",
+    "OptunaSearch",
+    "RandomSearch",
+    "Searcher",
+    "Space",
+    "Strategy",
+    "Trial",
+    "TrialPruned",
+    "TrialResult",
+    "Uniform",
+    "build_strategy",
+    "build_structure",
+    "make_schedule",
+    "scaled_learning_rate",
+    "strategy_space",
+    "structure_space",
+)

@@ -1,0 +1,218 @@
+"""Exhaustive (grid) and random search over a :class:`~bigtune_jax.tune.Space`
+(seed 003 §3.1-3.3: "穷举法" and "随机搜索" for parameters, structure and training strategy).
+
+Every searcher speaks the ask/tell protocol of Optuna's ``Study.ask`` / ``Study.tell``:
+
+.. code-block:: python
+
+  for trial in searcher.ask(8):                 # a batch, e.g. one vmapped population
+    for step, metric in train(trial.params):
+      if searcher.report(trial, step, metric):  # intermediate validation metric
+        searcher.tell(trial, None, state="pruned"); break
+    else:
+      searcher.tell(trial, final_metric)
+
+Grid search tries the product of the axes (continuous axes discretized); random search
+draws every axis independently from a seeded generator, which beats a grid at equal
+budget when few hyperparameters matter (Bergstra & Bengio, JMLR 2012). Both ignore
+``report`` (they never prune); :class:`~bigtune_jax.tune.OptunaSearch` adds model-based
+sampling and pruning behind the same methods. A pruned trial's value is its last reported
+one, as in Optuna; a non-finite value (a diverged run) makes the trial ``"failed"``.
+"""
+
+from collections.abc import Callable
+import dataclasses
+import math
+from typing import Any, NamedTuple
+import warnings
+
+import numpy as np
+
+from bigtune_jax.transforms import validation
+from bigtune_jax.tune.space import Space
+
+STATES = ("complete", "pruned", "failed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+  """One configuration handed out by ``ask``: ``params`` holds the active hyperparameters."""
+  number: int
+  params: dict[str, Any]
+
+
+class TrialResult(NamedTuple):
+  """A finished trial. ``value`` is the final metric (the last reported one if pruned)."""
+  number: int
+  params: dict[str, Any]
+  value: float | None
+  state: str = "complete"
+
+
+class TrialPruned(Exception):  # noqa: N818  (named as optuna.TrialPruned)
+  """Raised by an objective given to :meth:`Searcher.run` to stop a trial as pruned."""
+
+
+class Searcher:
+  """The ask/report/tell protocol and the bookkeeping shared by all searchers.
+
+  Args:
+    space: the search space.
+    direction: ``"maximize"`` (accuracy) or ``"minimize"`` (loss): which value is best.
+  """
+
+  def __init__(self, space: Space, direction: str = "maximize"):
+    if not isinstance(space, Space):
+      raise ValueError(f"space must be a bigtune_jax.tune.Space, got {space!r}")
+    validation.check_choice("direction", direction, ("maximize", "minimize"))
+    self.space = space
+    self.direction = direction
+    self._pending: dict[int, Trial] = {}
+    self._intermediate: dict[int, dict[int, float]] = {}
+    self._finished: list[TrialResult] = []
+    self._next_number = 0
+
+  def _propose(self) -> dict[str, Any] | None:
+    """The next configuration, or None when there is none left."""
+    raise NotImplementedError
+
+  def ask(self, n: int = 1) -> list[Trial]:
+    """Up to ``n`` new trials (fewer when a grid runs out)."""
+    validation.check_int("n", n, 1)
+    trials = []
+    for _ in range(n):
+      params = self._propose()
+      if params is None:
+        break
+      trial = Trial(self._next_number, params)
+      self._next_number += 1
+      self._pending[trial.number] = trial
+      trials.append(trial)
+    return trials
+
+  def _check_pending(self, trial: Trial) -> None:
+    if not isinstance(trial, Trial) or self._pending.get(trial.number) is not trial:
+      raise ValueError(f"trial must be a running Trial from this searcher's ask(), got "
+                       f"{trial!r} (finished or unknown)")
+
+  def report(self, trial: Trial, step: int, value: float) -> bool:
+    """Records an intermediate validation metric; returns True when the trial should be
+    pruned (never, for grid and random search)."""
+    self._check_pending(trial)
+    validation.check_int("step", step, 0)
+    self._intermediate.setdefault(trial.number, {})[int(step)] = float(value)
+    return False
+
+  @staticmethod
+  def _final_state(value: float | None, state: str) -> str:
+    validation.check_choice("state", state, STATES)
+    if state == "complete":
+      if value is None:
+        raise ValueError("value must be a number for state='complete', got None")
+      if not math.isfinite(float(value)):
+        warnings.warn(f"trial value {value!r} is not finite: the trial is marked 'failed'",
+                      stacklevel=3)
+        return "failed"
+    elif value is not None:
+      raise ValueError(f"value must be None for state={state!r}, got {value!r}")
+    return state
+
+  def tell(self, trial: Trial, value: float | None, state: str = "complete") -> None:
+    """Finishes a trial: ``value`` for ``"complete"``, ``None`` for ``"pruned"``/``"failed"``."""
+    self._check_pending(trial)
+    state = self._final_state(value, state)
+    del self._pending[trial.number]
+    steps = self._intermediate.pop(trial.number, {})
+    if state == "pruned":
+      value = steps[max(steps)] if steps else None
+    if state != "failed":
+      self._finished.append(TrialResult(trial.number, trial.params,
+                                        None if value is None else float(value), state))
+
+  @property
+  def results(self) -> list[TrialResult]:
+    """Finished (complete and pruned) trials, in trial-number order."""
+    return sorted(self._finished, key=lambda r: r.number)
+
+  @property
+  def best(self) -> TrialResult | None:
+    """The best complete trial by ``direction`` (None before the first one)."""
+    complete = [r for r in self.results if r.state == "complete"]
+    if not complete:
+      return None
+    pick = max if self.direction == "maximize" else min
+    return pick(complete, key=lambda r: r.value)
+
+  @property
+  def exhausted(self) -> bool:
+    """True when ``ask`` has nothing more to give."""
+    return False
+
+  def run(self, objective: Callable[[Trial], float], n_trials: int) -> TrialResult | None:
+    """Runs trials one at a time until ``n_trials`` have finished (complete or pruned,
+    counting those already in the study) or the searcher is exhausted.
+
+    ``objective(trial)`` returns the final metric; it may call ``report`` and raise
+    :class:`TrialPruned`. Any other exception marks the trial failed and propagates.
+
+    Returns:
+      ``self.best``.
+    """
+    validation.check_int("n_trials", n_trials, 1)
+    while len(self.results) < n_trials and not self.exhausted:
+      trials = self.ask(1)
+      if not trials:
+        break
+      trial = trials[0]
+      try:
+        value = objective(trial)
+      except TrialPruned:
+        self.tell(trial, None, state="pruned")
+      except BaseException:
+        self.tell(trial, None, state="failed")
+        raise
+      else:
+        self.tell(trial, value)
+    return self.best
+
+
+class GridSearch(Searcher):
+  """Every point of ``space.grid(points_per_axis)``, in order (seed 003 §3.2 "穷举法").
+
+  Args:
+    space: the search space.
+    points_per_axis: points per continuous axis (and per log-scale ``Int``).
+    direction: ``"maximize"`` or ``"minimize"``.
+  """
+
+  def __init__(self, space: Space, points_per_axis: int = 3, direction: str = "maximize"):
+    super().__init__(space, direction)
+    self.points = space.grid(points_per_axis)
+
+  def _propose(self):
+    if self._next_number >= len(self.points):
+      return None
+    return dict(self.points[self._next_number])
+
+  @property
+  def exhausted(self) -> bool:
+    return self._next_number >= len(self.points)
+
+
+class RandomSearch(Searcher):
+  """Independent draws from the space with ``numpy.random.default_rng(seed)``: the same
+  seed gives the same sequence of configurations (seed 003 §3.2 "随机搜索").
+
+  Args:
+    space: the search space.
+    seed: integer seed >= 0.
+    direction: ``"maximize"`` or ``"minimize"``.
+  """
+
+  def __init__(self, space: Space, seed: int = 0, direction: str = "maximize"):
+    super().__init__(space, direction)
+    validation.check_int("seed", seed, 0)
+    self._rng = np.random.default_rng(seed)
+
+  def _propose(self):
+    return self.space.sample(self._rng)
