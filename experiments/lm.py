@@ -49,7 +49,7 @@ PRESETS = {
     "tiny": dict(n_layer=1, n_head=2, n_embd=32, block_size=32, steps=20, batch_size=16,
                  learning_rate=3e-3, warmup_steps=5, eval_every=10, dropout=0.0, text="",
                  sample_bytes=32, seed=0),
-    "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, steps=400, batch_size=32,
+    "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, steps=400, batch_size=16,
                   learning_rate=3e-3, warmup_steps=40, eval_every=100, dropout=0.0, text="",
                   sample_bytes=200, seed=0),
     "full": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, steps=5000, batch_size=16,
