@@ -1,0 +1,36 @@
+"""Fine-tuning a pretrained model on a new task with a new loss (seed 001 §2.3, §3.2, §4.2).
+
+Seed 001 §3.2's steps, each a piece here:
+
+1. load the pretrained model: ``load_pretrained`` reads a ``bt.train.fit`` run's Orbax
+   checkpoint into a new model's parameters, keeping a freshly initialized new head;
+2. define the new loss: any ``bt.train`` loss of the new model (a new head, a new target);
+3. update the parameters with an optimizer: all of them, only some (``freeze``), each group
+   at its own rate (``param_groups``), or through low-rank adapters (``lora_init``,
+   ``lora_merge``, ``lora_loss``); ``trainable_parameter_count`` says how many train;
+4. evaluate and adjust: ``bt.train.fit`` / ``evaluate``.
+
+Parameters are chosen by path (``hidden_0/kernel``) with prefixes or predicates (``paths``).
+"""
+
+from bigtune_jax.finetune.groups import freeze
+from bigtune_jax.finetune.groups import param_groups
+from bigtune_jax.finetune.groups import trainable_parameter_count
+from bigtune_jax.finetune.lora import lora_init
+from bigtune_jax.finetune.lora import lora_loss
+from bigtune_jax.finetune.lora import lora_merge
+from bigtune_jax.finetune.paths import Selection
+from bigtune_jax.finetune.paths import path_name
+from bigtune_jax.finetune.pretrained import load_pretrained
+
+__all__ = (
+    "Selection",
+    "freeze",
+    "load_pretrained",
+    "lora_init",
+    "lora_loss",
+    "lora_merge",
+    "param_groups",
+    "path_name",
+    "trainable_parameter_count",
+)

@@ -1,0 +1,329 @@
+"""bt.finetune: freezing, per-group learning rates, LoRA, loading a pretrained checkpoint."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import bigtune_jax as bt
+from bigtune_jax import data
+from bigtune_jax import finetune as ft
+from bigtune_jax import models
+from bigtune_jax import train
+from tests.utils import assert_trees_close
+
+
+def _bits(tree):
+  return [np.asarray(x).tobytes() for x in jax.tree.leaves(tree)]
+
+
+def _mlp_params(widths=(12, 16, 8, 3), seed=0):
+  """Parameters of ``models.MLP(hidden=widths[1:-1], num_classes=widths[-1])`` for inputs of
+  ``widths[0]`` features, drawn in NumPy (no XLA compilation: fast tests)."""
+  rng = np.random.default_rng(seed)
+  names = [f"hidden_{i}" for i in range(len(widths) - 2)] + ["head"]
+  return {name: {"kernel": jnp.asarray(rng.standard_normal((n_in, n_out)) / np.sqrt(n_in),
+                                       jnp.float32),
+                 "bias": jnp.asarray(0.1 * rng.standard_normal(n_out), jnp.float32)}
+          for name, n_in, n_out in zip(names, widths[:-1], widths[1:])}
+
+
+def _random_batch(rng, n=32, features=12, classes=3):
+  return {"image": jnp.asarray(rng.standard_normal((n, features)), jnp.float32),
+          "label": jnp.asarray(rng.integers(0, classes, n), jnp.int32)}
+
+
+def _train(state, step, batches):
+  for batch in batches:
+    state, _ = step(state, batch)
+  return state
+
+
+# --- freeze -------------------------------------------------------------------------------
+
+
+def test_frozen_parameters_stay_bit_for_bit_through_many_steps():
+  rng = np.random.default_rng(0)
+  model = models.MLP(hidden=(16, 8), num_classes=3)
+  params = _mlp_params(seed=0)
+  backbone = {k: v for k, v in params.items() if k != "head"}
+  before, head_before = _bits(backbone), jax.tree.map(np.asarray, params["head"])
+  # AdamW decays every parameter it sees: a frozen one must not even be decayed.
+  tx = ft.freeze(optax.adamw(0.05, weight_decay=0.1), trainable=("head",))
+  state = train.create_train_state(model, params, tx)
+  step = jax.jit(train.make_train_step(train.classification_loss(model)))
+  state = _train(state, step, [_random_batch(rng) for _ in range(60)])
+  assert _bits({k: v for k, v in state.params.items() if k != "head"}) == before
+  for new, old in zip(jax.tree.leaves(state.params["head"]), jax.tree.leaves(head_before)):
+    assert np.all(np.asarray(new) != old)  # every head entry moved
+  # optax.masked is not a freeze: it passes the masked-out gradients through as updates.
+  grads = jax.tree.map(jnp.ones_like, params)
+  masked = optax.masked(optax.sgd(0.1), {"head": {"bias": True, "kernel": True},
+                                         "hidden_0": {"bias": False, "kernel": False},
+                                         "hidden_1": {"bias": False, "kernel": False}})
+  updates, _ = masked.update(grads, masked.init(params), params)
+  assert np.all(np.asarray(updates["hidden_0"]["kernel"]) == 1.0)
+
+
+def test_freeze_selections_agree_and_keep_no_state_for_frozen():
+  params = {"body": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)},
+            "head": {"kernel": jnp.ones((2, 2))}}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  mask = {"body": {"kernel": False, "bias": False}, "head": {"kernel": True}}
+  outs = []
+  for trainable in ("head", ("head",), lambda p: p.startswith("head/"), mask):
+    tx = ft.freeze(optax.adam(0.1), trainable)
+    state = tx.init(params)
+    updates, _ = tx.update(grads, state, params)
+    outs.append(jax.tree.map(np.asarray, updates))
+    adam_mu = state.inner_states["train"].inner_state[0].mu
+    assert isinstance(adam_mu["body"]["kernel"], optax.MaskedNode)
+  for out in outs[1:]:
+    jax.tree.map(np.testing.assert_array_equal, out, outs[0])
+  assert np.all(outs[0]["body"]["kernel"] == 0) and np.all(outs[0]["head"]["kernel"] != 0)
+  assert ft.trainable_parameter_count(params, "head") == 4
+  assert ft.trainable_parameter_count(params) == 12
+
+
+@pytest.mark.parametrize("trainable, match", [
+    (("heads",), "trainable: no parameter path is or starts with 'heads'"),
+    (lambda path: False, "trainable selects no parameter"),
+    ({"head": True}, "trainable: a mask must have the parameters' tree structure"),
+])
+def test_freeze_rejects_bad_selections(trainable, match):
+  params = {"body": {"kernel": jnp.ones((3, 2))}, "head": {"kernel": jnp.ones((2, 2))}}
+  with pytest.raises(ValueError, match=match):
+    ft.freeze(optax.sgd(0.1), trainable).init(params)
+
+
+def test_freeze_rejects_a_selection_of_the_wrong_type():
+  with pytest.raises(ValueError, match="trainable must be a predicate"):
+    ft.freeze(optax.sgd(0.1), 3)
+
+
+# --- param_groups -------------------------------------------------------------------------
+
+
+def test_param_groups_match_a_numpy_reference_per_group(x64):
+  rng = np.random.default_rng(1)
+  params = {"embed": {"table": rng.standard_normal((4, 3))},
+            "body": {"kernel": rng.standard_normal((3, 3)), "bias": rng.standard_normal(3)},
+            "head": {"kernel": rng.standard_normal((3, 2))}}
+  rates = {"body": 0.05, "head": 0.3, "embed": None}
+  label = lambda path: path.split("/")[0]
+  gamma = 0.9
+  tx = ft.param_groups(rates, label, optimizer=functools.partial(bt.momentum, gamma=gamma))
+  jax_params = jax.tree.map(jnp.asarray, params)
+  state = tx.init(jax_params)
+  update = jax.jit(tx.update)
+  expected = jax.tree.map(np.copy, params)
+  velocity = jax.tree.map(np.zeros_like, params)
+  for _ in range(6):
+    grads = jax.tree.map(lambda p: rng.standard_normal(p.shape), params)
+    updates, state = update(jax.tree.map(jnp.asarray, grads), state, jax_params)
+    jax_params = optax.apply_updates(jax_params, updates)
+    for group, inner in expected.items():  # v <- gamma v + lr g; w <- w - v (per group lr)
+      for name in inner:
+        if rates[group] is None:
+          continue
+        velocity[group][name] = gamma * velocity[group][name] + rates[group] * grads[group][name]
+        inner[name] = inner[name] - velocity[group][name]
+  assert_trees_close(jax.tree.map(np.asarray, jax_params), expected, rtol=1e-12, atol=1e-12)
+  np.testing.assert_array_equal(jax_params["embed"]["table"], params["embed"]["table"])
+
+
+@pytest.mark.parametrize("rates, labels, match", [
+    ({"backbone": 0.1}, lambda p: "head" if p.startswith("head") else "backbone",
+     "labels: parameter 'head/kernel' is in group 'head', which learning_rates lacks"),
+    ({"backbone": 0.1, "head": 0.1, "extra": 0.1},
+     lambda p: "head" if p.startswith("head") else "backbone",
+     "learning_rates: group 'extra' has no parameter"),
+    ({"backbone": 0.1}, {"backbone": "backbone"}, "labels must be a function path -> group"),
+])
+def test_param_groups_reject_unknown_or_unused_groups(rates, labels, match):
+  params = {"body": {"kernel": jnp.ones((3, 2))}, "head": {"kernel": jnp.ones((2, 2))}}
+  with pytest.raises(ValueError, match=match):
+    ft.param_groups(rates, labels).init(params)
+
+
+@pytest.mark.parametrize("rates, match", [
+    ({"a": -1.0}, r"learning_rates\['a'\] must be a finite number >= 0"),
+    ({}, "learning_rates must be a non-empty mapping"),
+])
+def test_param_groups_reject_bad_rates_at_construction(rates, match):
+  with pytest.raises(ValueError, match=match):
+    ft.param_groups(rates, lambda p: "a")
+
+
+# --- LoRA ---------------------------------------------------------------------------------
+
+
+def test_lora_with_zero_b_is_the_base_model_exactly():
+  model = models.MLP(hidden=(16, 8), num_classes=3)
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((5, 12)), jnp.float32)
+  params = _mlp_params(seed=2)
+  lora = ft.lora_init(params, 4, jax.random.key(3), also_train=("head",))
+  assert set(lora) == {"hidden_0", "hidden_1", "head"}
+  assert set(lora["hidden_0"]) == {"lora_a", "lora_b"}
+  assert not np.any(np.asarray(lora["hidden_0"]["lora_b"]))
+  assert np.any(np.asarray(lora["hidden_0"]["lora_a"]))
+  merged = ft.lora_merge(params, lora, alpha=8.0)
+  assert _bits(merged) == _bits(params)
+  apply = jax.jit(lambda p: model.apply({"params": p}, x))
+  np.testing.assert_array_equal(apply(merged), apply(params))
+  # r (in + out) per adapted layer, plus the head trained in full.
+  assert ft.trainable_parameter_count(lora) == 4 * (12 + 16) + 4 * (16 + 8) + 8 * 3 + 3
+
+
+def test_lora_merged_kernel_is_w_plus_alpha_over_r_a_b(x64):
+  rng = np.random.default_rng(4)
+  params = {"enc": {"kernel": rng.standard_normal((7, 5)), "bias": rng.standard_normal(5)},
+            "head": {"kernel": rng.standard_normal((5, 2)), "bias": rng.standard_normal(2)}}
+  params = jax.tree.map(jnp.asarray, params)
+  rank, alpha = 3, 6.0
+  lora = ft.lora_init(params, rank, jax.random.key(5), targets=("enc",), also_train="head")
+  a, b = rng.standard_normal((7, rank)), rng.standard_normal((rank, 5))
+  head = {"kernel": rng.standard_normal((5, 2)), "bias": rng.standard_normal(2)}
+  lora = {"enc": {"lora_a": jnp.asarray(a), "lora_b": jnp.asarray(b)},
+          "head": jax.tree.map(jnp.asarray, head)}
+  merged = jax.jit(functools.partial(ft.lora_merge, alpha=alpha))(params, lora)
+  expected = np.asarray(params["enc"]["kernel"]) + (alpha / rank) * (a @ b)
+  np.testing.assert_allclose(merged["enc"]["kernel"], expected, rtol=1e-12, atol=1e-12)
+  np.testing.assert_array_equal(merged["enc"]["bias"], params["enc"]["bias"])
+  jax.tree.map(np.testing.assert_array_equal, merged["head"], head)
+
+
+def test_lora_training_moves_only_the_adapters():
+  rng = np.random.default_rng(6)
+  model = models.MLP(hidden=(16,), num_classes=3)
+  params = _mlp_params((12, 16, 3), seed=6)
+  base_bits = _bits(params)
+  lora = ft.lora_init(params, 2, jax.random.key(7))  # adapters on hidden_0 and head
+  initial = jax.tree.map(np.asarray, lora)
+  loss_fn = ft.lora_loss(train.classification_loss(model), params, alpha=4.0)
+  state = train.create_train_state(model, lora, optax.adam(0.02))
+  batches = [_random_batch(rng) for _ in range(30)]
+  loss_of = jax.jit(lambda p: loss_fn(p, batches[0], jax.random.key(0), False)[0])
+  first = loss_of(lora)
+  state = _train(state, jax.jit(train.make_train_step(loss_fn)), batches)
+  trained = state.params
+  assert jax.tree.structure(trained) == jax.tree.structure(initial)  # A, B: all that trains
+  assert all(set(layer) == {"lora_a", "lora_b"} for layer in trained.values())
+  for layer in trained:
+    assert np.all(np.asarray(trained[layer]["lora_b"]) != 0)
+    assert not np.array_equal(trained[layer]["lora_a"], initial[layer]["lora_a"])
+  assert _bits(params) == base_bits
+  merged = ft.lora_merge(params, trained, alpha=4.0)
+  np.testing.assert_array_equal(merged["head"]["bias"], params["head"]["bias"])
+  assert loss_of(trained) < first
+
+
+@pytest.mark.parametrize("rank, kwargs, match", [
+    (0, {}, "rank must be an integer >= 1"),
+    (9, {"also_train": "head"},
+     r"rank must be in \[1, min\(in, out\)\] = \[1, 8\] for 'hidden_1/kernel'"),
+    (2, {"targets": ("hiden_0",)}, "targets: no parameter path is or starts with 'hiden_0'"),
+    (2, {"targets": ("hidden_0",), "also_train": ("hidden_0",)},
+     "'hidden_0/kernel' is both adapted"),
+    (2, {"targets": ("hidden_0/bias",)}, "targets select no layer kernel"),
+])
+def test_lora_init_rejects_bad_ranks_and_paths(rank, kwargs, match):
+  params = _mlp_params()
+  with pytest.raises(ValueError, match=match):
+    ft.lora_init(params, rank, jax.random.key(0), **kwargs)
+
+
+def test_lora_rejects_unsupported_layers_and_misfit_trees():
+  params = {"conv": {"kernel": jnp.ones((3, 3, 1, 5)), "bias": jnp.zeros(5)},  # nn.Conv
+            "head": {"kernel": jnp.ones((125, 2)), "bias": jnp.zeros(2)}}
+  with pytest.raises(ValueError, match="'conv/kernel' has shape .* not this layer type"):
+    ft.lora_init(params, 1, jax.random.key(0), targets=("conv",))
+  lora = ft.lora_init(params, 1, jax.random.key(0))  # the default skips the conv kernel
+  assert set(lora) == {"head"}
+  with pytest.raises(ValueError, match="alpha must be in"):
+    ft.lora_merge(params, lora, alpha=0.0)
+  bad = {"head": {"lora_a": jnp.zeros((124, 1)), "lora_b": jnp.zeros((1, 2))}}
+  with pytest.raises(ValueError, match="adapter of 'head/kernel'"):
+    ft.lora_merge(params, bad, alpha=1.0)
+  with pytest.raises(ValueError, match="'nope/lora_a' adapts 'nope/kernel', which params lack"):
+    ft.lora_merge(params, {"nope": {"lora_a": jnp.zeros((3, 1)), "lora_b": jnp.zeros((1, 2))}},
+                  alpha=1.0)
+  with pytest.raises(ValueError, match="'conv/bias' \\(6,\\) replaces no parameter"):
+    ft.lora_merge(params, {"conv": {"bias": jnp.zeros(6)}}, alpha=1.0)
+
+
+# --- load_pretrained ----------------------------------------------------------------------
+
+
+def _pairs(split):
+  """A new task on the same digits: which pair {0,1}, {2,3}, ..., {8,9} (5 classes)."""
+  return data.ArrayDataset({"image": split["image"], "label": split["label"] // 2})
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+  """An MLP trained on the 10 digits by bt.train.fit; its workdir and final parameters."""
+  workdir = tmp_path_factory.mktemp("pretrain")
+  splits = data.load_dataset("digits", seed=0)
+  model = models.MLP(hidden=(32,), num_classes=10)
+  state = train.create_train_state(model, train.init_params(model, splits["train"]["image"][:1]),
+                                   optax.adam(1e-2))
+  config = train.FitConfig(steps=60, batch_size=32, eval_every=30, progress=False)
+  result = train.fit(state, train.classification_loss(model), splits["train"], config=config,
+                     workdir=str(workdir))
+  return workdir, jax.tree.map(np.asarray, result.state.params), splits
+
+
+def test_load_pretrained_copies_the_backbone_and_keeps_the_new_head(pretrained_run):
+  workdir, final, splits = pretrained_run
+  fresh = _mlp_params((64, 32, 5), seed=11)  # a new 5-way head
+  for where in (workdir, workdir / "checkpoints"):
+    loaded = ft.load_pretrained(where, fresh)
+    assert _bits(loaded["hidden_0"]) == _bits(final["hidden_0"])
+    assert _bits(loaded["head"]) == _bits(fresh["head"])
+  earlier = ft.load_pretrained(workdir, fresh, step=30)
+  assert _bits(earlier["hidden_0"]) != _bits(final["hidden_0"])
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 7 .* \[30, 60\]"):
+    ft.load_pretrained(workdir, fresh, step=7)
+
+
+@pytest.mark.parametrize("widths, kwargs, match", [
+    ((64, 33, 5), {}, r"does not fit the target: hidden_0/bias: stored \(32,\) float32, "
+     r"target \(33,\) float32"),
+    ((64, 32, 16, 5), {}, "hidden_1/bias: in the target, not in the checkpoint"),
+    ((64, 32, 5), {"skip": ()}, r"head/bias: stored \(10,\) float32, target \(5,\) float32"),
+    ((64, 32, 5), {"skip": ("heads",)}, "skip: no parameter path is or starts with 'heads'"),
+])
+def test_load_pretrained_names_the_first_mismatching_path(pretrained_run, widths, kwargs,
+                                                          match):
+  target = _mlp_params(widths)
+  with pytest.raises(ValueError, match=match):
+    ft.load_pretrained(pretrained_run[0], target, **kwargs)
+
+
+def test_load_pretrained_rejects_a_missing_directory(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+    ft.load_pretrained(tmp_path / "nothing", {"w": jnp.ones(2)})
+
+
+def test_finetuning_from_the_checkpoint_beats_scratch_in_few_steps(pretrained_run):
+  workdir, _, splits = pretrained_run
+  model = models.MLP(hidden=(32,), num_classes=5)
+  fresh = _mlp_params((64, 32, 5), seed=12)
+  # A zero head (as big_vision's fine-tuning does): the large pretrained features then
+  # start from uniform logits instead of a random head's large ones.
+  fresh["head"] = jax.tree.map(jnp.zeros_like, fresh["head"])
+  pretrained = ft.load_pretrained(workdir, fresh)
+  loss_fn = train.classification_loss(model)
+  evaluate = jax.jit(train.make_eval_step(loss_fn))
+  task, test = _pairs(splits["train"]), _pairs(splits["test"])
+  batches = list(task.batches(32, seed=0, epoch=0))[:20]
+  step, losses = jax.jit(train.make_train_step(loss_fn)), {}
+  for name, params in (("pretrained", pretrained), ("scratch", fresh)):
+    state = train.create_train_state(model, jax.tree.map(jnp.copy, params), optax.adam(3e-3))
+    state = _train(state, step, batches)
+    losses[name] = train.evaluate(evaluate, state.params, test, 512)["loss"]
+  assert losses["pretrained"] < losses["scratch"] - 0.1, losses
