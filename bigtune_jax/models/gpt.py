@@ -14,6 +14,9 @@ Built for large runs, where it differs from nanoGPT:
 * The blocks are one ``nn.scan`` over stacked parameters (every block parameter has a
   leading ``n_layer`` axis): compile time is flat in depth. ``remat=True`` wraps the block
   in ``nn.remat``: activations inside a block are recomputed in the backward pass.
+  ``scan_unroll >= n_layer`` removes the loop (same parameters): on an H100 at GPT-2 124M
+  the step is 15 ms faster (39.5 against 54.8 ms), because a scan copies every saved
+  activation into, and back out of, its stacked ``(n_layer, ...)`` buffer.
 * Mixed precision: parameters are stored in ``param_dtype`` (float32) and the model
   computes in ``dtype`` (bfloat16), the residual stream included; LayerNorm statistics and
   the attention softmax are computed in float32. The tied head multiplies in ``dtype`` but
@@ -25,7 +28,16 @@ Built for large runs, where it differs from nanoGPT:
 * Parameters carry logical axis names (``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``,
   ``layers``) through ``nn.with_logical_partitioning``; a rules table elsewhere maps them
   to mesh axes. Without a mesh they are plain metadata (``nn.unbox`` strips them).
-* GELU is the exact (erf) form, as nanoGPT's ``nn.GELU()``; biases are always on.
+* GELU is the exact (erf) form, as nanoGPT's ``nn.GELU()``; biases are always on. Its
+  gradient is written out (``gelu``): the backward pass keeps only the pre-activation,
+  where autodiff of ``jax.nn.gelu`` kept two more ``(B, T, 4C)`` intermediates.
+* ``GPT(...)(idx, targets=t)`` returns the per-token cross-entropy through the fused head
+  of ``tied_head.py`` instead of the logits. Its backward products run in ``dtype``; the
+  plain path's float32 logits make both backward products of the head float32 matmuls.
+  ``head_chunk`` bounds the logits held at once, ``head_logits_dtype=bfloat16`` halves
+  their bytes (as PyTorch's autocast). Measurements: ``benchmarks/gpt_step_NOTES.md``.
+* The token embedding is gathered from the float32 table and then cast, so its gradient
+  is a float32 scatter-add (a bfloat16 table would sum repeated tokens in bfloat16).
 """
 
 import dataclasses
@@ -37,6 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from bigtune_jax.models.counting import count_params
+from bigtune_jax.models.tied_head import tied_softmax_cross_entropy
 from bigtune_jax.transforms import validation
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
@@ -58,10 +71,20 @@ class GPTConfig:
   param_dtype: Any = jnp.float32  # storage dtype of the parameters
   remat: bool = False  # recompute each block's activations in the backward pass
   attention: str | None = None  # "xla", "cudnn", or None: chosen by attention_implementation
+  head_chunk: int | None = None  # tokens per logits chunk of the fused head (None: all)
+  head_logits_dtype: Any = jnp.float32  # the fused head's logits; bfloat16 halves their bytes
+  scan_unroll: int = 1  # blocks per iteration of the scan over layers (>= n_layer: no loop)
 
   def __post_init__(self):
-    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "scan_unroll"):
       validation.check_int(name, getattr(self, name), 1)
+    if self.head_chunk is not None:
+      validation.check_int("head_chunk", self.head_chunk, 1)
+    try:
+      logits_dtype = jnp.dtype(self.head_logits_dtype).name
+    except TypeError:  # not a dtype at all
+      logits_dtype = self.head_logits_dtype
+    validation.check_choice("head_logits_dtype", logits_dtype, ("float32", "bfloat16", "float16"))
     if self.n_embd % self.n_head:
       raise ValueError(f"n_embd must be divisible by n_head, got n_embd={self.n_embd}, "
                        f"n_head={self.n_head}")
@@ -99,6 +122,27 @@ def attention_implementation(config: GPTConfig) -> str:
   half = jnp.dtype(config.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
   head_ok = config.head_size % 8 == 0 and config.head_size <= 128
   return "cudnn" if jax.default_backend() == "gpu" and half and head_ok else "xla"
+
+
+@jax.custom_vjp
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU ``x Phi(x)``; its derivative ``Phi(x) + x phi(x)`` is recomputed from ``x``."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_fwd(x):
+  return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+  dtype = jnp.promote_types(x.dtype, jnp.float32)  # bfloat16 in, float32 arithmetic
+  x32, g32 = x.astype(dtype), g.astype(dtype)
+  cdf = 0.5 * (1.0 + jax.lax.erf(x32 * (1 / math.sqrt(2))))  # Phi(x)
+  pdf = jnp.exp(-0.5 * x32 * x32) * (1 / math.sqrt(2 * math.pi))  # phi(x)
+  return ((g32 * (cdf + x32 * pdf)).astype(x.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 def _init(names: tuple[str | None, ...], std: float | None = None):
@@ -146,7 +190,7 @@ class FeedForward(nn.Module):
     x = nn.Dense(4 * cfg.n_embd, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                  kernel_init=_init(("embed", "mlp"), 0.02), bias_init=_init(("mlp",)),
                  name="c_fc")(x)  # (B, T, 4C)
-    x = jax.nn.gelu(x, approximate=False)
+    x = gelu(x)
     x = nn.Dense(cfg.n_embd, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                  kernel_init=_init(("mlp", "embed"), 0.02 / math.sqrt(2 * cfg.n_layer)),
                  bias_init=_init(("embed",)), name="c_proj")(x)  # (B, T, C)
@@ -171,6 +215,10 @@ class GPT(nn.Module):
 
   ``train=True`` enables dropout (drawing from the ``'dropout'`` rng when
   ``config.dropout > 0``). ``T`` may be anything up to ``config.block_size``.
+  With ``targets`` (word ids ``(B, T)``) the call returns the float32 cross-entropy of each
+  position ``(B, T)`` instead, through the fused chunked head (``tied_head.py``): the same
+  values as ``optax.softmax_cross_entropy_with_integer_labels(logits, targets)`` without
+  the logits in memory.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -183,24 +231,30 @@ class GPT(nn.Module):
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, idx: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, idx: jax.Array, *, train: bool = False,
+               targets: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     _, t = idx.shape
     if t > cfg.block_size:
       raise ValueError(f"sequence length {t} exceeds block_size={cfg.block_size}")
+    if targets is not None and targets.shape != idx.shape:
+      raise ValueError(f"targets must have idx's shape {idx.shape}, got {targets.shape}")
     wte = nn.Embed(cfg.vocab_size, cfg.n_embd, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                    embedding_init=_init(("vocab", "embed"), 0.02), name="wte")
     wpe = self.param("wpe", _init((None, "embed"), 0.02), (cfg.block_size, cfg.n_embd),
                      cfg.param_dtype)  # (block_size, C)
-    x = wte(idx) + wpe[:t].astype(cfg.dtype)  # (B, T, C)
+    x = (jnp.take(wte.embedding, idx, axis=0) + wpe[:t]).astype(cfg.dtype)  # (B, T, C)
     x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
 
     block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
     blocks = nn.scan(block, variable_axes={"params": 0},
                      split_rngs={"params": True, "dropout": True}, length=cfg.n_layer,
-                     metadata_params={nn.PARTITION_NAME: "layers"})
+                     unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
     x, _ = blocks(cfg, deterministic=not train, name="h")(x, None)  # (B, T, C)
     x = _layer_norm(cfg, "ln_f")(x)
+    if targets is not None:
+      return tied_softmax_cross_entropy(x, wte.embedding, targets, chunk_size=cfg.head_chunk,
+                                        logits_dtype=cfg.head_logits_dtype)  # (B, T)
 
     # Tied head: wte.attend(x), with float32 accumulation and output.
     embedding = jnp.asarray(wte.embedding, cfg.dtype)  # (vocab_size, C)
