@@ -99,6 +99,9 @@ def train_and_evaluate(experiment: str, preset: str, model, params, tx, loss_fn,
 
 
 def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
+  """Atomically writes ``workdir/summary.json``; only process 0 writes on many hosts."""
+  if jax.process_index() != 0:
+    return
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "summary.json")
   tmp = path + ".tmp"

@@ -1,7 +1,10 @@
-"""The training engine: state, jit-compiled steps, the fit loop, checkpoints, metrics."""
+"""The training engine: state, jit-compiled steps, sharding over a device mesh, many
+hosts, the fit loop, checkpoints, metrics."""
 
 from bigtune_jax.train.checkpoint import Checkpointer
 from bigtune_jax.train.checkpoint import abstract_like
+from bigtune_jax.train.distributed import global_batch
+from bigtune_jax.train.distributed import maybe_initialize
 from bigtune_jax.train.fit import FitConfig
 from bigtune_jax.train.fit import FitResult
 from bigtune_jax.train.fit import evaluate
@@ -9,6 +12,15 @@ from bigtune_jax.train.fit import fit
 from bigtune_jax.train.metrics import MetricsLog
 from bigtune_jax.train.metrics import Progress
 from bigtune_jax.train.metrics import plot_metrics
+from bigtune_jax.train.sharding import LOGICAL_RULES
+from bigtune_jax.train.sharding import MeshConfig
+from bigtune_jax.train.sharding import batch_sharding
+from bigtune_jax.train.sharding import jit_eval_step
+from bigtune_jax.train.sharding import jit_train_step
+from bigtune_jax.train.sharding import make_mesh
+from bigtune_jax.train.sharding import param_sharding
+from bigtune_jax.train.sharding import shard_state
+from bigtune_jax.train.sharding import state_sharding
 from bigtune_jax.train.state import TrainState
 from bigtune_jax.train.state import create_train_state
 from bigtune_jax.train.state import init_params
@@ -22,18 +34,29 @@ __all__ = (
     "Checkpointer",
     "FitConfig",
     "FitResult",
+    "LOGICAL_RULES",
+    "MeshConfig",
     "MetricsLog",
     "Progress",
     "TrainState",
     "abstract_like",
+    "batch_sharding",
     "classification_loss",
     "create_train_state",
     "evaluate",
     "fit",
+    "global_batch",
     "init_params",
+    "jit_eval_step",
+    "jit_train_step",
     "language_model_loss",
     "make_eval_step",
+    "make_mesh",
     "make_train_step",
+    "maybe_initialize",
+    "param_sharding",
     "plot_metrics",
     "regression_loss",
+    "shard_state",
+    "state_sharding",
 )

@@ -5,7 +5,9 @@ Choices, and why:
 * **Async by default.** ``save`` returns once the arrays are copied to host memory; Orbax
   writes them in a background thread, so the caller may donate or overwrite the state at
   once. ``wait()`` (also called by ``restore`` and ``close``) blocks until the write is
-  committed. A save waits for the previous one to finish first.
+  committed. A save waits for the previous one to finish first. (Not with several CPU
+  devices in one process, e.g. fake devices in tests: there a background write beside a
+  running step can deadlock XLA's CPU collectives, so saves are synchronous.)
 * **Preservation policy, not ``max_to_keep``** (deprecated in Orbax): a checkpoint is kept
   if it is one of the ``keep_last`` latest OR one of the ``keep_best`` best by
   ``best_metric`` (``AnyPreservationPolicy([LatestN, BestN])``). A checkpoint saved
@@ -15,7 +17,10 @@ Choices, and why:
 * **Restore through an abstract target.** Every leaf of ``target`` gives the shape, dtype
   and sharding to restore into (a leaf without a sharding goes to the first local device).
   The target is checked against the checkpoint's stored metadata before anything is read,
-  and the first mismatching path is named.
+  and the first mismatching path is named. The target's mesh need not be the one saved
+  from: a state saved sharded over 8 devices restores onto 1 or 4 given their shardings
+  (``abstract_like(state, bt.train.state_sharding(state, mesh))``). On many hosts every
+  process calls ``save`` and ``restore`` on a shared directory; each writes its own shards.
 * **Atomic commits.** Orbax writes ``DIR/<step>.orbax-checkpoint-tmp*`` and renames it to
   ``DIR/<step>`` once complete, so a save killed midway leaves a tmp directory that is
   never listed nor restored (and is replaced if the same step is saved again).
@@ -42,6 +47,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from bigtune_jax.train import sharding as sharding_lib
+
 _ITEM = "default"  # Orbax's name for the single item of a CheckpointManager
 
 
@@ -61,14 +68,29 @@ def _abstract_leaf(x) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_first_local_device_sharding())
 
 
-def abstract_like(tree):
+def abstract_like(tree, shardings=None):
   """``tree`` with every leaf replaced by a ``jax.ShapeDtypeStruct`` carrying its sharding.
 
   Leaves may be ``jax.Array`` (their own sharding), NumPy arrays or Python scalars (the
   dtype ``jnp.asarray`` would give, on the first local device), or ``ShapeDtypeStruct``
   (kept; given the first local device when they have no sharding).
+
+  ``shardings``, a tree of ``jax.sharding.Sharding`` in ``tree``'s structure (e.g.
+  ``bt.train.state_sharding(state, mesh)``), overrides them: restoring into that target
+  puts each array on its new mesh, whatever mesh the checkpoint was saved from (Orbax
+  reads just the slices each device needs).
   """
-  return jax.tree.map(_abstract_leaf, tree)
+  if shardings is None:
+    return jax.tree.map(_abstract_leaf, tree)
+  leaves, treedef = jax.tree.flatten(tree)
+  sharding_leaves = jax.tree.leaves(shardings)  # static fields (e.g. a state's tx) may differ
+  if len(sharding_leaves) != len(leaves):
+    raise ValueError(f"shardings has {len(sharding_leaves)} leaves, the tree {len(leaves)}: "
+                     "give one sharding per array, in the tree's structure")
+  def with_sharding(x, sharding):
+    x = _abstract_leaf(x)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding, weak_type=x.weak_type)
+  return treedef.unflatten(map(with_sharding, leaves, sharding_leaves))
 
 
 def _as_array(x):
@@ -124,6 +146,12 @@ def _check_directory(path: Path) -> None:
     raise ValueError(f"checkpoint directory {path}: {existing} is not writable")
 
 
+def _resolve_async(async_save: bool | None) -> bool:
+  if async_save is not None:
+    return bool(async_save)
+  return not sharding_lib.cpu_collectives_need_sync()
+
+
 class Checkpointer:
   """Orbax CheckpointManager for training states: async saves, a preservation policy that
   keeps the last ``keep_last`` checkpoints and the ``keep_best`` best by a metric, restore
@@ -137,7 +165,10 @@ class Checkpointer:
     best_metric: the key of the ``metrics`` dict that ranks checkpoints (e.g. ``"val_loss"``);
       required when ``keep_best > 0``.
     best_mode: ``"min"`` (lower is better) or ``"max"``.
-    async_save: write in a background thread (see ``wait``).
+    async_save: write in a background thread (see ``wait``); None (default): yes, except
+      where ``sharding.cpu_collectives_need_sync()`` (several CPU devices in this process,
+      whose collectives can deadlock beside a background write): there saves finish
+      before ``save`` returns.
 
   Example::
 
@@ -149,7 +180,7 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, *, keep_last: int = 2,
                keep_best: int | None = None,
                best_metric: str | None = None, best_mode: str = "min",
-               async_save: bool = True):
+               async_save: bool | None = None):
     if not isinstance(keep_last, int) or keep_last < 1:
       raise ValueError(f"keep_last must be an integer >= 1, got {keep_last!r}")
     if keep_best is None:
@@ -173,7 +204,7 @@ class Checkpointer:
         preservation_policy=policies.AnyPreservationPolicy(kept),
         # Orbax writes metrics only when a best_fn is set; ours also ranks best_step().
         best_fn=self._rank, best_mode=best_mode,
-        enable_async_checkpointing=async_save, create=False)
+        enable_async_checkpointing=_resolve_async(async_save), create=False)
     registry = ocp.handlers.create_default_handler_registry(
         **{_ITEM: ocp.StandardCheckpointHandler()})
     try:

@@ -20,24 +20,33 @@ workdir restores the latest checkpoint, drops the metrics rows written after it,
 continues to exactly the same result as an uninterrupted run (bit for bit on CPU).
 When early stopping fires, training ends and, if best parameters were kept, they are put
 back into the returned state.
+
+**Devices** (``sharding.py``): ``FitConfig.mesh`` shapes the device mesh (``None``: every
+device, data-parallel); the state is placed by ``state_sharding`` (or restored straight
+onto the mesh, whatever mesh the checkpoint came from), each batch is split by rows over
+the ``data`` and ``fsdp`` axes, and the one train step is jitted with those shardings. On
+many hosts (``distributed.py``) each host loads its rows of every batch, and only process 0
+writes the metrics log, the plots and the progress bar; all of them write checkpoints.
 """
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bigtune_jax import control
 from bigtune_jax.data.pipeline import ArrayDataset
 from bigtune_jax.train import checkpoint as checkpoint_lib
+from bigtune_jax.train import distributed
 from bigtune_jax.train import metrics as metrics_lib
+from bigtune_jax.train import sharding as sharding_lib
 from bigtune_jax.train.state import TrainState
 from bigtune_jax.train.step import LossFn
-from bigtune_jax.train.step import make_eval_step
-from bigtune_jax.train.step import make_train_step
 from bigtune_jax.transforms import validation
 
 
@@ -55,6 +64,7 @@ class FitConfig:
   keep_checkpoints: int = 2  # the latest N are kept, plus the best by `monitor`
   learning_rate: float | Callable | None = None  # for the logs: a number or schedule(step)
   progress: bool = True  # tqdm bar with loss and lr
+  mesh: sharding_lib.MeshConfig | None = None  # None: every device, data-parallel
 
   def __post_init__(self):
     validation.check_int("steps", self.steps, 1)
@@ -65,6 +75,8 @@ class FitConfig:
     validation.check_choice("monitor_mode", self.monitor_mode, ("min", "max"))
     validation.check_int("checkpoint_every_evals", self.checkpoint_every_evals, 1)
     validation.check_int("keep_checkpoints", self.keep_checkpoints, 1)
+    if self.mesh is not None and not isinstance(self.mesh, sharding_lib.MeshConfig):
+      raise ValueError(f"mesh must be a bt.train.MeshConfig or None, got {self.mesh!r}")
 
 
 @dataclasses.dataclass
@@ -76,15 +88,30 @@ class FitResult:
   wall_s: float
 
 
-def evaluate(eval_step: Callable, params, dataset: ArrayDataset, batch_size: int) -> dict:
-  """Mean loss (and accuracy) over every example of ``dataset`` exactly once."""
+def _eval_batches(dataset: ArrayDataset, batch_size: int, mesh):
   batch_size = min(batch_size, max(len(dataset), 1))
+  if mesh is None:  # every host feeds whole batches
+    yield from dataset.batches(batch_size, shuffle=False, remainder="pad", process_index=0,
+                               process_count=1)
+    return
+  multiple = math.lcm(sharding_lib.batch_shards(mesh), jax.process_count())
+  batch_size = -(-batch_size // multiple) * multiple  # padded rows are masked out
+  for batch in dataset.batches(batch_size, shuffle=False, remainder="pad"):
+    yield distributed.global_batch(batch, mesh)
+
+
+def evaluate(eval_step: Callable, params, dataset: ArrayDataset, batch_size: int, *,
+             mesh: jax.sharding.Mesh | None = None) -> dict:
+  """Mean loss (and accuracy) over every example of ``dataset`` exactly once.
+
+  With a ``mesh`` (by default the one ``params`` are placed on, if any) each batch is
+  split by rows over it, each host loading its own rows.
+  """
+  mesh = mesh if mesh is not None else sharding_lib.mesh_of(params)
   sums = None
-  for batch in dataset.batches(batch_size, shuffle=False, remainder="pad", process_index=0,
-                               process_count=1):
-    out = eval_step(params, batch)
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  sums = jax.device_get(sums)
+  for batch in _eval_batches(dataset, batch_size, mesh):
+    out = jax.device_get(eval_step(params, batch))  # added up on the host, in float32
+    sums = out if sums is None else jax.tree.map(np.add, sums, out)
   result = {"loss": float(sums["loss_sum"] / sums["count"])}
   if "correct" in sums:
     result["accuracy"] = float(sums["correct"] / sums["count"])
@@ -127,6 +154,16 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
                      f"({len(train_data)} examples)")
+  if config.mesh is None:
+    mesh, rules = sharding_lib.default_mesh(config.batch_size), sharding_lib.LOGICAL_RULES
+  else:
+    mesh, rules = config.mesh.make_mesh(), config.mesh.rules
+  shards = math.lcm(sharding_lib.batch_shards(mesh), jax.process_count())
+  if config.batch_size % shards:
+    raise ValueError(f"batch_size {config.batch_size} must be a multiple of {shards}, the "
+                     f"batch shards of the mesh {dict(mesh.shape)} (data * fsdp) and hosts")
+  shardings = sharding_lib.state_sharding(state, mesh, rules)
+  primary = distributed.is_primary()
   monitor = config.monitor if val_data is not None else "train_loss"
   eval_every = config.eval_every or steps_per_epoch
 
@@ -139,38 +176,47 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
         keep_best=1, best_metric=monitor, best_mode=config.monitor_mode)
     resumed_from = checkpoints.latest_step()
     if resumed_from is not None:
-      state = checkpoints.restore(checkpoint_lib.abstract_like(state), step=resumed_from)
-      log.truncate_after(resumed_from)
+      state = checkpoints.restore(checkpoint_lib.abstract_like(state, shardings),
+                                  step=resumed_from)
+      if primary:
+        log.truncate_after(resumed_from)
+  if resumed_from is None:
+    state = jax.device_put(state, shardings)
 
-  train_step = jax.jit(make_train_step(loss_fn), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(loss_fn))
+  train_step = sharding_lib.jit_train_step(loss_fn, shardings, mesh)
+  eval_step = sharding_lib.jit_eval_step(loss_fn, shardings.params, mesh)
   update_plateau = jax.jit(lambda s, v: plateau.update((), s, value=v)[1]) if plateau else None
   update_stopper = jax.jit(early_stopping.update) if early_stopping else None
-  keep_best = jax.jit(control.EarlyStopping.select_best)
+  keep_best = jax.jit(control.EarlyStopping.select_best, out_shardings=shardings.best_params)
   schedule = config.learning_rate
   schedule = jax.jit(schedule) if callable(schedule) else schedule  # one compile, any step
 
   step = int(state.step)
   stopped = bool(early_stopping and state.early_stopping.should_stop)
-  history = log.rows() if log is not None else []
-  loss_sum, loss_count = jnp.zeros([]), 0
-  bar = metrics_lib.Progress(config.steps, initial=step, enabled=config.progress)
+  history = [r for r in log.rows() if r["step"] <= step] if log is not None else []
+  wait_each_step = sharding_lib.cpu_collectives_need_sync()
+  losses = []  # this row's step losses, on the device until the row is written
+  bar = metrics_lib.Progress(config.steps, initial=step, enabled=config.progress and primary)
   try:
     while step < config.steps and not stopped:
       epoch, offset = divmod(step, steps_per_epoch)
       for batch in train_data.batches(config.batch_size, seed=config.seed, epoch=epoch,
                                       start_step=offset):
-        state, out = train_step(state, batch)
-        loss_sum, loss_count, step = loss_sum + out["loss"], loss_count + 1, step + 1
+        state, out = train_step(state, distributed.global_batch(batch, mesh))
+        if wait_each_step:
+          jax.block_until_ready(out)
+        losses.append(out["loss"])
+        step += 1
         bar.update(1)
         if step % eval_every and step < config.steps:
           continue
-        row = {"epoch": epoch, "train_loss": float(loss_sum) / loss_count,
+        row = {"epoch": epoch, "train_loss": float(sum(jax.device_get(losses), np.float32(0)))
+                                              / len(losses),
                "skipped_steps": int(state.skipped_steps)}
-        loss_sum, loss_count = jnp.zeros([]), 0
+        losses = []
         if val_data is not None:
-          row.update({f"val_{k}": v for k, v in
-                      evaluate(eval_step, state.params, val_data, config.eval_batch_size).items()})
+          row.update({f"val_{k}": v for k, v in evaluate(
+              eval_step, state.params, val_data, config.eval_batch_size, mesh=mesh).items()})
         lr = _learning_rate(schedule, state)
         if lr is not None:
           row["lr"] = lr
@@ -187,7 +233,7 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
           stopped = bool(state.early_stopping.should_stop)
         history.append({"step": step, **row})
         bar.update(0, loss=row["train_loss"], **({"lr": lr} if lr is not None else {}))
-        if log is not None:
+        if log is not None and primary:
           log.append(step, **row)
         evals_done = len(history)
         if checkpoints is not None and (evals_done % config.checkpoint_every_evals == 0
@@ -201,7 +247,7 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
       checkpoints.wait()
       checkpoints.close()
 
-  if workdir is not None and history:
+  if workdir is not None and history and primary:
     metrics_lib.plot_metrics(history, workdir)
   if _kept(state.best_params) and early_stopping is not None:
     state = state.replace(params=state.best_params)

@@ -109,13 +109,29 @@ def _all_finite(tree) -> jax.Array:
   return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
 
 
-def make_train_step(loss_fn: LossFn) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """``step(state, batch) -> (state, metrics)``; jit it with ``donate_argnums=0``."""
+def _in_use(params, params_in_use):
+  if params_in_use is None:
+    return params
+  return jax.lax.with_sharding_constraint(params, params_in_use)
+
+
+def make_train_step(loss_fn: LossFn, *, params_in_use=None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """``step(state, batch) -> (state, metrics)``; jit it with ``donate_argnums=0``.
+
+  ``params_in_use``: shardings (a tree like the parameters) the parameters take where the
+  loss uses them, e.g. FSDP's gathered layout (``sharding.jit_train_step`` sets it): XLA
+  then all-gathers each weight before use and reduces its gradient back onto the shards.
+  None leaves placement to XLA (one device, data parallelism).
+  """
+
+  def loss_in_use(params, batch, rng, train):
+    return loss_fn(_in_use(params, params_in_use), batch, rng, train)
 
   def train_step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng,
-                                                                     True)
+    (loss, sums), grads = jax.value_and_grad(loss_in_use, has_aux=True)(state.params, batch,
+                                                                        rng, True)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     if isinstance(state.plateau, control.ReduceOnPlateauState):
       updates = jax.tree.map(lambda u: (state.plateau.scale * u).astype(u.dtype), updates)
@@ -131,11 +147,12 @@ def make_train_step(loss_fn: LossFn) -> Callable[[TrainState, dict], tuple[Train
   return train_step
 
 
-def make_eval_step(loss_fn: LossFn) -> Callable[[Any, dict], dict]:
-  """``step(params, batch) -> sums`` (deterministic: dropout off)."""
+def make_eval_step(loss_fn: LossFn, *, params_in_use=None) -> Callable[[Any, dict], dict]:
+  """``step(params, batch) -> sums`` (deterministic: dropout off); ``params_in_use`` as in
+  :func:`make_train_step`."""
 
   def eval_step(params, batch: dict):
-    _, sums = loss_fn(params, batch, jax.random.key(0), False)
+    _, sums = loss_fn(_in_use(params, params_in_use), batch, jax.random.key(0), False)
     return sums
 
   return eval_step
