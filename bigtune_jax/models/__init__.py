@@ -17,6 +17,7 @@ from bigtune_jax.models.gpt import gpt_param_count
 from bigtune_jax.models.linear import LinearRegression
 from bigtune_jax.models.mlp import MLP
 from bigtune_jax.models.rnn import LSTMClassifier
+from bigtune_jax.models.supernet import Supernet
 
 __all__ = (
     "GPT",
@@ -25,6 +26,7 @@ __all__ = (
     "LinearRegression",
     "MLP",
     "SimpleCNN",
+    "Supernet",
     "VGG16",
     "adaptive_avg_pool",
     "attention_implementation",

@@ -1,0 +1,235 @@
+"""Population-based training inside jit (Jaderberg et al., 2017, arXiv:1711.09846;
+seed 003 §3.1), with the semantics of Ray Tune's ``PopulationBasedTraining`` in its
+synchronous mode.
+
+Every ``perturbation_interval`` steps the population is ranked by the validation metric
+(ascending by :math:`\\pm`metric, a stable sort, NaN ranked worst). With
+:math:`q = \\lceil N f \\rceil` (``quantile_fraction`` :math:`f`, at most
+:math:`\\lfloor N/2 \\rfloor`), each of the :math:`q` bottom members
+
+* **exploits**: copies the weights and optimizer state, and all hyperparameters, of a
+  member drawn uniformly from the :math:`q` top ones;
+* **explores**: each mutated hyperparameter :math:`h` of the copy is, with probability
+  ``resample_probability`` (0.25), drawn afresh from its distribution (``Uniform`` or
+  ``LogUniform`` of ``bigtune_jax.tune.space``), else multiplied by a factor drawn uniformly
+  from ``perturbation_factors`` (0.8, 1.2):
+
+.. math::
+  h' = \\begin{cases} h_{new} \\sim D & u < p_{resample} \\\\
+  \\text{clip}(h_{donor} \\cdot c,\\ D_{low},\\ D_{high}),\\ c \\sim U\\{0.8, 1.2\\} & \\text{else}
+  \\end{cases}
+
+The one difference from Ray: a perturbed value is clipped to its distribution's range
+(Ray leaves it unclipped), so that a momentum of 0.95 never becomes 1.14. The exploit /
+explore step :func:`exploit_and_explore` is a pure function of (population, hparams,
+scores, rng); one jitted program trains an interval (``population.train_members``),
+evaluates and perturbs, so the whole run compiles once.
+"""
+
+from collections.abc import Mapping, Sequence
+import math
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigtune_jax.data.pipeline import ArrayDataset
+from bigtune_jax.train.step import LossFn
+from bigtune_jax.transforms import validation
+from bigtune_jax.tune import population
+from bigtune_jax.tune.space import LogUniform
+from bigtune_jax.tune.space import Space
+from bigtune_jax.tune.space import Uniform
+
+METRICS = ("val_accuracy", "val_loss")
+
+
+def quantile_size(n: int, quantile_fraction: float) -> int:
+  """Members in each of the bottom and top quantiles: Ray's ``ceil(n f)``, at most
+  ``floor(n / 2)``; 0 for a population of one."""
+  if n <= 1:
+    return 0
+  size = int(math.ceil(n * quantile_fraction))
+  return int(math.floor(n / 2)) if size > n / 2 else size
+
+
+def explore_draws(rng: jax.Array, n: int, num_hparams: int, quantile: int,
+                  num_factors: int) -> dict[str, jax.Array]:
+  """The random numbers of one exploit / explore step, one row per member: ``donor``
+  (index into the top quantile, (n,)), ``resample`` and ``fresh`` (uniform [0, 1),
+  (n, H)), ``factor`` (index into the perturbation factors, (n, H))."""
+  k_donor, k_resample, k_factor, k_fresh = jax.random.split(rng, 4)
+  shape = (n, num_hparams)
+  return {"donor": jax.random.randint(k_donor, (n,), 0, max(quantile, 1)),
+          "resample": jax.random.uniform(k_resample, shape),
+          "factor": jax.random.randint(k_factor, shape, 0, num_factors),
+          "fresh": jax.random.uniform(k_fresh, shape)}
+
+
+def _from_unit(dist: Uniform, u: jax.Array) -> jax.Array:
+  """A draw of ``dist`` from a uniform [0, 1) number."""
+  if isinstance(dist, LogUniform):
+    low, high = math.log(dist.low), math.log(dist.high)
+    return jnp.exp(low + (high - low) * u)
+  return dist.low + (dist.high - dist.low) * u
+
+
+def exploit_and_explore(members: Any, hparams: Mapping[str, jax.Array], scores: jax.Array,
+                        rng: jax.Array, *, mutations: Mapping[str, Uniform],
+                        quantile_fraction: float = 0.25, resample_probability: float = 0.25,
+                        perturbation_factors: Sequence[float] = (0.8, 1.2),
+                        mode: str = "max") -> tuple[Any, dict[str, jax.Array], jax.Array]:
+  """One PBT step (see the module docstring); pure and jittable.
+
+  Args:
+    members: any pytree of stacked per-member arrays (leading axis N): weights and
+      optimizer state; a bottom member's rows are replaced by its donor's.
+    hparams: ``{name: (N,)}``; a bottom member gets its donor's values, then the names in
+      ``mutations`` are explored.
+    scores: (N,) the metric; higher is better for ``mode="max"``.
+    rng: a ``jax.random`` key.
+    mutations: ``{name: Uniform | LogUniform}``, the hyperparameters to explore.
+    quantile_fraction, resample_probability, perturbation_factors, mode: as Ray's PBT.
+
+  Returns:
+    ``(members, hparams, source)``, ``source[i]`` the member whose state member i now has.
+  """
+  n = scores.shape[0]
+  quantile = quantile_size(n, quantile_fraction)
+  names = tuple(mutations)
+  draws = explore_draws(rng, n, len(names), quantile, len(perturbation_factors))
+  key = scores if mode == "max" else -scores
+  key = jnp.where(jnp.isnan(key), -jnp.inf, key)
+  order = jnp.argsort(key, stable=True)  # worst first
+  bottom, top = order[:quantile], order[n - quantile:]
+  source = jnp.arange(n).at[bottom].set(top[draws["donor"][bottom]])
+  replaced = jnp.zeros(n, bool).at[bottom].set(True)
+  members = jax.tree.map(lambda x: x[source], members)
+  hparams = {name: h[source] for name, h in hparams.items()}
+  factors = jnp.asarray(perturbation_factors, jnp.float32)
+  for j, name in enumerate(names):
+    dist, h = mutations[name], hparams[name]
+    perturbed = jnp.clip(h * factors[draws["factor"][:, j]], dist.low, dist.high)
+    fresh = _from_unit(dist, draws["fresh"][:, j])
+    explored = jnp.where(draws["resample"][:, j] < resample_probability, fresh, perturbed)
+    hparams[name] = jnp.where(replaced, explored.astype(h.dtype), h)
+  return members, hparams, source
+
+
+def _interval(loss_fn, make_optimizer, settings, chunk, states, hparams, rng, data, val,
+              rows, perturb):
+  """Trains one interval, evaluates, and (if ``perturb``) exploits and explores."""
+  metric, mutations, quantile_fraction, resample_probability, factors, mode = settings
+  states, train_loss = population.train_members(loss_fn, make_optimizer, states, hparams,
+                                                None, data, rows, chunk)
+  sums = population.evaluate_members(loss_fn, states.params, val)
+  if metric == "val_accuracy" and "correct" not in sums:
+    raise ValueError("metric='val_accuracy' needs a classifier's loss_fn (it counts correct "
+                     "rows); use metric='val_loss', mode='min'")
+  count = jnp.maximum(sums["count"], 1.0)
+  scores = (sums["correct"] if metric == "val_accuracy" else sums["loss_sum"]) / count
+  (params, opt_state), new_hparams, source = exploit_and_explore(
+      (states.params, states.opt_state), hparams, scores, rng, mutations=dict(mutations),
+      quantile_fraction=quantile_fraction, resample_probability=resample_probability,
+      perturbation_factors=factors, mode=mode)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(perturb, a, b), new, old)
+  states = states.replace(params=keep(params, states.params),
+                          opt_state=keep(opt_state, states.opt_state))
+  source = jnp.where(perturb, source, jnp.arange(source.shape[0]))
+  return states, keep(new_hparams, hparams), train_loss, sums, source
+
+
+_interval_jit = jax.jit(
+    _interval, static_argnames=("loss_fn", "make_optimizer", "settings", "chunk"),
+    donate_argnames=("states",))
+
+
+def _check_mutations(mutations, hparams) -> tuple[tuple[str, Uniform], ...]:
+  if isinstance(mutations, Space):
+    mutations = {name: mutations.base(name) for name in mutations.continuous_names
+                 if name in hparams}
+  if not isinstance(mutations, Mapping) or not mutations:
+    raise ValueError("mutations must be a non-empty mapping {name: Uniform | LogUniform} "
+                     f"(or a Space), got {mutations!r}")
+  for name, dist in mutations.items():
+    if name not in hparams:
+      raise ValueError(f"mutations[{name!r}]: unknown hyperparameter; hparams has "
+                       f"{sorted(hparams)}")
+    if not isinstance(dist, Uniform):
+      raise ValueError(f"mutations[{name!r}] must be a Uniform or LogUniform (continuous), "
+                       f"got {dist!r}")
+    dist.check(f"mutations[{name!r}]")
+  return tuple(mutations.items())
+
+
+def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimizer,
+        hparams: Mapping[str, Sequence[float] | np.ndarray], mutations: Any,
+        train_data: ArrayDataset, val_data: ArrayDataset, *, steps: int, batch_size: int,
+        perturbation_interval: int, metric: str = "val_accuracy", mode: str | None = None,
+        quantile_fraction: float = 0.25, resample_probability: float = 0.25,
+        perturbation_factors: Sequence[float] = (0.8, 1.2), seed: int = 0,
+        member_seeds: Sequence[int] | None = None, eval_batch_size: int = 512,
+        input_key: str | None = None) -> population.PopulationResult:
+  """Population-based training of N members (see the module docstring).
+
+  Args:
+    model, loss_fn, make_optimizer, hparams, train_data, val_data, batch_size, seed,
+      member_seeds, eval_batch_size, input_key: as ``train_population``.
+    mutations: ``{name: Uniform | LogUniform}`` (or a ``Space``: its continuous axes
+      found in ``hparams``), the hyperparameters that explore.
+    steps: training steps, >= 1.
+    perturbation_interval: steps between evaluations; after each one but the last, the
+      bottom quantile exploits and explores.
+    metric: ``"val_accuracy"`` or ``"val_loss"``, the score that ranks the members.
+    mode: ``"max"`` or ``"min"``; None: ``"max"`` for accuracy, ``"min"`` for the loss.
+    quantile_fraction: in [0, 0.5]; resample_probability: in [0, 1];
+    perturbation_factors: positive multipliers to draw from.
+
+  Returns:
+    A ``PopulationResult``; each history row adds ``hparams`` (after the step's explore)
+    and ``source`` (the member each one copied, itself if none).
+  """
+  start_time = time.time()
+  values, n = population.check_hparams(hparams)
+  seeds = population.check_seeds(member_seeds, seed, n)
+  mutation_items = _check_mutations(mutations, values)
+  validation.check_int("steps", steps, 1)
+  validation.check_int("perturbation_interval", perturbation_interval, 1)
+  validation.check_choice("metric", metric, METRICS)
+  mode = mode or ("max" if metric == "val_accuracy" else "min")
+  validation.check_choice("mode", mode, ("max", "min"))
+  validation.check_interval("quantile_fraction", quantile_fraction, 0.0, 0.5, high_closed=True)
+  validation.check_interval("resample_probability", resample_probability, 0.0, 1.0,
+                            high_closed=True)
+  factors = tuple(float(c) for c in perturbation_factors)
+  if not factors or not all(math.isfinite(c) and c > 0 for c in factors):
+    raise ValueError(f"perturbation_factors must be a non-empty list of positive numbers, "
+                     f"got {perturbation_factors!r}")
+  data = population.PopulationData(train_data, val_data, batch_size, seed, eval_batch_size)
+  hp = {name: jnp.asarray(v) for name, v in values.items()}
+  states = population.init_states(model, make_optimizer, data, hp, seeds, input_key)
+  chunk = population.choose_chunk(states.params)
+  settings = (metric, mutation_items, float(quantile_fraction), float(resample_probability),
+              factors, mode)
+  rng = jax.random.key(seed)
+  history, step = [], 0
+  while step < steps:
+    count = min(perturbation_interval, steps - step)
+    rng, key = jax.random.split(rng)
+    perturb = step + count < steps
+    states, hp, train_loss, sums, source = _interval_jit(
+        loss_fn, make_optimizer, settings, chunk, states, hp, key, data.train, val=data.val,
+        rows=jnp.asarray(data.rows(step, count)), perturb=jnp.asarray(perturb))
+    step += count
+    history.append({"step": step, "train_loss": np.asarray(train_loss),
+                    **population.mean_metrics(sums),
+                    "hparams": {k: np.asarray(v) for k, v in hp.items()},
+                    "source": np.asarray(source)})
+  final = {k: v for k, v in history[-1].items() if k in METRICS}
+  return population.PopulationResult(
+      params=states.params, hparams={k: np.asarray(v) for k, v in hp.items()},
+      history=history, final=final, steps=step, wall_s=time.time() - start_time,
+      stopped=np.zeros(n, bool))
