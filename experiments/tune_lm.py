@@ -1,0 +1,227 @@
+"""Tuning a GPT language model on the bundled text (seed 003 §4.1, tuning a large language
+model: its parameters, structure and training strategy).
+
+  python -m experiments.tune_lm --workdir runs/tune_lm [--preset tiny|small|full]
+
+One search space holds the seed's three kinds of hyperparameters:
+
+* **parameters** (§4.1.1): the peak learning rate of Adam (``learning_rate``, meant at
+  ``base_batch_size``) and the warmup (``warmup_fraction`` of the steps, for the
+  warmup-cosine schedule);
+* **structure** (§4.1.2): ``n_layer`` and the width ``n_embd`` of ``bt.models.GPT``
+  (``n_head = n_embd / head_size``);
+* **training strategy** (§4.1.3): the schedule family (``bt.tune.make_schedule``:
+  warmup + cosine, constant, exponential or step decay, each decaying to a tenth) and the
+  batch size, with the linear learning-rate scaling rule ``eta = eta_base * B / B_base``
+  (``bt.tune.build_strategy``).
+
+Every trial sees the same number of training tokens (``trial_tokens``; a larger batch
+takes fewer steps) and is scored by its validation loss (next-byte cross-entropy, nats).
+The searcher is Optuna's TPE with the median pruner fed the validation loss at each
+of ``evals`` evaluations (by tokens seen) (``bt.tune.OptunaSearch``, its study in ``WORKDIR/study.log``: a run started
+again resumes it), or seeded random search where optuna is not installed.
+Each round asks ``leaders`` trials and fills each leader up to ``population`` trials of the
+same structure, schedule and batch (TPE proposes their learning rate and warmup); each
+such population is trained as one vmapped, jit-compiled program
+(``bt.tune.train_population``), compiled once per structure: the continuous
+hyperparameters are traced arrays. The best trial is then trained for ``final_tokens``
+with ``bt.train.fit`` (checkpoints, resume) and evaluated on the held-out test bytes.
+
+Data as ``experiments.lm``: Python's pydoc topics, bytes; train / validation / test are the
+first 90 % / next 5 % / last 5 % of the stream. ``summary.json`` adds ``best_config``,
+``best_trial_val_loss``, ``val_perplexity`` and ``test_perplexity`` (of the final model),
+``trials`` (every trial: params, value, state) and ``search_wall_s``.
+
+Presets: ``tiny`` (CI), ``small`` (about two CPU-minutes: 12 trials of 1-2 layers, widths
+32-64, 64-byte context), ``full`` (a GPU: GPT-2 small-ish shapes, 6-12 layers, widths
+512-768, 1024-byte context; populations of one, trials one after another).
+"""
+
+import collections
+import functools
+import math
+import os
+import time
+
+import jax.numpy as jnp
+import optax
+
+from bigtune_jax import models
+from bigtune_jax import train
+from bigtune_jax import tune
+from bigtune_jax.tune import population
+from experiments import common
+from experiments import lm
+
+PRESETS = {
+    "tiny": dict(n_layers=(1,), widths=(32,), head_size=16, batch_sizes=(8,),
+                 schedules=("warmup_cosine",), lr_range=(1e-3, 1e-2), base_batch_size=8,
+                 block_size=16, trial_tokens=8 * 16 * 10, final_tokens=8 * 16 * 20, rounds=1,
+                 leaders=1, population=2, evals=2, sampler="tpe", pruner="median", text="",
+                 seed=0),
+    "small": dict(n_layers=(1, 2), widths=(32, 64), head_size=16, batch_sizes=(8, 16),
+                  schedules=("warmup_cosine", "constant", "exponential", "step"),
+                  lr_range=(3e-4, 3e-2), base_batch_size=16, block_size=64,
+                  trial_tokens=16 * 64 * 100, final_tokens=16 * 64 * 300, rounds=2,
+                  leaders=3, population=2, evals=3, sampler="tpe", pruner="median", text="",
+                  seed=0),
+    "full": dict(n_layers=(6, 8, 12), widths=(512, 768), head_size=64, batch_sizes=(8, 16, 32),
+                 schedules=("warmup_cosine", "constant", "exponential", "step"),
+                 lr_range=(1e-4, 3e-3), base_batch_size=16, block_size=1024,
+                 trial_tokens=16 * 1024 * 300, final_tokens=16 * 1024 * 3000, rounds=4,
+                 leaders=4, population=1, evals=3, sampler="tpe", pruner="median", text="",
+                 seed=0),
+}
+FINAL_LR_FRACTION = 0.1  # every decaying schedule ends at a tenth of the peak, as lm.py
+
+
+def make_space(config) -> tune.Space:
+  return tune.Space({
+      "learning_rate": tune.LogUniform(*config["lr_range"]),
+      "schedule": tune.Choice(list(config["schedules"])),
+      "warmup_fraction": tune.Conditional("schedule", ("warmup_cosine",),
+                                          tune.Uniform(0.0, 0.3)),
+      "n_layer": tune.Choice(list(config["n_layers"])),
+      "n_embd": tune.Choice(list(config["widths"])),
+      "batch_size": tune.Choice(list(config["batch_sizes"])),
+  })
+
+
+@functools.cache
+def model_and_loss(n_layer: int, n_embd: int, head_size: int, block_size: int):
+  """One GPT and loss object per structure: populations of it reuse their programs."""
+  model = models.GPT(lm.gpt_config({"n_layer": n_layer, "n_head": max(n_embd // head_size, 1),
+                                    "n_embd": n_embd, "block_size": block_size,
+                                    "dropout": 0.0}))
+  return model, train.language_model_loss(model)
+
+
+def strategy(params, total_steps: int, base_batch_size: int) -> tune.Strategy:
+  """Adam on the schedule of ``params`` with the linear scaling rule (values may be traced)."""
+  keys = ("learning_rate", "batch_size", "schedule", "warmup_fraction")
+  return tune.build_strategy(
+      {"optimizer": "adam", "final_lr_fraction": FINAL_LR_FRACTION,
+       **{k: params[k] for k in keys if k in params}},
+      total_steps=total_steps, base_batch_size=base_batch_size)
+
+
+@functools.cache
+def make_optimizer(schedule: str, batch_size: int, steps: int, base_batch_size: int):
+  """``hparams -> optax transform`` for populations (one object per program)."""
+
+  def make(h):
+    params = {"schedule": schedule, "batch_size": batch_size, **h}
+    return optax.chain(optax.clip_by_global_norm(1.0),
+                       strategy(params, steps, base_batch_size).optimizer)
+
+  return make
+
+
+def make_searcher(space, config, workdir):
+  """TPE with pruning (resumable from ``workdir/study.log``), or random without optuna."""
+  try:
+    import optuna  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return tune.RandomSearch(space, seed=config["seed"], direction="minimize")
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  os.makedirs(workdir, exist_ok=True)
+  return tune.OptunaSearch(space, seed=config["seed"], sampler=config["sampler"],
+                           pruner=config["pruner"], storage=f"journal:{workdir}/study.log",
+                           study_name="tune_lm", direction="minimize")
+
+
+def ask_populations(searcher, space, config) -> list[list[tune.Trial]]:
+  """``leaders`` trials, each filled up to ``population`` with its discrete values fixed
+  (Optuna's ``enqueue_trial``), grouped by those values."""
+  trials = searcher.ask(config["leaders"])
+  for leader in list(trials):
+    _, fixed = space.partition(leader.params)
+    for _ in range(config["population"] - 1):
+      if hasattr(searcher, "study"):
+        searcher.study.enqueue_trial(fixed)
+      trials += searcher.ask(1)
+  groups = collections.defaultdict(list)
+  for trial in trials:
+    groups[tuple(sorted(space.partition(trial.params)[1].items()))].append(trial)
+  return list(groups.values())
+
+
+def train_trials(searcher, trials, splits, config) -> None:
+  """Trains trials of one structure, schedule and batch as one population; tells each."""
+  fixed = trials[0].params
+  batch_size = fixed["batch_size"]
+  # The same tokens for every trial, in `evals` equal chunks (one compiled program).
+  every = max(config["trial_tokens"] // (batch_size * config["block_size"] * config["evals"]), 1)
+  steps = every * config["evals"]
+  model, loss_fn = model_and_loss(fixed["n_layer"], fixed["n_embd"], config["head_size"],
+                                  config["block_size"])
+  names = [k for k in ("learning_rate", "warmup_fraction") if k in fixed]
+
+  def on_eval(step, metrics):  # reported by tokens seen: comparable across batch sizes
+    tokens = step * batch_size * config["block_size"]
+    return [searcher.report(t, tokens, float(metrics["val_loss"][i]))
+            for i, t in enumerate(trials)]
+
+  result = population.train_population(
+      model, loss_fn, make_optimizer(fixed["schedule"], batch_size, steps,
+                                     config["base_batch_size"]),
+      {k: [t.params[k] for t in trials] for k in names}, splits["train"],
+      splits["validation"], steps=steps, batch_size=batch_size, eval_every=every,
+      seed=config["seed"], on_eval=on_eval,
+      eval_batch_size=64)
+  for i, trial in enumerate(trials):
+    if result.stopped is not None and result.stopped[i]:
+      searcher.tell(trial, None, state="pruned")
+    else:
+      searcher.tell(trial, float(result.final["val_loss"][i]))
+
+
+def search(splits, config, workdir):
+  """Rounds of populations until ``rounds * leaders * population`` trials are finished
+  (those of an earlier run on the workdir count); returns the searcher."""
+  space = make_space(config)
+  searcher = make_searcher(space, config, workdir)
+  total = config["rounds"] * config["leaders"] * config["population"]
+  while len(searcher.results) < total:
+    for trials in ask_populations(searcher, space, config):
+      train_trials(searcher, trials, splits, config)
+  return searcher
+
+
+def main(argv=None) -> dict:
+  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  start = time.time()
+  splits = lm.load(config)
+  searcher = search(splits, config, workdir)
+  search_wall = time.time() - start
+  best = searcher.best
+  if best is None:
+    raise RuntimeError("tune_lm: no trial completed (all pruned or diverged); widen lr_range "
+                       "or raise trial_tokens")
+  params = dict(best.params)
+  steps = max(config["final_tokens"] // (params["batch_size"] * config["block_size"]), 1)
+  model, loss_fn = model_and_loss(params["n_layer"], params["n_embd"], config["head_size"],
+                                  config["block_size"])
+  plan = strategy(params, steps, config["base_batch_size"])
+  tx = optax.chain(optax.clip_by_global_norm(1.0), plan.optimizer)
+  init = train.init_params(model, jnp.asarray(splits["train"]["inputs"][:1]), config["seed"])
+  fit_config = train.FitConfig(steps=steps, batch_size=plan.batch_size,
+                               eval_every=max(steps // 4, 1), eval_batch_size=64,
+                               seed=config["seed"], learning_rate=plan.learning_rate,
+                               progress=preset != "tiny")
+  summary = common.train_and_evaluate(
+      "tune_lm", preset, model, init, tx, loss_fn, splits, fit_config, workdir, extra={
+          "best_config": params, "best_trial_val_loss": best.value,
+          "trials": [r._asdict() for r in searcher.results],
+          "searcher": type(searcher).__name__, "search_wall_s": round(search_wall, 2),
+          "model_params": models.count_params(init), "config": config})
+  summary.update(val_perplexity=math.exp(summary["val_loss"]),
+                 test_perplexity=math.exp(summary["test_loss"]),
+                 wall_s=round(time.time() - start, 2))
+  common.write_summary(workdir, summary)
+  common.print_summary({k: v for k, v in summary.items() if k not in ("config", "trials")})
+  return summary
+
+
+if __name__ == "__main__":
+  main()
