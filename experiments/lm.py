@@ -27,9 +27,16 @@ Presets: ``tiny`` (seconds, CI), ``small`` (a 4-layer, 128-wide model: about a m
 2-core CPU), ``full`` (GPT-2 124M shapes — 12 layers, 12 heads, width 768 — with a 1024-byte
 context on a GPU; vocabulary 256, as the data are bytes).
 
+Devices: every visible device, data-parallel, by default; ``--set fsdp=4 --set tensor=2``
+shards the parameters and Adam moments over 4 devices (FSDP) and each layer's heads and MLP
+over 2 (tensor parallel), the rest data-parallel (``bt.train.MeshConfig``). Many hosts: the
+same command on each with ``--coordinator_address HOST0:PORT --num_processes N
+--process_id I`` (``jax.distributed``).
+
   python -m experiments.lm --workdir runs/lm [--preset small|full|tiny] [--set text=PATH]
 """
 
+import argparse
 import math
 import os
 import time
@@ -43,18 +50,19 @@ import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
+from bigtune_jax.train import distributed
 from experiments import common
 
 PRESETS = {
     "tiny": dict(n_layer=1, n_head=2, n_embd=32, block_size=32, steps=20, batch_size=16,
                  learning_rate=3e-3, warmup_steps=5, eval_every=10, dropout=0.0, text="",
-                 sample_bytes=32, seed=0),
+                 sample_bytes=32, seed=0, fsdp=1, tensor=1),
     "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, steps=400, batch_size=16,
                   learning_rate=3e-3, warmup_steps=40, eval_every=100, dropout=0.0, text="",
-                  sample_bytes=200, seed=0),
+                  sample_bytes=200, seed=0, fsdp=1, tensor=1),
     "full": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, steps=5000, batch_size=16,
                  learning_rate=6e-4, warmup_steps=200, eval_every=250, dropout=0.0, text="",
-                 sample_bytes=200, seed=0),
+                 sample_bytes=200, seed=0, fsdp=1, tensor=1),
 }
 FRACTIONS = {"train": 0.90, "validation": 0.05, "test": 0.05}
 
@@ -108,6 +116,9 @@ def sample(model, params, prompt: np.ndarray, n: int, *, temperature: float = 0.
 
 
 def main(argv=None) -> dict:
+  flags, argv = distributed.add_flags(argparse.ArgumentParser(add_help=False)).parse_known_args(
+      argv)
+  distributed.initialize_from_flags(flags)  # before any JAX computation
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   splits = load(config)
   model = models.GPT(gpt_config(config))
@@ -116,7 +127,9 @@ def main(argv=None) -> dict:
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
                                eval_every=config["eval_every"], eval_batch_size=64,
                                seed=config["seed"], learning_rate=schedule,
-                               progress=preset != "tiny")
+                               progress=preset != "tiny",
+                               mesh=train.MeshConfig(fsdp=config["fsdp"],
+                                                     tensor=config["tensor"]))
 
   def report(state):
     prompt = np.asarray(splits["test"]["inputs"][0])
