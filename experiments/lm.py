@@ -141,7 +141,8 @@ def main(argv=None) -> dict:
   summary = common.train_and_evaluate(
       "lm", preset, model, params, tx, train.language_model_loss(model), splits, fit_config,
       workdir, report=report,
-      extra={"params": models.count_params(params), "config": config})
+      extra={"params": models.count_params(params), "config": config,
+             "mesh": dict(fit_config.mesh.make_mesh().shape)})
   summary.update(test_perplexity=math.exp(summary["test_loss"]),
                  test_bits_per_byte=summary["test_loss"] / math.log(2),
                  wall_s=round(time.time() - start, 2))

@@ -126,6 +126,13 @@ def main(out_dir: str) -> None:
                                            for a, b in zip(jax.tree.leaves(state.params),
                                                            jax.tree.leaves(saved)))}
   result["restored"] = restored
+
+  # experiments.lm picks its layout by --set: FSDP 2 x tensor 2 x data 2 vs data 8.
+  from experiments import lm  # pylint: disable=g-import-not-at-top
+  result["lm"] = {key: lm.main(["--workdir", os.path.join(out_dir, f"lm_{key}"), "--preset",
+                                "tiny", *flags])
+                  for key, flags in (("dp8", []),
+                                     ("fsdp2_tp2", ["--set", "fsdp=2", "--set", "tensor=2"]))}
   result["wall_s"] = time.time() - start
   with open(os.path.join(out_dir, "result.json"), "w") as f:
     json.dump(result, f, indent=1)

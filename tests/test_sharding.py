@@ -84,6 +84,14 @@ def test_fit_defaults_to_every_device_and_takes_a_mesh_config(worker):
   assert "fsdp" in fit["fsdp_params"]["['hidden_0']['kernel']"]["spec"]
 
 
+def test_lm_experiment_takes_its_mesh_from_the_command_line(worker):
+  dp8, fsdp_tp = worker[0]["lm"]["dp8"], worker[0]["lm"]["fsdp2_tp2"]
+  assert dp8["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1} and dp8["devices"] == 8
+  assert fsdp_tp["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+  np.testing.assert_allclose(fsdp_tp["test_loss"], dp8["test_loss"], rtol=1e-5)
+  assert fsdp_tp["test_loss"] < np.log(256)  # learned something in 20 steps
+
+
 def test_checkpoint_saved_on_8_devices_restores_on_1_and_4(worker):
   result, out = worker
   one, four = result["restored"]["1"], result["restored"]["fsdp2_dp2"]
