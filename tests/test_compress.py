@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+import bigtune_jax as bt
 from bigtune_jax import compress
 from bigtune_jax import models
 from bigtune_jax import train
@@ -248,13 +249,16 @@ def test_qat_passes_gradients_straight_through_the_rounding():
   qat = compress.qat_model(model)
   loss = lambda m: jax.jit(jax.grad(lambda p: jnp.mean(m.apply({"params": p}, x) ** 2)))
   out, float_out = apply(qat, params, x), apply(model, params, x)
-  assert 0 < np.abs(out - float_out).max() < 0.05 * np.abs(float_out).max()  # fake-quantized
+  # Fake-quantized: over 60 seeds max|out - float| / max|float| spans 0.006-0.025.
+  assert 0 < np.abs(out - float_out).max() < 0.08 * np.abs(float_out).max()
   grads, float_grads = loss(qat)(params), loss(model)(params)
   # round() has zero derivative almost everywhere: nonzero gradients close to the float
-  # model's are the straight-through estimator at work.
+  # model's are the straight-through estimator at work. Over 60 seeds the largest
+  # difference is 0.005-0.09 of max|float gradient| (a unit whose ReLU flips under
+  # quantization); without the estimator it would be 1.
   for g, f in zip(jax.tree.leaves(grads), jax.tree.leaves(float_grads)):
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
-    np.testing.assert_allclose(g, f, atol=0.1 * np.abs(f).max())
+    np.testing.assert_allclose(g, f, atol=0.25 * np.abs(f).max())
 
 
 def test_importing_compress_does_not_import_qwix():
@@ -329,3 +333,14 @@ def test_low_rank_errors():
     compress.factorize(model, params, rank=2, layers=["conv1"])
   with pytest.raises(ValueError, match=r"rank must be in \[1, 3\]"):
     compress.factorize(model, params, rank=4, layers=["head"])
+
+
+def test_prune_refuses_a_plateau_that_would_scale_its_updates():
+  model = models.MLP(hidden=(8,), num_classes=3)
+  params = train.init_params(model, np.ones((2, 4), np.float32))
+  for tx in (compress.prune(optax.sgd(0.1), 0.5),
+             bt.accumulate(compress.prune(optax.sgd(0.1), 0.5), 2)):  # found when nested too
+    with pytest.raises(ValueError, match="plateau cannot drive .* bt.compress.prune"):
+      train.create_train_state(model, params, tx, plateau=bt.reduce_on_plateau())
+    train.create_train_state(model, params, tx)  # without a plateau: fine
+  train.create_train_state(model, params, optax.sgd(0.1), plateau=bt.reduce_on_plateau())

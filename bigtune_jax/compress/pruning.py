@@ -31,8 +31,8 @@ dense. ``prunable(path, leaf) -> bool`` chooses others (``path`` like ``"hidden_
 
 Caveat: the exact-zero identity needs ``u'`` to reach the weights unscaled. The ``plateau``
 of ``bt.train`` multiplies the updates by ``c`` *after* the optimizer, which would leave
-``(1 - c) w`` on pruned weights: do not combine ``prune`` with it (schedule the learning
-rate inside ``inner`` instead).
+``(1 - c) w`` on pruned weights, so ``bt.train.create_train_state`` refuses the two
+together with a ``ValueError`` (schedule the learning rate inside ``inner`` instead).
 """
 
 from collections.abc import Callable
@@ -173,6 +173,9 @@ class PruneState(NamedTuple):
   sparsity: jax.Array  # shape=(), float32: the target the masks were built for (-1: none yet)
   masks: Any  # like params: bool masks on prunable leaves, a scalar True on the others
   inner_state: optax.OptState
+  # Its updates set pruned weights to exactly 0 only if applied unscaled: bt.train refuses
+  # a plateau (whose scale multiplies the updates) with this state (train/state.py).
+  needs_unscaled_updates = True
 
 
 def prune(inner: optax.GradientTransformation, sparsity=None, *,

@@ -76,7 +76,7 @@ def load_pretrained(directory: str | os.PathLike, target, *, step: int | None = 
     validation.check_int("step", step, 0)
   paths.check_selection("skip", skip)
   directory = _checkpoint_directory(directory)
-  item = checkpoint_lib._ITEM  # the name of the Checkpointer's one item
+  item = checkpoint_lib.ITEM  # the name of the Checkpointer's one item
   with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
                              item_handlers={item: ocp.PyTreeCheckpointHandler()}) as manager:
     steps = sorted(manager.all_steps())
@@ -96,7 +96,7 @@ def load_pretrained(directory: str | os.PathLike, target, *, step: int | None = 
     wanted = paths.flatten(checkpoint_lib.abstract_like(target))
     skipped = paths.select(list(wanted) + [p for p in stored if p not in wanted], skip, "skip")
     kept = {path: leaf for path, leaf in wanted.items() if path not in skipped}
-    mismatch = checkpoint_lib._first_mismatch(
+    mismatch = checkpoint_lib.first_mismatch(
         {path: meta for path, meta in stored.items() if path not in skipped}, kept)
     if mismatch is not None:
       raise ValueError(f"checkpoint {where} does not fit the target: {mismatch}")

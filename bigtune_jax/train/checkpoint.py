@@ -49,7 +49,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from bigtune_jax.train import sharding as sharding_lib
 
-_ITEM = "default"  # Orbax's name for the single item of a CheckpointManager
+ITEM = "default"  # Orbax's name for the single item of a CheckpointManager
 
 
 def _first_local_device_sharding():
@@ -111,7 +111,7 @@ def _describe(shape, dtype) -> str:
   return f"{tuple(shape)} {np.dtype(dtype).name}"
 
 
-def _first_mismatch(stored_tree, abstract_target) -> str | None:
+def first_mismatch(stored_tree, abstract_target) -> str | None:
   """The first path where ``abstract_target`` differs from the stored metadata, or None."""
   stored = {_path_str(p): leaf
             for p, leaf in jax.tree_util.tree_flatten_with_path(stored_tree)[0]}
@@ -206,7 +206,7 @@ class Checkpointer:
         best_fn=self._rank, best_mode=best_mode,
         enable_async_checkpointing=_resolve_async(async_save), create=False)
     registry = ocp.handlers.create_default_handler_registry(
-        **{_ITEM: ocp.StandardCheckpointHandler()})
+        **{ITEM: ocp.StandardCheckpointHandler()})
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=options,
                                             handler_registry=registry)
@@ -298,7 +298,7 @@ class Checkpointer:
         raise ValueError("no item metadata")
     except Exception as err:
       raise ValueError(f"corrupt checkpoint {path}: cannot read its metadata: {err}") from err
-    mismatch = _first_mismatch(stored, abstract)
+    mismatch = first_mismatch(stored, abstract)
     if mismatch is not None:
       raise ValueError(f"checkpoint {path} does not fit the target: {mismatch}")
     try:

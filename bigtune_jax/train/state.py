@@ -62,11 +62,28 @@ def create_train_state(model: nn.Module, params, tx: optax.GradientTransformatio
     plateau: a ``bt.reduce_on_plateau(...)`` fed the validation metric by ``fit``.
     early_stopping: a ``bt.EarlyStopping`` fed the validation metric by ``fit``.
     keep_best_params: keep a copy of the best parameters (to restore on an early stop).
+
+  Raises:
+    ValueError: a ``plateau`` with an optimizer whose updates must stay unscaled
+      (``bt.compress.prune``: ``scale * update`` would leave pruned weights non-zero).
   """
-  return TrainState.create(
+  state = TrainState.create(
       apply_fn=model.apply, params=params, tx=tx,
       rng=jax.random.key_data(jax.random.key(seed)),
       skipped_steps=jnp.zeros([], jnp.int32),
       plateau=plateau.init(params) if plateau is not None else (),
       early_stopping=early_stopping.init(jnp.float32) if early_stopping is not None else (),
       best_params=jax.tree.map(jnp.copy, params) if keep_best_params else ())
+  if plateau is not None and _needs_unscaled_updates(state.opt_state):
+    raise ValueError(
+        "plateau cannot drive an optimizer whose updates must reach the parameters "
+        "unscaled (e.g. bt.compress.prune: a scaled update would leave pruned weights "
+        "non-zero); schedule the learning rate inside the wrapped optimizer instead")
+  return state
+
+
+def _needs_unscaled_updates(opt_state) -> bool:
+  """Whether a state in ``opt_state`` belongs to a transform whose updates the plateau's
+  ``scale`` must not multiply (its class sets ``needs_unscaled_updates = True``)."""
+  marked = lambda x: getattr(type(x), "needs_unscaled_updates", False)  # noqa: E731
+  return any(marked(x) for x in jax.tree.leaves(opt_state, is_leaf=marked))
