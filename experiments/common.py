@@ -90,11 +90,27 @@ def train_and_evaluate(experiment: str, preset: str, model, params, tx, loss_fn,
       **({"test_accuracy": test["accuracy"]} if "accuracy" in test else {}),
       "val_loss": last.get("val_loss"), "stopped_early": result.stopped_early,
       "skipped_steps": int(result.state.skipped_steps), "resumed_from": result.resumed_from,
-      "devices": jax.device_count(), "platform": jax.default_backend(),
-      "wall_s": round(time.time() - start, 2), **(extra or {}),
+      **run_facts(start), **(extra or {}),
       **(report(result.state) if report is not None else {}),
   }
   write_summary(workdir, summary)
+  return summary
+
+
+def run_facts(start: float) -> dict[str, Any]:
+  """``devices``, ``platform`` and ``wall_s`` (seconds since ``start``) of this run."""
+  return {"devices": jax.device_count(), "platform": jax.default_backend(),
+          "wall_s": round(time.time() - start, 2)}
+
+
+def finish(workdir: str, summary: Mapping[str, Any], start: float, *,
+           hide: tuple[str, ...] = ("config",)) -> dict[str, Any]:
+  """Adds :func:`run_facts` before the ``hide`` entries, writes ``summary.json``, prints
+  the entries not in ``hide``; returns the summary."""
+  shown = {k: v for k, v in summary.items() if k not in hide}
+  summary = {**shown, **run_facts(start), **{k: summary[k] for k in hide if k in summary}}
+  write_summary(workdir, summary)
+  print_summary({k: v for k, v in summary.items() if k not in hide})
   return summary
 
 

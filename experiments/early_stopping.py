@@ -107,13 +107,9 @@ def main(argv=None) -> dict:
       "full": {"steps": full["steps"], "val_loss": full["val_loss"],
                "test_loss": full["test_loss"], "test_accuracy": full["test_accuracy"],
                "min_val_loss": min(row["val_loss"] for row in histories["full"])},
-      "resumed_from": early["resumed_from"], "devices": jax.device_count(),
-      "platform": jax.default_backend(), "wall_s": round(time.time() - start, 2),
-      "config": config,
+      "resumed_from": early["resumed_from"], "config": config,
   }
-  common.write_summary(workdir, summary)
-  common.print_summary({k: v for k, v in summary.items() if k != "config"})
-  return summary
+  return common.finish(workdir, summary, start)
 
 
 if __name__ == "__main__":

@@ -143,14 +143,10 @@ def main(argv=None) -> dict:
       "final_train_loss": full["final_train_loss"], "test_loss": full["test_loss"],
       "test_accuracy": full["test_accuracy"],
       "pretrain_test_accuracy": pretrain["test_accuracy"],
-      "finetune_train_examples": len(new["train"]), "results": results,
-      "devices": jax.device_count(), "platform": jax.default_backend(),
-      "wall_s": round(time.time() - start, 2), "config": config,
+      "finetune_train_examples": len(new["train"]), "results": results, "config": config,
   }
-  common.write_summary(workdir, summary)
   print(format_table(results))
-  common.print_summary({k: v for k, v in summary.items() if k not in ("config", "results")})
-  return summary
+  return common.finish(workdir, summary, start, hide=("results", "config"))
 
 
 if __name__ == "__main__":

@@ -190,13 +190,9 @@ def main(argv=None) -> dict:
       "scratch_test_accuracy": scratch["test_accuracy"],
       "scratch_test_loss": scratch["test_loss"],
       "pretrain_steps": pretrain["steps"], "finetune_train_examples": len(new["train"]),
-      "resumed_from": finetune["resumed_from"], "devices": jax.device_count(),
-      "platform": jax.default_backend(), "wall_s": round(time.time() - start, 2),
-      "config": config,
+      "resumed_from": finetune["resumed_from"], "config": config,
   }
-  common.write_summary(workdir, summary)
-  common.print_summary({k: v for k, v in summary.items() if k != "config"})
-  return summary
+  return common.finish(workdir, summary, start)
 
 
 if __name__ == "__main__":

@@ -207,13 +207,9 @@ def main(argv=None) -> dict:
       "large_batch": {"steps": int(big.state.step),
                       "final_train_loss": big.history[-1]["train_loss"],
                       "test_loss": big_test["loss"], "test_accuracy": big_test["accuracy"]},
-      "params": models.count_params(params), "devices": jax.device_count(),
-      "platform": jax.default_backend(),
-      "wall_s": round(time.time() - start, 2), "config": config,
+      "params": models.count_params(params), "config": config,
   }
-  common.write_summary(workdir, summary)
-  common.print_summary(summary)
-  return summary
+  return common.finish(workdir, summary, start, hide=())
 
 
 if __name__ == "__main__":

@@ -167,12 +167,9 @@ def main(argv=None) -> dict:
       "selected_by": "lowest final val_loss; the top-level losses and theta are its",
       **{k: best[k] for k in ("steps", "final_train_loss", "val_loss", "test_loss", "theta",
                               "bias", "resumed_from", "examples_per_s")},
-      "true_slope": linreg_sgd.TRUE_SLOPE, "devices": jax.device_count(),
-      "platform": jax.default_backend(), "wall_s": round(time.time() - start, 2),
-      "results": results, "config": config,
+      "true_slope": linreg_sgd.TRUE_SLOPE, "results": results, "config": config,
   }
-  common.write_summary(workdir, summary)
-  common.print_summary({k: v for k, v in summary.items() if k not in ("results", "config")})
+  summary = common.finish(workdir, summary, start, hide=("results", "config"))
   for b, run in results.items():
     print(f"  batch {b:>5}  steps {run['steps']:>5}  train {run['final_train_loss']:.5f}  "
           f"val {run['val_loss']:.5f}  test {run['test_loss']:.5f}  theta {run['theta']:.4f}  "

@@ -38,7 +38,6 @@ same command on each with ``--coordinator_address HOST0:PORT --num_processes N
 
 import argparse
 import math
-import os
 import time
 
 import jax

@@ -135,13 +135,9 @@ def main(argv=None) -> dict:
       "final_learning_rate": histories["plateau"][-1]["lr"],
       "fixed": {key: fixed[key] for key in ("final_train_loss", "test_loss", "test_accuracy",
                                             "val_loss")},
-      "resumed_from": cut["resumed_from"], "devices": jax.device_count(),
-      "platform": jax.default_backend(), "wall_s": round(time.time() - start, 2),
-      "config": config,
+      "resumed_from": cut["resumed_from"], "config": config,
   }
-  common.write_summary(workdir, summary)
-  common.print_summary({k: v for k, v in summary.items() if k != "config"})
-  return summary
+  return common.finish(workdir, summary, start)
 
 
 if __name__ == "__main__":

@@ -303,9 +303,7 @@ def main(argv=None) -> dict:
       "searcher": searcher,
       "steps": final["steps"], "final_train_loss": final["final_train_loss"],
       "stopped_early": final["stopped_early"], "search_wall_s": round(search_s, 2),
-      "final_wall_s": final["wall_s"], "devices": jax.device_count(),
-      "platform": jax.default_backend(), "wall_s": round(time.time() - start, 2),
-      "config": config}
+      "final_wall_s": final["wall_s"], **common.run_facts(start), "config": config}
   write_report(workdir, summary, records)
   common.write_summary(workdir, summary)
   common.print_summary({k: v for k, v in summary.items() if k != "config"})
