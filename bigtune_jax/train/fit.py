@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bigtune_jax import control
@@ -147,7 +146,9 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
         plateau=None, early_stopping: control.EarlyStopping | None = None) -> FitResult:
   """Trains ``state`` (see the module docstring); resumes from ``workdir`` if it has a
   checkpoint. ``plateau`` / ``early_stopping`` are the objects whose states
-  ``create_train_state`` put into ``state``."""
+  ``create_train_state`` put into ``state``. The train step donates the state's buffers,
+  so ``state`` (and the parameters it was made from) cannot be used after a fresh start:
+  pass a copy (``jax.tree.map(jnp.copy, params)``) to keep them."""
   start_time = time.time()
   _check_controls(state, plateau, early_stopping)
   steps_per_epoch = train_data.steps_per_epoch(config.batch_size)
@@ -187,7 +188,8 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
   eval_step = sharding_lib.jit_eval_step(loss_fn, shardings.params, mesh)
   update_plateau = jax.jit(lambda s, v: plateau.update((), s, value=v)[1]) if plateau else None
   update_stopper = jax.jit(early_stopping.update) if early_stopping else None
-  keep_best = jax.jit(control.EarlyStopping.select_best, out_shardings=shardings.best_params)
+  keep_best = jax.jit(control.EarlyStopping.select_best, out_shardings=shardings.best_params,
+                      donate_argnums=1)  # the old copy is replaced: no second one per eval
   schedule = config.learning_rate
   schedule = jax.jit(schedule) if callable(schedule) else schedule  # one compile, any step
 
@@ -222,7 +224,7 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
           row["lr"] = lr
         if monitor not in row:
           raise ValueError(f"monitor {monitor!r} is not among the metrics {sorted(row)}")
-        value = jnp.asarray(row[monitor], jnp.float32)
+        value = np.float32(row[monitor])
         if plateau is not None:
           state = state.replace(plateau=update_plateau(state.plateau, value))
         if early_stopping is not None:

@@ -137,9 +137,9 @@ def make_train_step(loss_fn: LossFn, *, params_in_use=None
       updates = jax.tree.map(lambda u: (state.plateau.scale * u).astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & _all_finite(grads)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                          opt_state=keep(opt_state, state.opt_state),
+    state = state.replace(step=state.step + 1,
+                          params=optax.tree.where(finite, params, state.params),
+                          opt_state=optax.tree.where(finite, opt_state, state.opt_state),
                           skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite, **sums}
     return state, metrics
