@@ -131,15 +131,12 @@ class Supernet(nn.Module):
                         (len(self.edges), len(self.ops)))
     weights = jax.nn.softmax(alphas, axis=-1)  # (edges, ops), rows sum to 1
     states = [_stem(x, self.width)]
-    for j in range(1, self.nodes + 1):
-      total = 0.0
-      for e, (i, jj) in enumerate(self.edges):
-        if jj != j:
-          continue
-        for k, op in enumerate(self.ops):
-          if op != ZERO:  # zero adds nothing but its share of the softmax
-            total += weights[e, k] * _apply_op(op, self.width, f"edge_{i}_{j}_{op}", states[i])
-      states.append(total)
+    for e, (i, j) in enumerate(self.edges):  # grouped by j: inputs i < j are complete
+      if i == 0:
+        states.append(0.0)  # node j starts
+      for k, op in enumerate(self.ops):
+        if op != ZERO:  # zero adds nothing but its share of the softmax
+          states[j] += weights[e, k] * _apply_op(op, self.width, f"edge_{i}_{j}_{op}", states[i])
     return nn.Dense(self.num_classes, name="head")(jnp.concatenate(states[1:], -1))
 
   def arch_weights(self, params) -> jax.Array:

@@ -217,11 +217,17 @@ class PopulationData:
                        f"({len(train_data)} examples)")
     self.num_examples, self.batch_size, self.seed = len(train_data), batch_size, seed
     self.train = {name: jnp.asarray(a) for name, a in train_data.arrays.items()}
-    size = min(eval_batch_size, max(len(val_data), 1))
-    batches = list(val_data.batches(size, shuffle=False, remainder="pad", process_index=0,
-                                    process_count=1))
-    self.val = {k: jnp.asarray(np.stack([b[k] for b in batches])) for k in batches[0]}
     self.sample = {k: a[:1] for k, a in self.train.items()}
+    self._val_data, self._eval_batch_size = val_data, eval_batch_size
+
+  @functools.cached_property
+  def val(self) -> dict[str, jax.Array]:
+    """The validation set as padded batches ``(num_batches, batch, ...)`` on the device,
+    built on first use (DARTS and a bare ``init_states`` never evaluate through it)."""
+    size = min(self._eval_batch_size, max(len(self._val_data), 1))
+    batches = list(self._val_data.batches(size, shuffle=False, remainder="pad",
+                                          process_index=0, process_count=1))
+    return {k: jnp.asarray(np.stack([b[k] for b in batches])) for k in batches[0]}
 
   def rows(self, start: int, count: int) -> np.ndarray:
     """``(count, batch_size)`` int32 rows of steps ``start .. start + count - 1``."""

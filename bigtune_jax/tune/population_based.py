@@ -131,15 +131,17 @@ def _interval(loss_fn, make_optimizer, settings, chunk, states, hparams, rng, da
                      "rows); use metric='val_loss', mode='min'")
   count = jnp.maximum(sums["count"], 1.0)
   scores = (sums["correct"] if metric == "val_accuracy" else sums["loss_sum"]) / count
-  (params, opt_state), new_hparams, source = exploit_and_explore(
-      (states.params, states.opt_state), hparams, scores, rng, mutations=dict(mutations),
+  _, new_hparams, source = exploit_and_explore(
+      (), hparams, scores, rng, mutations=dict(mutations),
       quantile_fraction=quantile_fraction, resample_probability=resample_probability,
       perturbation_factors=factors, mode=mode)
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(perturb, a, b), new, old)
-  states = states.replace(params=keep(params, states.params),
-                          opt_state=keep(opt_state, states.opt_state))
+  # Without a perturbation every member keeps its own state: one gather by `source` either
+  # way, rather than a gather and then a select over every weight and optimizer state.
   source = jnp.where(perturb, source, jnp.arange(source.shape[0]))
-  return states, keep(new_hparams, hparams), train_loss, sums, source
+  take = lambda tree: jax.tree.map(lambda x: x[source], tree)
+  states = states.replace(params=take(states.params), opt_state=take(states.opt_state))
+  hparams = {k: jnp.where(perturb, new_hparams[k], h) for k, h in hparams.items()}
+  return states, hparams, train_loss, sums, source
 
 
 _interval_jit = jax.jit(

@@ -297,7 +297,8 @@ class Space:
     Configurations with equal rest differ only in continuous values, so they can be
     trained as one vmapped population.
     """
-    continuous = {k: v for k, v in config.items() if k in self.continuous_names}
+    names = self.continuous_names
+    continuous = {k: v for k, v in config.items() if k in names}
     return continuous, {k: v for k, v in config.items() if k not in continuous}
 
   def __repr__(self) -> str:
