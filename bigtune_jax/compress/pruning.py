@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bigtune_jax.transforms import validation
@@ -115,11 +116,9 @@ def _masks(params, flags, sparsity, scope: str, structure):
     scores = jnp.concatenate([jnp.abs(leaves[i]).reshape(-1).astype(jnp.float32)
                               for i in chosen])
     keep = _keep_largest(scores, sparsity)
-    offsets = [0]
-    for i in chosen:
-      offsets.append(offsets[-1] + leaves[i].size)
-    for i, start, end in zip(chosen, offsets[:-1], offsets[1:]):
-      masks[i] = keep[start:end].reshape(leaves[i].shape)
+    ends = np.cumsum([leaves[i].size for i in chosen])
+    for i, part in zip(chosen, jnp.split(keep, ends[:-1])):
+      masks[i] = part.reshape(leaves[i].shape)
   return jax.tree.unflatten(treedef, masks)
 
 
@@ -231,13 +230,15 @@ def prune(inner: optax.GradientTransformation, sparsity=None, *,
       raise ValueError("prune needs the parameters: call update(updates, state, params)")
     flags = _flags(params, prunable)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-    candidate = jax.tree.map(lambda w, u, m: jnp.where(m, w + u, jnp.zeros_like(w)),
-                             params, inner_updates, state.masks)
     count = optax.safe_int32_increment(state.count)
     new_sparsity = jnp.asarray(target(count), jnp.float32)  # the sparsity after this update
-    masks = jax.lax.cond(new_sparsity != state.sparsity,
-                         lambda: _masks(candidate, flags, new_sparsity, scope, structure),
-                         lambda: state.masks)
+
+    def rebuild():  # only on the steps where the target changes: candidates, sorts, masks
+      candidate = jax.tree.map(lambda w, u, m: jnp.where(m, w + u, jnp.zeros_like(w)),
+                               params, inner_updates, state.masks)
+      return _masks(candidate, flags, new_sparsity, scope, structure)
+
+    masks = jax.lax.cond(new_sparsity != state.sparsity, rebuild, lambda: state.masks)
     masked = jax.tree.map(lambda w, u, m: jnp.where(m, u, -w).astype(u.dtype),
                           params, inner_updates, masks)
     return masked, PruneState(count=count, sparsity=new_sparsity, masks=masks,
