@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 from bigtune_jax.transforms import validation
+from bigtune_jax.tree_paths import path_name
 
 Prunable = Callable[[str, jax.Array], bool]
 SCOPES = ("layer", "global")
@@ -53,11 +54,6 @@ def default_prunable(path: str, leaf: jax.Array) -> bool:
   """Kernels (``ndim >= 2``) are pruned; biases, scales and scalars are not."""
   del path
   return jnp.ndim(leaf) >= 2
-
-
-def path_name(path) -> str:
-  """``"hidden_0/kernel"`` for a pytree key path."""
-  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _flags(params, prunable: Prunable | None):

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from bigtune_jax.compress.pruning import path_name
+from bigtune_jax.tree_paths import path_name
 
 
 def _arrays(tree) -> list[np.ndarray]:

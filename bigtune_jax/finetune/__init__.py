@@ -20,8 +20,8 @@ from bigtune_jax.finetune.lora import lora_init
 from bigtune_jax.finetune.lora import lora_loss
 from bigtune_jax.finetune.lora import lora_merge
 from bigtune_jax.finetune.paths import Selection
-from bigtune_jax.finetune.paths import path_name
 from bigtune_jax.finetune.pretrained import load_pretrained
+from bigtune_jax.tree_paths import path_name
 
 __all__ = (
     "Selection",

@@ -27,6 +27,7 @@ import jax
 import optax
 
 from bigtune_jax import transforms
+from bigtune_jax import tree_paths
 from bigtune_jax.finetune import paths
 from bigtune_jax.transforms import validation
 
@@ -55,7 +56,7 @@ def freeze(optimizer: optax.GradientTransformation,
     mask = paths.selection_mask(params, trainable, "trainable")
     if not any(jax.tree.leaves(mask)):
       raise ValueError("trainable selects no parameter: everything would be frozen; the "
-                       f"paths are: {paths.describe(paths.leaf_paths(params))}")
+                       f"paths are: {paths.describe(tree_paths.leaf_paths(params))}")
     return jax.tree.map(lambda t: _TRAIN if t else _FROZEN, mask)
 
   return optax.partition({_TRAIN: optimizer, _FROZEN: optax.set_to_zero()}, labels)
@@ -64,14 +65,14 @@ def freeze(optimizer: optax.GradientTransformation,
 def _label_tree(params, labels, learning_rates: Mapping[str, object]):
   """The group label of every parameter, checked: each is a group, each group is used."""
   if callable(labels):
-    tree = jax.tree_util.tree_map_with_path(lambda p, _: labels(paths.path_name(p)), params)
+    tree = jax.tree_util.tree_map_with_path(lambda p, _: labels(tree_paths.path_name(p)), params)
   else:
     if jax.tree.structure(labels) != jax.tree.structure(params):
       raise ValueError(f"labels must be a function path -> group or a tree of group names "
                        f"with the parameters' structure {jax.tree.structure(params)}, got "
                        f"{jax.tree.structure(labels)}")
     tree = labels
-  named = dict(zip(paths.leaf_paths(params), jax.tree.leaves(tree)))
+  named = dict(zip(tree_paths.leaf_paths(params), jax.tree.leaves(tree)))
   for path, label in named.items():
     if label not in learning_rates:
       raise ValueError(f"labels: parameter {path!r} is in group {label!r}, which "

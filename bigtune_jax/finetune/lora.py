@@ -36,6 +36,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from bigtune_jax import tree_paths
 from bigtune_jax.finetune import paths
 from bigtune_jax.train.step import LossFn
 from bigtune_jax.transforms import validation
@@ -88,7 +89,7 @@ def lora_init(params, rank: int, rng: jax.Array, *, targets: paths.Selection | N
     like ``params``, plus the ``also_train`` entries.
   """
   validation.check_int("rank", rank, 1)
-  flat = paths.flatten(params)
+  flat = tree_paths.flatten(params)
   full = paths.select(flat, also_train, "also_train") if also_train else set()
   kernels = _adapted_kernels(flat, targets, full)
   for path in kernels:
@@ -104,7 +105,7 @@ def lora_init(params, rank: int, rng: jax.Array, *, targets: paths.Selection | N
     trainable[_join(layer, _A)] = (jax.random.normal(key, (n_in, rank), kernel.dtype)
                                    / math.sqrt(n_in))
     trainable[_join(layer, _B)] = jnp.zeros((rank, n_out), kernel.dtype)
-  return paths.unflatten(trainable)
+  return tree_paths.unflatten(trainable)
 
 
 def _check_adapter(path: str, kernel, a, b) -> None:
@@ -129,7 +130,7 @@ def lora_merge(params, lora_params, *, alpha):
   naming the path of an entry that ``params`` lacks or whose shape does not fit.
   """
   validation.check_interval("alpha", alpha, 0.0, math.inf, low_closed=False)
-  flat, lora = paths.flatten(params), paths.flatten(lora_params)
+  flat, lora = tree_paths.flatten(params), tree_paths.flatten(lora_params)
   adapters, replaced = {}, {}
   for path, leaf in lora.items():
     layer, _, name = path.rpartition("/")
@@ -149,7 +150,7 @@ def lora_merge(params, lora_params, *, alpha):
       replaced[path] = leaf
 
   def merged(key_path, kernel):
-    path = paths.path_name(key_path)
+    path = tree_paths.path_name(key_path)
     if path in replaced:
       return replaced[path]
     if path not in adapters:

@@ -1,8 +1,8 @@
 """Naming parameters by path, and choosing some of them by path.
 
-A parameter's path is its keys joined by ``/``: ``hidden_0/kernel``, ``head/bias`` (the
-names in the checkpoint errors of ``bigtune_jax.train``). A **selection** picks parameters
-by path and is one of:
+A parameter's path is its keys joined by ``/`` (``bigtune_jax.tree_paths``):
+``hidden_0/kernel``, ``head/bias``, the names in the checkpoint errors of
+``bigtune_jax.train``. A **selection** picks parameters by path and is one of:
 
 * a collection of path prefixes (or one string), each matching whole components:
   ``"head"`` selects ``head/kernel`` and ``head/bias`` but not ``header/kernel``. Every
@@ -20,30 +20,12 @@ from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Mapping
 
-from flax import traverse_util
 import jax
 
+from bigtune_jax.tree_paths import leaf_paths
+from bigtune_jax.tree_paths import path_name
+
 Selection = Callable[[str], bool] | Collection[str] | Mapping
-
-
-def path_name(key_path) -> str:
-  """``"hidden_0/kernel"`` for a pytree key path."""
-  return jax.tree_util.keystr(key_path, simple=True, separator="/")
-
-
-def leaf_paths(tree) -> list[str]:
-  """The path of every leaf of ``tree``, in flattening order."""
-  return list(flatten(tree))
-
-
-def flatten(tree) -> dict:
-  """``{path: leaf}`` for every leaf of ``tree``."""
-  return {path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def unflatten(flat: dict) -> dict:
-  """Nested dicts from ``{path: leaf}``: the inverse of ``flatten`` for a dict tree."""
-  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def under(path: str, prefix: str) -> bool:

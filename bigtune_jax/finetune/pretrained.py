@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from bigtune_jax import tree_paths
 from bigtune_jax.finetune import paths
 from bigtune_jax.train import checkpoint as checkpoint_lib
 from bigtune_jax.transforms import validation
@@ -92,8 +93,8 @@ def load_pretrained(directory: str | os.PathLike, target, *, step: int | None = 
       raise ValueError(f"corrupt checkpoint {where}: cannot read its metadata: {err}") from err
 
     # Check everything before reading anything.
-    stored, initial = paths.flatten(stored), paths.flatten(target)
-    wanted = paths.flatten(checkpoint_lib.abstract_like(target))
+    stored, initial = tree_paths.flatten(stored), tree_paths.flatten(target)
+    wanted = tree_paths.flatten(checkpoint_lib.abstract_like(target))
     skipped = paths.select(list(wanted) + [p for p in stored if p not in wanted], skip, "skip")
     kept = {path: leaf for path, leaf in wanted.items() if path not in skipped}
     mismatch = checkpoint_lib.first_mismatch(
@@ -107,7 +108,7 @@ def load_pretrained(directory: str | os.PathLike, target, *, step: int | None = 
 
     restored = {}
     if kept:  # a partial restore: only these entries of the checkpoint are read
-      item_target = paths.unflatten({"/".join(prefix + (path,)): leaf
+      item_target = tree_paths.unflatten({"/".join(prefix + (path,)): leaf
                                      for path, leaf in kept.items()})
       args = ocp.args.PyTreeRestore(
           item=item_target, partial_restore=True,
@@ -116,10 +117,10 @@ def load_pretrained(directory: str | os.PathLike, target, *, step: int | None = 
         restored = manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
       except Exception as err:
         raise ValueError(f"corrupt checkpoint {where}: {type(err).__name__}: {err}") from err
-      restored = paths.flatten(restored[prefix[0]] if prefix else restored)
+      restored = tree_paths.flatten(restored[prefix[0]] if prefix else restored)
 
   def value(path, leaf):
-    name = paths.path_name(path)
+    name = tree_paths.path_name(path)
     return restored[name] if name in restored else jnp.copy(leaf)  # a copy: fit donates
 
   return jax.tree_util.tree_map_with_path(value, target)

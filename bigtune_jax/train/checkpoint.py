@@ -48,6 +48,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from bigtune_jax.train import sharding as sharding_lib
+from bigtune_jax.tree_paths import path_name
 
 ITEM = "default"  # Orbax's name for the single item of a CheckpointManager
 
@@ -97,27 +98,17 @@ def _as_array(x):
   return x if isinstance(x, jax.Array) else jnp.asarray(x)
 
 
-def _path_str(path) -> str:
-  """``params/Dense_0/kernel`` for a key path, whatever the kinds of its keys."""
-  def key_str(key):
-    for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
-      if hasattr(key, attr):
-        return str(getattr(key, attr))
-    return str(key)
-  return "/".join(key_str(k) for k in path)
-
-
 def _describe(shape, dtype) -> str:
   return f"{tuple(shape)} {np.dtype(dtype).name}"
 
 
 def first_mismatch(stored_tree, abstract_target) -> str | None:
   """The first path where ``abstract_target`` differs from the stored metadata, or None."""
-  stored = {_path_str(p): leaf
+  stored = {path_name(p): leaf
             for p, leaf in jax.tree_util.tree_flatten_with_path(stored_tree)[0]}
   seen = set()
   for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_target)[0]:
-    name = _path_str(path)
+    name = path_name(path)
     seen.add(name)
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
       leaf = jax.eval_shape(jax.random.key_data, leaf)  # typed keys are stored as their data
