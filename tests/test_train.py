@@ -68,6 +68,26 @@ def test_nan_gradient_step_is_skipped_and_counted(splits):
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params))
 
 
+def test_fit_logs_the_mean_gradient_norm_of_the_applied_steps(splits):
+  train_data = data.ArrayDataset({k: v.copy() for k, v in splits["train"].arrays.items()})
+  first = next(train_data.batches(32, seed=0, epoch=0))  # the run's first batch ...
+  row = int(np.flatnonzero((train_data["image"] == first["image"][0]).all(axis=(1, 2, 3)))[0])
+  train_data.arrays["image"][row, 0, 0, 0] = np.nan  # ... gets a NaN: step 1 is skipped
+  _, state, loss_fn = setup(splits)
+  result = train.fit(state, loss_fn, train_data, config=config(monitor="train_loss"))
+  _, replay, _ = setup(splits)
+  step = jax.jit(train.make_train_step(loss_fn))
+  norms = []
+  batches = (b for epoch in range(2) for b in train_data.batches(32, seed=0, epoch=epoch))
+  for batch, _ in zip(batches, range(40)):  # 40 steps run into the second epoch
+    replay, out = step(replay, batch)
+    norms.append(float(out["grad_norm"]) if bool(out["finite"]) else None)
+  assert norms[0] is None and all(n is not None for n in norms[1:])
+  assert int(result.state.skipped_steps) == 1
+  logged = [r["grad_norm"] for r in result.history]
+  np.testing.assert_allclose(logged, [np.mean(norms[1:20]), np.mean(norms[20:40])], rtol=1e-5)
+
+
 def test_resume_from_checkpoint_reaches_the_same_result(splits, tmp_path):
   kwargs = dict(plateau=bt.reduce_on_plateau(factor=0.5, patience=0),
                 early_stopping=bt.EarlyStopping(patience=50))

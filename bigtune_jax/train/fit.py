@@ -9,7 +9,8 @@ validation set and then, in this order:
 1. appends a row to ``workdir/metrics.jsonl``: ``step``, ``epoch``, ``train_loss`` (mean
    over the steps since the last row), ``val_loss`` / ``val_accuracy``, ``lr`` (the rate
    in effect from this row on: ``FitConfig.learning_rate`` at this step, times the plateau
-   scale before this row's metric is fed to it), ``skipped_steps``;
+   scale before this row's metric is fed to it), ``grad_norm`` (mean global gradient norm
+   of the applied steps since the last row), ``skipped_steps``;
 2. feeds the monitored metric to ``reduce_on_plateau`` (its scale multiplies the updates
    from the next step on) and to ``EarlyStopping`` (keeping a copy of the best parameters);
 3. saves a checkpoint of the whole ``TrainState`` (every ``checkpoint_every_evals`` rows).
@@ -107,14 +108,26 @@ def evaluate(eval_step: Callable, params, dataset: ArrayDataset, batch_size: int
   split by rows over it, each host loading its own rows.
   """
   mesh = mesh if mesh is not None else sharding_lib.mesh_of(params)
-  sums = None
+  wait_each_batch = sharding_lib.cpu_collectives_need_sync()
+  outs = []  # every batch is dispatched before the first result is read
   for batch in _eval_batches(dataset, batch_size, mesh):
-    out = jax.device_get(eval_step(params, batch))  # added up on the host, in float32
+    outs.append(eval_step(params, batch))
+    if wait_each_batch:
+      jax.block_until_ready(outs[-1])
+  sums = None
+  for out in jax.device_get(outs):  # added up on the host in float32, in batch order
     sums = out if sums is None else jax.tree.map(np.add, sums, out)
   result = {"loss": float(sums["loss_sum"] / sums["count"])}
   if "correct" in sums:
     result["accuracy"] = float(sums["correct"] / sums["count"])
   return result
+
+
+def _mean_finite(values) -> float:
+  """The mean of the finite values (the steps that were applied); NaN when none was."""
+  values = np.asarray(values, np.float64)
+  values = values[np.isfinite(values)]
+  return float(values.mean()) if values.size else math.nan
 
 
 def _learning_rate(schedule, state: TrainState) -> float | None:
@@ -197,7 +210,7 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
   stopped = bool(early_stopping and state.early_stopping.should_stop)
   history = [r for r in log.rows() if r["step"] <= step] if log is not None else []
   wait_each_step = sharding_lib.cpu_collectives_need_sync()
-  losses = []  # this row's step losses, on the device until the row is written
+  losses, grad_norms = [], []  # this row's step metrics, on the device until it is written
   bar = metrics_lib.Progress(config.steps, initial=step, enabled=config.progress and primary)
   try:
     while step < config.steps and not stopped:
@@ -208,14 +221,16 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
         if wait_each_step:
           jax.block_until_ready(out)
         losses.append(out["loss"])
+        grad_norms.append(out["grad_norm"])
         step += 1
         bar.update(1)
         if step % eval_every and step < config.steps:
           continue
         row = {"epoch": epoch, "train_loss": float(sum(jax.device_get(losses), np.float32(0)))
                                               / len(losses),
+               "grad_norm": _mean_finite(jax.device_get(grad_norms)),
                "skipped_steps": int(state.skipped_steps)}
-        losses = []
+        losses, grad_norms = [], []
         if val_data is not None:
           row.update({f"val_{k}": v for k, v in evaluate(
               eval_step, state.params, val_data, config.eval_batch_size, mesh=mesh).items()})
