@@ -140,6 +140,10 @@ def test_pbt_beats_no_pbt_when_most_learning_rates_are_bad():
                   **kwargs)
   assert len(traces) == traced  # other values, same program: no recompilation
   assert not np.allclose(again.final["val_loss"], result.final["val_loss"])
+  chunked = pbt(model, loss_fn, make_optimizer, hparams, MUTATIONS, splits["train"],
+                splits["validation"], perturbation_interval=25, member_chunk=2, **kwargs)
+  np.testing.assert_allclose(chunked.final["val_loss"], result.final["val_loss"], rtol=1e-4)
+  np.testing.assert_array_equal(chunked.hparams["learning_rate"], result.hparams["learning_rate"])
 
 
 def test_pbt_bad_arguments():
@@ -155,6 +159,7 @@ def test_pbt_bad_arguments():
       ({"learning_rate": LogUniform(1e-3, 1.0)}, {"quantile_fraction": 0.6}, "quantile_fraction"),
       ({"learning_rate": LogUniform(1e-3, 1.0)}, {"perturbation_factors": ()}, "perturbation"),
       ({"learning_rate": LogUniform(1e-3, 1.0)}, {"metric": "accuracy"}, "metric"),
+      ({"learning_rate": LogUniform(1e-3, 1.0)}, {"member_chunk": 3}, "member_chunk"),
   ]:
     with pytest.raises(ValueError, match=match):
       pbt(*args, mutations, splits["train"], splits["validation"], **kwargs, **extra)

@@ -145,6 +145,15 @@ def train_members(loss_fn: LossFn, make_optimizer: MakeOptimizer, states, hparam
   return jax.tree.map(merge, out)
 
 
+def check_member_chunk(member_chunk: int | None, n: int) -> None:
+  """ValueError unless ``member_chunk`` is None or a divisor of the member count ``n``."""
+  if member_chunk is not None:
+    validation.check_int("member_chunk", member_chunk, 1)
+    if n % member_chunk:
+      raise ValueError(f"member_chunk must be a divisor of the number of members {n}, got "
+                       f"{member_chunk}")
+
+
 def choose_chunk(params) -> int:
   """The ``chunk`` of ``train_members`` for stacked ``params`` (leading axis N): all N on
   an accelerator; on a CPU the largest divisor of N whose chunk holds at most 2^18
@@ -302,11 +311,7 @@ def train_population(model: nn.Module, loss_fn: LossFn, make_optimizer: MakeOpti
   start_time = time.time()
   values, n = check_hparams(hparams)
   seeds = check_seeds(member_seeds, seed, n)
-  if member_chunk is not None:
-    validation.check_int("member_chunk", member_chunk, 1)
-    if n % member_chunk:
-      raise ValueError(f"member_chunk must be a divisor of the number of members {n}, got "
-                       f"{member_chunk}")
+  check_member_chunk(member_chunk, n)
   validation.check_int("steps", steps, 1)
   eval_every = steps if eval_every is None else eval_every
   validation.check_int("eval_every", eval_every, 1)

@@ -174,12 +174,13 @@ def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimi
         quantile_fraction: float = 0.25, resample_probability: float = 0.25,
         perturbation_factors: Sequence[float] = (0.8, 1.2), seed: int = 0,
         member_seeds: Sequence[int] | None = None, eval_batch_size: int = 512,
-        input_key: str | None = None) -> population.PopulationResult:
+        input_key: str | None = None,
+        member_chunk: int | None = None) -> population.PopulationResult:
   """Population-based training of N members (see the module docstring).
 
   Args:
     model, loss_fn, make_optimizer, hparams, train_data, val_data, batch_size, seed,
-      member_seeds, eval_batch_size, input_key: as ``train_population``.
+      member_seeds, eval_batch_size, input_key, member_chunk: as ``train_population``.
     mutations: ``{name: Uniform | LogUniform}`` (or a ``Space``: its continuous axes
       found in ``hparams``), the hyperparameters that explore.
     steps: training steps, >= 1.
@@ -197,6 +198,7 @@ def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimi
   start_time = time.time()
   values, n = population.check_hparams(hparams)
   seeds = population.check_seeds(member_seeds, seed, n)
+  population.check_member_chunk(member_chunk, n)
   mutation_items = _check_mutations(mutations, values)
   validation.check_int("steps", steps, 1)
   validation.check_int("perturbation_interval", perturbation_interval, 1)
@@ -213,7 +215,7 @@ def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimi
   data = population.PopulationData(train_data, val_data, batch_size, seed, eval_batch_size)
   hp = {name: jnp.asarray(v) for name, v in values.items()}
   states = population.init_states(model, make_optimizer, data, hp, seeds, input_key)
-  chunk = population.choose_chunk(states.params)
+  chunk = member_chunk or population.choose_chunk(states.params)
   settings = (metric, mutation_items, float(quantile_fraction), float(resample_probability),
               factors, mode)
   rng = jax.random.key(seed)
