@@ -66,11 +66,8 @@ def main(argv=None) -> dict:
           "search_steps": result.steps, "search_val_accuracy": result.val.get("accuracy"),
           "search_wall_s": round(result.wall_s, 2),
           "params": models.count_params(params), "config": config})
-  summary["wall_s"] = round(time.time() - start, 2)  # search and retraining
-  common.write_summary(workdir, summary)
-  common.print_summary({k: v for k, v in summary.items()
-                        if k not in ("config", "final_alphas")})
-  return summary
+  # wall_s: the search and the retraining
+  return common.finish(workdir, summary, start, hide=("final_alphas", "config"))
 
 
 if __name__ == "__main__":

@@ -143,11 +143,8 @@ def main(argv=None) -> dict:
       extra={"params": models.count_params(params), "config": config,
              "mesh": dict(fit_config.mesh.make_mesh().shape)})
   summary.update(test_perplexity=math.exp(summary["test_loss"]),
-                 test_bits_per_byte=summary["test_loss"] / math.log(2),
-                 wall_s=round(time.time() - start, 2))
-  common.write_summary(workdir, summary)
-  common.print_summary({k: v for k, v in summary.items() if k not in ("config", "prompt")})
-  return summary
+                 test_bits_per_byte=summary["test_loss"] / math.log(2))
+  return common.finish(workdir, summary, start, hide=("prompt", "config"))
 
 
 if __name__ == "__main__":

@@ -216,11 +216,8 @@ def main(argv=None) -> dict:
           "searcher": type(searcher).__name__, "search_wall_s": round(search_wall, 2),
           "model_params": models.count_params(init), "config": config})
   summary.update(val_perplexity=math.exp(summary["val_loss"]),
-                 test_perplexity=math.exp(summary["test_loss"]),
-                 wall_s=round(time.time() - start, 2))
-  common.write_summary(workdir, summary)
-  common.print_summary({k: v for k, v in summary.items() if k not in ("config", "trials")})
-  return summary
+                 test_perplexity=math.exp(summary["test_loss"]))
+  return common.finish(workdir, summary, start, hide=("trials", "config"))  # wall_s: all of it
 
 
 if __name__ == "__main__":

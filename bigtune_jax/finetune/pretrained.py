@@ -109,7 +109,7 @@ def load_pretrained(directory: str | os.PathLike, target, *, step: int | None = 
     restored = {}
     if kept:  # a partial restore: only these entries of the checkpoint are read
       item_target = tree_paths.unflatten({"/".join(prefix + (path,)): leaf
-                                     for path, leaf in kept.items()})
+                                          for path, leaf in kept.items()})
       args = ocp.args.PyTreeRestore(
           item=item_target, partial_restore=True,
           restore_args=ocp.checkpoint_utils.construct_restore_args(item_target))
