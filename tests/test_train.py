@@ -162,3 +162,17 @@ def test_controls_must_be_given_to_both_state_and_fit(splits):
 def test_bad_fit_config_names_the_field(field, value):
   with pytest.raises(ValueError, match=field):
     config(**{field: value})
+
+
+def test_init_params_compiles_once_per_model_configuration():
+  from bigtune_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).normal(size=(1, 8, 8, 1)).astype(np.float32)
+  before = state_lib._init_jit._cache_size()  # pylint: disable=protected-access
+  first = train.init_params(models.MLP(hidden=(7,), num_classes=3), x, seed=0)
+  again = train.init_params(models.MLP(hidden=(7,), num_classes=3), x, seed=0)
+  other = train.init_params(models.MLP(hidden=(7,), num_classes=3), x, seed=1)
+  assert state_lib._init_jit._cache_size() == before + 1  # pylint: disable=protected-access
+  assert_trees_close(first, again, rtol=0, atol=0)
+  assert not np.allclose(first["head"]["kernel"], other["head"]["kernel"])
+  listed = train.init_params(models.MLP(hidden=[7], num_classes=3), x, seed=0)  # unhashable
+  assert_trees_close(listed, first, rtol=0, atol=0)

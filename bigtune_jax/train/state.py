@@ -16,6 +16,7 @@ bit for bit:
   early stopping should restore them, or ``()``.
 """
 
+import functools
 import inspect
 from typing import Any
 
@@ -42,10 +43,22 @@ def accepts_train_flag(model: nn.Module) -> bool:
 
 
 def init_params(model: nn.Module, sample_input: jax.Array, seed: int = 0):
-  """``model``'s parameters for inputs shaped like ``sample_input`` (jit-compiled init)."""
+  """``model``'s parameters for inputs shaped like ``sample_input`` (jit-compiled init;
+  compiled once per model configuration and input shape, not once per call)."""
+  sample_input = jnp.asarray(sample_input)
+  try:
+    hash(model)
+  except TypeError:  # a module with unhashable fields: compile for this call only
+    return jax.jit(functools.partial(_init, model))(jax.random.key(seed), sample_input)
+  return _init_jit(model, jax.random.key(seed), sample_input)
+
+
+def _init(model: nn.Module, key, x):
   kwargs = {"train": False} if accepts_train_flag(model) else {}
-  init = jax.jit(lambda key, x: model.init(key, x, **kwargs)["params"])
-  return init(jax.random.key(seed), jnp.asarray(sample_input))
+  return model.init(key, x, **kwargs)["params"]
+
+
+_init_jit = jax.jit(_init, static_argnums=0)
 
 
 def create_train_state(model: nn.Module, params, tx: optax.GradientTransformation, *,
