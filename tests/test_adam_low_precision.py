@@ -113,3 +113,16 @@ def test_hashed_bits_are_uniform_and_change_every_step():
   other_seed = np.asarray(adam_module.random_bits((64, 1024), seed=1, step=jnp.asarray(1), leaf=0))
   assert np.mean(bits[0] == other_leaf) < 1e-3 and np.mean(bits[0] == other_seed) < 1e-3
   assert abs(np.corrcoef(low.ravel()[:-1], low.ravel()[1:])[0, 1]) < 0.01  # neighbours
+
+
+def test_seed_may_be_an_array_as_inject_hyperparams_passes_it():
+  """``optax.inject_hyperparams`` turns the seed into an int32 array, traced in the update."""
+  bits = lambda seed: np.asarray(jax.jit(adam_module.random_bits, static_argnums=(0, 3))(
+      (8, 16), seed, jnp.asarray(5), 2))
+  np.testing.assert_array_equal(bits(jnp.asarray(7, jnp.int32)), bits(7))
+  opt = optax.inject_hyperparams(bt.adam, static_args=("moment_dtype",))(
+      learning_rate=1e-2, moment_dtype="bfloat16", seed=7)
+  params = {"w": jnp.ones(4)}
+  updates, state = jax.jit(opt.update)(params, opt.init(params))
+  assert state.inner_state[0].mu["w"].dtype == jnp.bfloat16
+  assert np.all(np.isfinite(np.asarray(updates["w"])))

@@ -49,9 +49,15 @@ def hash32(x: jax.Array) -> jax.Array:
   return x ^ (x >> 16)
 
 
+def _uint32(x) -> jax.Array:
+  """``x mod 2**32`` as uint32, for a Python int or an integer array (a seed injected by
+  ``optax.inject_hyperparams`` is an int32 array, traced inside the update)."""
+  return jnp.uint32(x % 2**32) if isinstance(x, int) else jnp.asarray(x).astype(jnp.uint32)
+
+
 def random_bits(shape, seed: int, step: jax.Array, leaf: int) -> jax.Array:
   """Uniform uint32 bits for one leaf and step: ``hash32(index ^ key(seed, step, leaf))``."""
-  key = hash32(hash32(jnp.asarray(step, jnp.uint32) ^ jnp.uint32(seed * 0x9E3779B9 % 2**32))
+  key = hash32(hash32(jnp.asarray(step, jnp.uint32) ^ (_uint32(seed) * jnp.uint32(0x9E3779B9)))
                ^ jnp.uint32(leaf * 0x85EBCA6B % 2**32))
   size = int(np.prod(shape, dtype=np.int64))
   return hash32(jax.lax.iota(jnp.uint32, size).reshape(shape) ^ key)
@@ -126,7 +132,7 @@ def adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: floa
     moment_dtype: ``None`` keeps the moments in the parameters' dtype
       (``optax.scale_by_adam``); ``"bfloat16"`` stores both moments in bfloat16 with
       stochastic rounding (28 -> 20 bytes moved per fp32 parameter and step).
-    seed: seed of the stochastic rounding (bfloat16 moments only).
+    seed: seed of the stochastic rounding (bfloat16 moments only), an integer >= 0.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -139,6 +145,7 @@ def adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: floa
   validation.check_interval("b1", b1, 0.0, 1.0)
   validation.check_interval("b2", b2, 0.0, 1.0)
   validation.check_non_negative("eps", eps)
+  validation.check_int("seed", seed, 0)
   try:
     bfloat16_moments = moment_dtype is not None and jnp.dtype(moment_dtype) == jnp.bfloat16
   except TypeError:  # not a dtype at all
