@@ -39,6 +39,14 @@ def _improves(value, best, mode: str, delta, relative: bool = False):
   return value > (best * (1.0 + delta) if relative else best + delta)
 
 
+def _scalar_metric(name: str, value, dtype) -> jax.Array:
+  """``value`` as a 0-d array of ``dtype``; a metric with a shape is an error, not a batch."""
+  value = jnp.asarray(value, dtype)
+  if value.shape != ():
+    raise ValueError(f"{name} must be a scalar metric, got shape {value.shape}")
+  return value
+
+
 class ReduceOnPlateauState(NamedTuple):
   """State of :func:`reduce_on_plateau`."""
   scale: jax.Array  # shape=(), float: current lr / initial lr
@@ -86,9 +94,7 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, mode: str = "min"
 
   def update_fn(updates, state, params=None, *, value, **extra_args):
     del params, extra_args
-    value = jnp.asarray(value, state.best.dtype)
-    if value.shape != ():
-      raise ValueError(f"value must be a scalar metric, got shape {value.shape}")
+    value = _scalar_metric("value", value, state.best.dtype)
     better = _improves(value, state.best, mode, threshold, relative=threshold_mode == "rel")
     best = jnp.where(better, value, state.best)
     num_bad = jnp.where(better, 0, state.num_bad + 1)
@@ -156,7 +162,7 @@ class EarlyStopping:
 
   def update(self, state: EarlyStoppingState, metric) -> EarlyStoppingState:
     """Consumes one metric and returns the new state."""
-    metric = jnp.asarray(metric, state.best.dtype)
+    metric = _scalar_metric("metric", metric, state.best.dtype)
     improved = _improves(metric, state.best, self.mode, self.min_delta)
     num_bad = jnp.where(improved, 0, state.num_bad + 1).astype(jnp.int32)
     stop = state.should_stop | (~improved & (num_bad >= self.patience))

@@ -34,7 +34,7 @@ Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
 
 def constant(learning_rate: float) -> Schedule:
   """A fixed learning rate (seed 002 §3.2 "固定学习率")."""
-  validation.check_learning_rate("learning_rate", learning_rate)
+  validation.check_learning_rate("learning_rate", learning_rate, allow_schedule=False)
   return lambda step: jnp.asarray(learning_rate) * jnp.ones_like(step, dtype=float)
 
 
@@ -49,7 +49,7 @@ def exponential_decay(learning_rate: float, gamma: float, every: int = 1) -> Sch
     gamma: decay per period, in ``(0, 1]``.
     every: period in steps, an integer >= 1.
   """
-  validation.check_learning_rate("learning_rate", learning_rate)
+  validation.check_learning_rate("learning_rate", learning_rate, allow_schedule=False)
   validation.check_interval("gamma", gamma, 0.0, 1.0, low_closed=False, high_closed=True)
   validation.check_int("every", every, 1)
 
@@ -84,9 +84,9 @@ def warmup_cosine_decay(peak_lr: float, warmup_steps: int, total_steps: int,
     init_lr: rate at step 0, >= 0.
     end_lr: final rate, >= 0.
   """
-  validation.check_learning_rate("peak_lr", peak_lr)
-  validation.check_learning_rate("init_lr", init_lr)
-  validation.check_learning_rate("end_lr", end_lr)
+  validation.check_learning_rate("peak_lr", peak_lr, allow_schedule=False)
+  validation.check_learning_rate("init_lr", init_lr, allow_schedule=False)
+  validation.check_learning_rate("end_lr", end_lr, allow_schedule=False)
   validation.check_int("warmup_steps", warmup_steps, 0)
   validation.check_int("total_steps", total_steps, warmup_steps + 1)
 

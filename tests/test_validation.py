@@ -23,9 +23,12 @@ BAD = [
     (lambda: bt.adam(b2=-0.1), "b2", r"\[0.0, 1.0\)"),
     (lambda: bt.adam(eps=-1e-8), "eps", ">= 0"),
     (lambda: bt.adam(learning_rate=-1e-3), "learning_rate", ">= 0"),
+    (lambda: bt.adam(moment_dtype="bfloat16", seed=1.5), "seed", "integer >= 0"),
     (lambda: bt.adaptive_sgd(0.1, beta=-1.0), "beta", ">= 0"),
+    (lambda: bt.transforms.scale_by_accumulated_norm(-1.0), "beta", ">= 0"),
     (lambda: bt.hypergradient_sgd(-0.1, 1e-3), "learning_rate", ">= 0"),
     (lambda: bt.hypergradient_sgd(0.1, -1e-3), "hyper_lr", ">= 0"),
+    (lambda: bt.hypergradient_sgd(bt.constant(0.1), 1e-3), "learning_rate", "not a schedule"),
     (lambda: bt.hypergradient_adam(b1=1.5), "b1", r"\[0.0, 1.0\)"),
     (lambda: bt.l1(-0.1), "strength", ">= 0"),
     (lambda: bt.l2(float("nan")), "weight_decay", ">= 0"),
@@ -45,6 +48,8 @@ BAD = [
     (lambda: bt.EarlyStopping(patience=3, min_delta=-0.1), "min_delta", ">= 0"),
     (lambda: bt.EarlyStopping(patience=2.5), "patience", "integer"),
     (lambda: bt.constant(-1.0), "learning_rate", ">= 0"),
+    (lambda: bt.constant(bt.constant(0.1)), "learning_rate", "not a schedule"),
+    (lambda: bt.exponential_decay(lambda t: 0.1, gamma=0.9), "learning_rate", "not a schedule"),
     (lambda: bt.exponential_decay(0.1, gamma=0.0), "gamma", r"\(0.0, 1.0\]"),
     (lambda: bt.exponential_decay(0.1, gamma=1.5), "gamma", r"\(0.0, 1.0\]"),
     (lambda: bt.exponential_decay(0.1, gamma=0.9, every=0), "every", ">= 1"),
@@ -53,6 +58,7 @@ BAD = [
     (lambda: bt.warmup_cosine_decay(1.0, warmup_steps=10, total_steps=10), "total_steps", ">= 11"),
     (lambda: bt.warmup_cosine_decay(1.0, warmup_steps=-1, total_steps=10), "warmup_steps", ">= 0"),
     (lambda: bt.warmup_cosine_decay(-1.0, warmup_steps=1, total_steps=10), "peak_lr", ">= 0"),
+    (lambda: bt.warmup_cosine_decay(1.0, 1, 10, end_lr=lambda t: 0.0), "end_lr", "not a schedule"),
 ]
 
 
@@ -84,6 +90,12 @@ def test_plateau_value_must_be_a_scalar():
   plateau = bt.reduce_on_plateau()
   with pytest.raises(ValueError, match="value must be a scalar"):
     plateau.update(jnp.zeros(2), plateau.init(jnp.zeros(2)), value=jnp.ones(2))
+
+
+def test_early_stopping_metric_must_be_a_scalar():
+  stopper = bt.EarlyStopping(patience=2)
+  with pytest.raises(ValueError, match="metric must be a scalar"):
+    stopper.update(stopper.init(), jnp.ones(2))
 
 
 def test_l1_without_params_names_the_missing_argument():

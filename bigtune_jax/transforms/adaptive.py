@@ -30,7 +30,8 @@ def _state_dtype(tree):
 
 
 def scale_by_accumulated_norm(beta: float) -> optax.GradientTransformation:
-  """Scales the updates by ``1 / (1 + beta * sum_{i<=t} ||g_i||^2)``."""
+  """Scales the updates by ``1 / (1 + beta * sum_{i<=t} ||g_i||^2)``; ``beta >= 0``."""
+  validation.check_non_negative("beta", beta)
 
   def init_fn(params):
     return ScaleByAccumulatedNormState(jnp.zeros([], _state_dtype(params)))
@@ -58,6 +59,5 @@ def adaptive_sgd(learning_rate: optax.ScalarOrSchedule,
     ``optax.chain(scale_by_accumulated_norm(beta), scale_by_learning_rate(lr))``.
   """
   validation.check_learning_rate("learning_rate", learning_rate)
-  validation.check_non_negative("beta", beta)
   return optax.chain(scale_by_accumulated_norm(beta),
                      optax.scale_by_learning_rate(learning_rate))

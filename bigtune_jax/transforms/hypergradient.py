@@ -41,10 +41,7 @@ def hypergradient_descent(direction: optax.GradientTransformation, learning_rate
     learning_rate: the initial rate alpha_0 (a scalar >= 0 or a traced array).
     hyper_lr: the hypergradient step beta >= 0 (``0`` keeps alpha fixed).
   """
-  if callable(learning_rate):
-    raise ValueError("learning_rate must be a number (the initial rate that hypergradient "
-                     "descent then learns), not a schedule")
-  validation.check_learning_rate("learning_rate", learning_rate)
+  validation.check_learning_rate("learning_rate", learning_rate, allow_schedule=False)
   validation.check_non_negative("hyper_lr", hyper_lr)
 
   def init_fn(params):

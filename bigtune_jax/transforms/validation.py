@@ -5,7 +5,8 @@ that names the argument, the accepted range and the value received. Traced
 values (inside ``jax.jit`` / ``jax.vmap`` / ``optax.inject_hyperparams`` updates)
 cannot be inspected and are accepted as they are, so that a population of
 hyperparameters can be trained in one program; schedules (callables) are
-accepted wherever a learning rate is.
+accepted wherever a learning rate is, except where the rate is a number that something
+else transforms (a schedule's own values, hypergradient descent's initial rate).
 """
 
 from collections.abc import Collection
@@ -29,13 +30,17 @@ def _concrete_scalar(name: str, value: Any) -> float | None:
   return float(array)
 
 
-def check_learning_rate(name: str, value: Any) -> None:
-  """A learning rate: a finite scalar >= 0, a traced array, or a schedule."""
+def check_learning_rate(name: str, value: Any, *, allow_schedule: bool = True) -> None:
+  """A learning rate: a finite scalar >= 0, a traced array, or (if ``allow_schedule``) a
+  schedule."""
   if callable(value):
-    return
+    if allow_schedule:
+      return
+    raise ValueError(f"{name} must be a finite number >= 0, not a schedule, got {value!r}")
   x = _concrete_scalar(name, value)
   if x is not None and not (math.isfinite(x) and x >= 0):
-    raise ValueError(f"{name} must be a finite number >= 0 (or a schedule), got {value!r}")
+    or_schedule = " (or a schedule)" if allow_schedule else ""
+    raise ValueError(f"{name} must be a finite number >= 0{or_schedule}, got {value!r}")
 
 
 def check_interval(name: str, value: Any, low: float, high: float, *,
