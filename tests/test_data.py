@@ -245,6 +245,23 @@ def test_split_tokens_and_load_dataset_text(tmp_path):
   assert user["train"]["inputs"][0].tobytes() == expected[:4]
 
 
+def test_integral_floats_pass_and_other_sizes_raise_value_error():
+  tokens = np.arange(10, dtype=np.uint8)
+  np.testing.assert_array_equal(data.lm_windows(tokens, 4.0, stride=2.0)["inputs"],
+                                data.lm_windows(tokens, 4, stride=2)["inputs"])
+  assert len(list(indexed_dataset(10).batches(4.0))) == 2
+  for bad in (float("inf"), float("nan"), None, "4", True, 2.5):
+    with pytest.raises(ValueError, match="block_size"):
+      data.lm_windows(tokens, bad)
+    with pytest.raises(ValueError, match="num_examples"):
+      data.linear_regression_toy(bad)
+
+
+def test_test_fraction_only_bounds_datasets_it_splits():
+  splits = data.load_dataset("text", validation_fraction=0.85, test_fraction=0.2)
+  assert len(splits["validation"]) > len(splits["train"])
+
+
 def test_read_text_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="missing.txt"):
     data.read_text(tmp_path / "missing.txt")

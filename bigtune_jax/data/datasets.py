@@ -38,11 +38,14 @@ from bigtune_jax.data.pipeline import ArrayDataset
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "linear_toy", "text")
 _EMBEDDED = ("digits", "linear_toy", "text")
 _FROM_FILES = ("mnist", "fashion_mnist", "cifar10", "text")
+_SPLIT_THREE_WAYS = ("digits", "linear_toy")  # no official test set: test_fraction applies
 DEFAULT_BLOCK_SIZE = 128
 
 
 def _images_to_unit(split: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  return {"image": split["image"].astype(np.float32) / 255.0, "label": split["label"]}
+  image = split["image"].astype(np.float32)
+  image /= 255.0  # in place: no second float32 copy of the images
+  return {"image": image, "label": split["label"]}
 
 
 def _check_options(name, data_dir, validation_fraction, test_fraction, image_size, block_size):
@@ -59,7 +62,7 @@ def _check_options(name, data_dir, validation_fraction, test_fraction, image_siz
                        ("test_fraction", test_fraction)):
     if not 0.0 <= value < 1.0:
       raise ValueError(f"{field} must lie in [0, 1), got {value!r}")
-  if validation_fraction + test_fraction >= 1.0:
+  if name in _SPLIT_THREE_WAYS and validation_fraction + test_fraction >= 1.0:
     raise ValueError(f"validation_fraction + test_fraction must be < 1 (the rest is train), "
                      f"got {validation_fraction} + {test_fraction}")
   if image_size is not None and name != "digits":
@@ -99,7 +102,7 @@ def load_dataset(name: str, data_dir=None, *, seed: int = 0, validation_fraction
     size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
     return {split: ArrayDataset(text.lm_windows(part, size))
             for split, part in zip(("train", "validation"), parts)}
-  if name in ("digits", "linear_toy"):
+  if name in _SPLIT_THREE_WAYS:
     if name == "digits":
       arrays = digits.load_digits(image_size=digits.NATIVE_SIZE if image_size is None
                                   else image_size)
@@ -111,10 +114,8 @@ def load_dataset(name: str, data_dir=None, *, seed: int = 0, validation_fraction
     parts = splits.split_arrays(arrays, fractions, seed=seed, stratify=key)
     return {split: ArrayDataset(part) for split, part in parts.items()}
   official = cifar.load_cifar10(data_dir) if name == "cifar10" else idx.load_mnist(data_dir)
-  train = splits.split_arrays(
-      _images_to_unit(official["train"]),
-      {"train": 1.0 - validation_fraction, "validation": validation_fraction},
+  parts = splits.split_arrays(  # split the uint8 bytes, then convert each part once
+      official["train"], {"train": 1.0 - validation_fraction, "validation": validation_fraction},
       seed=seed, stratify="label" if stratify else None)
-  return {"train": ArrayDataset(train["train"]),
-          "validation": ArrayDataset(train["validation"]),
-          "test": ArrayDataset(_images_to_unit(official["test"]))}
+  parts["test"] = official["test"]
+  return {split: ArrayDataset(_images_to_unit(part)) for split, part in parts.items()}

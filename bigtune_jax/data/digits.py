@@ -21,6 +21,8 @@ Choices:
 
 import numpy as np
 
+from bigtune_jax.data.checks import check_int
+
 NUM_CLASSES = 10
 NATIVE_SIZE = 8
 _MAX_VALUE = 16.0  # load_digits pixels are counts of set bits in 4 x 4 blocks: 0..16
@@ -37,10 +39,9 @@ def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
   """Resizes NHWC ``images`` to ``(N, size, size, C)`` by bilinear interpolation (float32)."""
   if images.ndim != 4:
     raise ValueError(f"images must be NHWC (4-D), got shape {images.shape}")
-  if int(size) != size or size < 1:
-    raise ValueError(f"size must be a positive integer, got {size!r}")
-  rows = _linear_weights(images.shape[1], int(size))
-  cols = _linear_weights(images.shape[2], int(size))
+  size = check_int("size", size, 1)
+  rows = _linear_weights(images.shape[1], size)
+  cols = _linear_weights(images.shape[2], size)
   out = np.einsum("ih,nhwc,jw->nijc", rows, images.astype(np.float64), cols)
   return out.astype(np.float32)
 
@@ -55,9 +56,8 @@ def load_digits(*, image_size: int = NATIVE_SIZE) -> dict[str, np.ndarray]:
   Returns:
     ``{"image": float32 (1797, image_size, image_size, 1) in [0, 1], "label": int32 (1797,)}``.
   """
-  if int(image_size) != image_size or image_size < NATIVE_SIZE:
-    raise ValueError(f"image_size must be an integer >= {NATIVE_SIZE} (the digits are 8 x 8; "
-                     f"28 gives the upsampled view), got {image_size!r}")
+  image_size = check_int("image_size", image_size, NATIVE_SIZE,
+                         " (the digits are 8 x 8; 28 gives the upsampled view)")
   from sklearn import datasets  # deferred: scikit-learn takes about a second to import
 
   bunch = datasets.load_digits()  # read from the files inside the installed package

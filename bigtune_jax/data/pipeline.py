@@ -32,19 +32,15 @@ from collections.abc import Iterator, Mapping
 import jax
 import numpy as np
 
+from bigtune_jax.data.checks import check_int
+
 REMAINDERS = ("drop", "pad")
-
-
-def _check_int(name: str, value, low: int) -> int:
-  if isinstance(value, bool) or int(value) != value or value < low:
-    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-  return int(value)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, remainder: str = "drop") -> int:
   """Global batches per epoch: ``n // b`` with "drop", ``ceil(n / b)`` with "pad"."""
-  num_examples = _check_int("num_examples", num_examples, 0)
-  batch_size = _check_int("batch_size", batch_size, 1)
+  num_examples = check_int("num_examples", num_examples, 0)
+  batch_size = check_int("batch_size", batch_size, 1)
   if remainder not in REMAINDERS:
     raise ValueError(f"remainder must be one of {REMAINDERS}, got {remainder!r}")
   if remainder == "drop":
@@ -55,10 +51,10 @@ def steps_per_epoch(num_examples: int, batch_size: int, remainder: str = "drop")
 def epoch_order(num_examples: int, *, seed: int = 0, epoch: int = 0,
                 shuffle: bool = True) -> np.ndarray:
   """The order in which epoch ``epoch`` visits the examples (``arange`` if not shuffling)."""
-  num_examples = _check_int("num_examples", num_examples, 0)
+  num_examples = check_int("num_examples", num_examples, 0)
   if not shuffle:
     return np.arange(num_examples)
-  key = [_check_int("seed", seed, 0), _check_int("epoch", epoch, 0)]
+  key = [check_int("seed", seed, 0), check_int("epoch", epoch, 0)]
   return np.random.default_rng(key).permutation(num_examples)
 
 
@@ -117,21 +113,23 @@ class ArrayDataset:
       An iterator of ``{name: (batch_size // process_count, ...) for each array, "mask": bool
       (batch_size // process_count,)}``; arguments are checked here, before the first batch.
     """
+    batch_size = check_int("batch_size", batch_size, 1)
     steps = self.steps_per_epoch(batch_size, remainder)
-    count = _check_int("process_count",
-                       jax.process_count() if process_count is None else process_count, 1)
-    index = jax.process_index() if process_index is None else process_index
-    if isinstance(index, bool) or int(index) != index or not 0 <= index < count:
+    count = check_int("process_count",
+                      jax.process_count() if process_count is None else process_count, 1)
+    index = check_int("process_index",
+                      jax.process_index() if process_index is None else process_index, 0)
+    if index >= count:
       raise ValueError(f"process_index must be an integer in [0, {count}), got {index!r}")
     if batch_size % count:
       raise ValueError(f"batch_size {batch_size} must be a multiple of process_count {count} "
                        "(each host gets batch_size // process_count rows)")
-    start_step = _check_int("start_step", start_step, 0)
+    start_step = check_int("start_step", start_step, 0)
     if start_step > steps:
       raise ValueError(f"start_step must lie in [0, {steps}] (steps per epoch), "
                        f"got {start_step}")
     order = epoch_order(self.num_examples, seed=seed, epoch=epoch, shuffle=shuffle)
-    return self._generate(order, batch_size, batch_size // count, int(index), start_step, steps)
+    return self._generate(order, batch_size, batch_size // count, index, start_step, steps)
 
   def _generate(self, order, batch_size, local, index, start_step, steps):
     for step in range(start_step, steps):

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from bigtune_jax.data.checks import check_int
+
 _FRACTION_TOLERANCE = 1e-6
 
 
@@ -61,9 +63,7 @@ def split_indices(num_examples: int, fractions: Sequence[float], *, seed: int = 
   Returns:
     One int64 index array per fraction.
   """
-  if int(num_examples) != num_examples or num_examples < 0:
-    raise ValueError(f"num_examples must be a non-negative integer, got {num_examples!r}")
-  num_examples = int(num_examples)
+  num_examples = check_int("num_examples", num_examples, 0)
   fractions = _check_fractions(fractions)
   order = np.random.default_rng(seed).permutation(num_examples)
   if labels is not None:

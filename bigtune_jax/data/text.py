@@ -24,6 +24,8 @@ import pathlib
 
 import numpy as np
 
+from bigtune_jax.data.checks import check_int
+
 VOCAB_SIZE = 256  # byte values
 
 
@@ -79,12 +81,10 @@ def lm_windows(tokens: np.ndarray, block_size: int, *,
     (0 if the text is shorter than ``T + 1``).
   """
   tokens = np.asarray(tokens)
-  stride = block_size if stride is None else stride
   if tokens.ndim != 1:
     raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
-  for name, value in (("block_size", block_size), ("stride", stride)):
-    if int(value) != value or value < 1:
-      raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  block_size = check_int("block_size", block_size, 1)
+  stride = block_size if stride is None else check_int("stride", stride, 1)
   if len(tokens) < block_size + 1:  # not one full window: empty, with the right shape
     empty = np.zeros((0, block_size), tokens.dtype)
     return {"inputs": empty, "targets": empty}

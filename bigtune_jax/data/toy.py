@@ -14,16 +14,17 @@ data are reproducible without PyTorch's generator (which numpy cannot replay).
 
 import numpy as np
 
+from bigtune_jax.data.checks import check_int
+
 
 def linear_regression_toy(num_examples: int = 100, *, slope: float = 2.0,
                           noise_std: float = 0.1, seed: int = 0) -> dict[str, np.ndarray]:
   """``{"x": float32 (n, 1), "y": float32 (n, 1)}`` with ``y = slope x + noise_std eps``."""
-  if int(num_examples) != num_examples or num_examples < 1:
-    raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
+  num_examples = check_int("num_examples", num_examples, 1)
   if not noise_std >= 0:
     raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
   rng = np.random.default_rng(seed)
-  x = rng.standard_normal((int(num_examples), 1))
-  eps = rng.standard_normal((int(num_examples), 1))
+  x = rng.standard_normal((num_examples, 1))
+  eps = rng.standard_normal((num_examples, 1))
   y = slope * x + noise_std * eps
   return {"x": x.astype(np.float32), "y": y.astype(np.float32)}
