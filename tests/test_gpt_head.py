@@ -44,6 +44,13 @@ def test_fused_head_matches_float64_reference(x64, chunk_size):
   assert_trees_close(grads, (dx, demb), rtol=1e-10, atol=1e-10)
 
 
+def test_fused_head_of_no_tokens_is_empty():
+  x, emb, targets = jnp.ones((0, 4)), jnp.ones((5, 4)), jnp.zeros((0,), jnp.int32)
+  for chunk_size in (None, 2):
+    loss = lambda x: tied_softmax_cross_entropy(x, emb, targets, chunk_size=chunk_size).sum()
+    assert jax.grad(loss)(x).shape == (0, 4)
+
+
 def test_fused_head_bfloat16_logits_are_close():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((16, 32)), jnp.bfloat16)
@@ -91,6 +98,8 @@ def test_gelu_gradient_is_exact_gelus(x64):
      "targets"),
     (lambda: tied_softmax_cross_entropy(jnp.ones((2, 3)), jnp.ones((5, 4)), jnp.zeros(2, int)),
      "embedding"),
+    (lambda: tied_softmax_cross_entropy(jnp.ones((2, 3)), jnp.ones((5, 3)), jnp.zeros(2)),
+     "targets must be integer"),
     (lambda: models.GPTConfig(head_chunk=0), "head_chunk"),
     (lambda: models.GPTConfig(head_logits_dtype="int8"), "head_logits_dtype"),
     (lambda: models.GPTConfig(head_logits_dtype="nope"), "head_logits_dtype"),

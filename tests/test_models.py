@@ -433,6 +433,9 @@ BAD_ARGUMENTS = [
     (lambda: models.GPTConfig(block_size=0), "block_size"),
     (lambda: models.GPTConfig(dropout=1.5), "dropout"),
     (lambda: models.GPTConfig(attention="flash"), "attention"),
+    (lambda: models.GPTConfig(dtype="int8"), "dtype"),
+    (lambda: models.GPTConfig(param_dtype="nope"), "param_dtype"),
+    (lambda: models.GPT(models.GPTConfig.tiny()).init(KEY, jnp.zeros(4, jnp.int32)), "idx"),
     (lambda: models.gpt_flops_per_token(models.GPTConfig.tiny(), seq_len=0), "seq_len"),
 ]
 

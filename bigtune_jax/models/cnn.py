@@ -130,9 +130,7 @@ class VGG16(nn.Module):
 
   def __post_init__(self):
     validation.check_int("num_classes", self.num_classes, 1)
-    if (isinstance(self.width, bool) or not isinstance(self.width, (int, float))
-        or not (math.isfinite(self.width) and self.width > 0)):
-      raise ValueError(f"width must be a finite number > 0, got {self.width!r}")
+    validation.check_interval("width", self.width, 0.0, math.inf, low_closed=False)
     validation.check_int("classifier_width", self.classifier_width, 1)
     validation.check_interval("dropout_rate", self.dropout_rate, 0.0, 1.0)
     if self.pool_size is not None:

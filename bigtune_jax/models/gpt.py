@@ -53,6 +53,15 @@ from bigtune_jax.models.tied_head import tied_softmax_cross_entropy
 from bigtune_jax.transforms import validation
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _dtype_name(value: Any) -> Any:
+  """``jnp.dtype(value).name``, or ``value`` itself when it names no dtype (for the error)."""
+  try:
+    return jnp.dtype(value).name
+  except TypeError:  # not a dtype at all
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,11 +89,10 @@ class GPTConfig:
       validation.check_int(name, getattr(self, name), 1)
     if self.head_chunk is not None:
       validation.check_int("head_chunk", self.head_chunk, 1)
-    try:
-      logits_dtype = jnp.dtype(self.head_logits_dtype).name
-    except TypeError:  # not a dtype at all
-      logits_dtype = self.head_logits_dtype
-    validation.check_choice("head_logits_dtype", logits_dtype, ("float32", "bfloat16", "float16"))
+    for name in ("dtype", "param_dtype"):
+      validation.check_choice(name, _dtype_name(getattr(self, name)), FLOAT_DTYPES)
+    validation.check_choice("head_logits_dtype", _dtype_name(self.head_logits_dtype),
+                            ("float32", "bfloat16", "float16"))
     if self.n_embd % self.n_head:
       raise ValueError(f"n_embd must be divisible by n_head, got n_embd={self.n_embd}, "
                        f"n_head={self.n_head}")
@@ -234,6 +242,9 @@ class GPT(nn.Module):
   def __call__(self, idx: jax.Array, *, train: bool = False,
                targets: jax.Array | None = None) -> jax.Array:
     cfg = self.config
+    if idx.ndim != 2 or not jnp.issubdtype(idx.dtype, jnp.integer):
+      raise ValueError(f"idx must be integer token ids (batch, time), got {idx.dtype} "
+                       f"of shape {idx.shape}")
     _, t = idx.shape
     if t > cfg.block_size:
       raise ValueError(f"sequence length {t} exceeds block_size={cfg.block_size}")

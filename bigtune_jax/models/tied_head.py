@@ -130,8 +130,11 @@ def tied_softmax_cross_entropy(x: jax.Array, embedding: jax.Array, targets: jax.
   if x.ndim < 1 or targets.shape != x.shape[:-1]:
     raise ValueError(f"targets must have x's shape without its last axis, got x {x.shape}, "
                      f"targets {targets.shape}")
+  if not jnp.issubdtype(targets.dtype, jnp.integer):
+    raise ValueError(f"targets must be integer word ids, got dtype {targets.dtype}")
   if embedding.ndim != 2 or embedding.shape[1] != x.shape[-1]:
     raise ValueError(f"embedding must be (vocab, {x.shape[-1]}), got {embedding.shape}")
-  chunk_size = max(targets.size, 1) if chunk_size is None else min(chunk_size, targets.size)
+  tokens = max(targets.size, 1)  # no tokens: one empty chunk of 1
+  chunk_size = tokens if chunk_size is None else min(chunk_size, tokens)
   losses = _fused(x, embedding, targets.astype(jnp.int32), chunk_size, jnp.dtype(logits_dtype))
   return losses.reshape(targets.shape)
