@@ -36,7 +36,6 @@ import bigtune_jax as bt
 from bigtune_jax import models
 from bigtune_jax import train
 from experiments import common
-from experiments import mlp_sgd
 
 PRESETS = {
     "tiny": dict(steps=20, batch_size=32, learning_rate=0.1, momentum=0.9, eval_every=10,
@@ -53,7 +52,7 @@ PRESETS = {
 
 def main(argv=None) -> dict:
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
-  splits = mlp_sgd.load(config)  # digits at 28x28, or MNIST-format files from data_dir
+  splits = common.load_images(config, image_size=28)  # digits at 28x28, or MNIST files
   model = models.SimpleCNN(num_classes=10)
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
   tx = bt.momentum(config["learning_rate"], gamma=config["momentum"])

@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 
+from bigtune_jax import data
 from bigtune_jax import train
 
 PRESETS = ("tiny", "small", "full")
@@ -63,6 +64,17 @@ def parse_args(argv, presets: Mapping[str, Mapping[str, Any]], description: str)
     except ValueError as error:
       parser.error(str(error))
   return args.workdir, args.preset, config
+
+
+def load_images(config: Mapping[str, Any], image_size: int) -> dict[str, data.ArrayDataset]:
+  """The ``dataset`` of ``config``: the bundled digits at ``image_size``, or the files in
+  ``data_dir`` (``mnist``, ``cifar10``, ...; nothing is downloaded), split by ``seed``."""
+  if config["dataset"] == "digits":
+    return data.load_dataset("digits", seed=config["seed"], image_size=image_size)
+  if not config["data_dir"]:
+    raise ValueError(f"dataset {config['dataset']!r} is read from its files and nothing is "
+                     "downloaded: pass --set data_dir=DIR (or --set dataset=digits)")
+  return data.load_dataset(config["dataset"], config["data_dir"], seed=config["seed"])
 
 
 def train_and_evaluate(experiment: str, preset: str, model, params, tx, loss_fn, splits,

@@ -138,6 +138,12 @@ def main(argv=None) -> dict:
                                           os.path.join(workdir, name), progress).state.params
   calibration = calibration_images(splits, config)
   finetune_sgd = bt.sgd(config["finetune_learning_rate"])
+  # Built before any training, so that a bad sparsity, scope or prune_every fails first.
+  pruners = {f"prune{round(100 * sparsity)}": compress.prune(
+      finetune_sgd, compress.polynomial_sparsity(sparsity, 0, config["finetune_steps"] // 2,
+                                                 update_every=config["prune_every"]),
+      scope=config["scope"]) for sparsity in config["sparsities"]}
+  pruners["prune2:4"] = compress.prune(finetune_sgd, structure=(2, 4))
   results, models_by_method, eval_steps = [], {}, {}
 
   def record(method, m, p, size, accuracy=None):
@@ -158,16 +164,9 @@ def main(argv=None) -> dict:
   record("dense", model, dense, compress.dense_nbytes(dense), dense_test["accuracy"])
 
   # Gradual magnitude pruning with fine-tuning, and 2:4 structured sparsity.
-  for sparsity in config["sparsities"]:
-    schedule = compress.polynomial_sparsity(sparsity, 0, config["finetune_steps"] // 2,
-                                            update_every=config["prune_every"])
-    tx = compress.prune(finetune_sgd, schedule, scope=config["scope"])
-    name = f"prune{round(100 * sparsity)}"
-    pruned = run(model, dense, tx, config["finetune_steps"], name)
+  for name, tx in pruners.items():
+    pruned = run(model, dense, tx, config["finetune_steps"], name.replace(":", "_"))
     record(name, model, pruned, compress.bitmask_nbytes(pruned))
-  tx = compress.prune(finetune_sgd, structure=(2, 4))
-  structured = run(model, dense, tx, config["finetune_steps"], "prune2_4")
-  record("prune2:4", model, structured, compress.bitmask_nbytes(structured))
 
   # Int8: post-training, and after quantization-aware fine-tuning.
   record_int8("int8", model, dense, sparse=False)
@@ -200,8 +199,7 @@ def main(argv=None) -> dict:
       "results": results,
       "storage": "float32/int8 arrays + float32 scales as stored; pruned models in the "
                  "bitmask format (1 bit per weight + nonzero values; dense where smaller)",
-      "devices": jax.device_count(), "platform": jax.default_backend(),
-      "wall_s": round(time.time() - start, 2), "config": config,
+      **common.run_facts(start), "config": config,
   }
   common.write_summary(workdir, summary)
   return summary

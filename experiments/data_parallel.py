@@ -50,7 +50,6 @@ from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.train import distributed
 from experiments import common
-from experiments import mlp_sgd
 
 PRESETS = {
     "tiny": dict(steps=20, batch_size=64, hidden=(512,), learning_rate=0.01, eval_every=10,
@@ -69,7 +68,7 @@ def main(argv=None) -> dict:
   distributed.initialize_from_flags(flags)  # before any JAX computation
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   mesh = train.MeshConfig(data=config["data"], fsdp=config["fsdp"])
-  splits = mlp_sgd.load(config)
+  splits = common.load_images(config, image_size=28)
   model = models.MLP(hidden=config["hidden"], num_classes=10)
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],

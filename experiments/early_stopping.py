@@ -72,6 +72,12 @@ def plot(path, histories, stopped_at, best_step) -> None:
   plt.close(figure)
 
 
+def best_evaluation(state: train.TrainState) -> dict:
+  """The index of the evaluation that the stopper kept as the best (what it restored): not
+  simply the lowest loss, which with ``min_delta > 0`` may not count as an improvement."""
+  return {"best_evaluation": int(state.early_stopping.best_step)}
+
+
 def main(argv=None) -> dict:
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
@@ -90,12 +96,12 @@ def main(argv=None) -> dict:
     runs[name] = common.train_and_evaluate(
         f"early_stopping/{name}", preset, model, jax.tree.map(jnp.copy, params), tx, loss_fn,
         splits, fit_config, os.path.join(workdir, name), early_stopping=rule,
-        keep_best_params=rule is not None)
+        keep_best_params=rule is not None, report=None if rule is None else best_evaluation)
   histories = {name: [row for row in
                       train.MetricsLog(os.path.join(workdir, name, "metrics.jsonl")).rows()
                       if "val_loss" in row] for name in runs}
   early, full = runs["early"], runs["full"]
-  best = min(histories["early"], key=lambda row: row["val_loss"])
+  best = histories["early"][early["best_evaluation"]]  # the evaluation whose params were kept
   stopped_at = histories["early"][-1]["step"]
   plot(os.path.join(workdir, "early_stopping.png"), histories, stopped_at, best["step"])
   summary = {

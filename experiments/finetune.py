@@ -104,7 +104,7 @@ def format_table(results) -> str:
 def main(argv=None) -> dict:
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
-  splits = finetune_basic.load(config)
+  splits = common.load_images(config, config["image_size"])
   old = finetune_basic.task_splits(splits, finetune_basic.OLD_CLASSES)
   new = finetune_basic.task_splits(splits, finetune_basic.NEW_CLASSES,
                                    config["finetune_per_class"])
@@ -112,8 +112,9 @@ def main(argv=None) -> dict:
   progress, seed = preset != "tiny", config["seed"]
   new_model = models.MLP(hidden=config["hidden"], num_classes=len(finetune_basic.NEW_CLASSES))
   fresh = train.init_params(new_model, sample, seed + 1)
-  for rank in config["lora_ranks"]:  # a bad rank fails here, before anything is trained
-    ft.lora_init(fresh, rank, jax.random.key(0), also_train=HEAD)
+  # Every method built once on the fresh parameters: a bad rank, alpha or learning rate
+  # fails here, before anything is trained or written.
+  methods(config, new_model, fresh, fresh)
 
   # 1. Pretrain on the digits 0-4 (resumes from DIR/pretrain/checkpoints).
   old_model = models.MLP(hidden=config["hidden"], num_classes=len(finetune_basic.OLD_CLASSES))

@@ -12,14 +12,14 @@ Here, on the bundled scikit-learn digits (1,797 real 8x8 images):
 
 1. **Pretrain** (§4.1): an MLP on the digits 0-4 (5 classes), Adam, cross-entropy. The fit
    loop checkpoints the whole training state into ``DIR/pretrain/checkpoints``.
-2. **Load** (§4.2 step 1): the last checkpoint is restored with
-   ``train.Checkpointer(...).restore(target)``, where ``target`` is the *abstract*
-   pretraining state (``jax.eval_shape``: shapes, dtypes and shardings, nothing computed);
-   its ``params`` are the pretrained weights.
+2. **Load** (§4.2 step 1): the last checkpoint's parameters are read back into the new
+   model with ``bt.finetune.load_pretrained`` (an Orbax partial restore: the shapes and
+   dtypes are checked first, and the optimizer state is never read).
 3. **New task, new loss** (§4.2 steps 2-3): classify the digits 5-9. The pretrained head
-   predicts the old label set {0..4}, so it is replaced by a freshly initialized head for the
-   new one ({5..9}, relabelled 0..4); the backbone (every hidden layer) keeps the pretrained
-   weights. The new loss is the cross-entropy of the new head's logits against the new labels,
+   predicts the old label set {0..4}, so it is not loaded (``skip=("head",)``): the new
+   model keeps its freshly initialized head for the new label set ({5..9}, relabelled
+   0..4); the backbone (every hidden layer) gets the pretrained weights. The new loss is
+   the cross-entropy of the new head's logits against the new labels,
 
    .. math:: J_{new}(\\theta, \\phi) = -\\frac{1}{|B|} \\sum_{(x, y) \\in B,\\ y \\ge 5}
              \\log \\operatorname{softmax}(W_\\phi\\, h_\\theta(x) + b_\\phi)_{y - 5}
@@ -74,6 +74,7 @@ import numpy as np
 
 import bigtune_jax as bt
 from bigtune_jax import data
+from bigtune_jax import finetune as ft
 from bigtune_jax import models
 from bigtune_jax import train
 from experiments import common
@@ -96,12 +97,6 @@ PRESETS = {
 }
 
 
-def load(config) -> dict[str, data.ArrayDataset]:
-  if config["dataset"] == "digits":
-    return data.load_dataset("digits", seed=config["seed"], image_size=config["image_size"])
-  return data.load_dataset(config["dataset"], config["data_dir"] or None, seed=config["seed"])
-
-
 def task_splits(splits, classes, per_class: int = 0) -> dict[str, data.ArrayDataset]:
   """The examples of ``classes``, relabelled ``0..len(classes)-1``; the training split keeps
   only the first ``per_class`` examples of each class when ``per_class > 0``."""
@@ -120,25 +115,6 @@ def task_splits(splits, classes, per_class: int = 0) -> dict[str, data.ArrayData
   return out
 
 
-def abstract_train_state(model, sample, tx, seed: int):
-  """The pretraining ``TrainState`` as shapes and dtypes only: the restore target."""
-  return jax.eval_shape(
-      lambda x: train.create_train_state(model, train.init_params(model, x, seed), tx,
-                                         seed=seed), sample)
-
-
-def load_pretrained(checkpoint_dir: str, model, sample, tx, seed: int):
-  """The parameters of the latest checkpoint in ``checkpoint_dir`` (a whole training state)."""
-  with train.Checkpointer(checkpoint_dir) as checkpoints:
-    state = checkpoints.restore(abstract_train_state(model, sample, tx, seed))
-  return state.params
-
-
-def with_new_head(pretrained, fresh):
-  """The pretrained backbone (every layer but ``head``) under ``fresh``'s new head."""
-  return {name: (fresh[name] if name == "head" else pretrained[name]) for name in fresh}
-
-
 def fit_config(config, steps: int, progress: bool) -> train.FitConfig:
   return train.FitConfig(steps=steps, batch_size=config["batch_size"],
                          eval_every=config["eval_every"], seed=config["seed"],
@@ -148,7 +124,7 @@ def fit_config(config, steps: int, progress: bool) -> train.FitConfig:
 def main(argv=None) -> dict:
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
-  splits = load(config)
+  splits = common.load_images(config, config["image_size"])
   old = task_splits(splits, OLD_CLASSES)
   new = task_splits(splits, NEW_CLASSES, config["finetune_per_class"])
   sample = jnp.asarray(splits["train"]["image"][:1])
@@ -163,19 +139,17 @@ def main(argv=None) -> dict:
       tx, train.classification_loss(old_model), old,
       fit_config(config, config["pretrain_steps"], progress), os.path.join(workdir, "pretrain"))
 
-  # 2. Load the pretrained parameters back from the checkpoint.
-  pretrained = load_pretrained(os.path.join(workdir, "pretrain", "checkpoints"), old_model,
-                               sample, tx, seed)
-
-  # 3. The new task: a new head on the pretrained backbone; the new loss is its cross-entropy.
+  # 2-3. The new task: a new head on the pretrained backbone, read back from the checkpoint;
+  # the new loss is its cross-entropy.
   new_model = models.MLP(hidden=config["hidden"], num_classes=len(NEW_CLASSES))
   fresh = train.init_params(new_model, sample, seed + 1)  # random backbone, new head
+  pretrained = ft.load_pretrained(os.path.join(workdir, "pretrain"), fresh, skip=("head",))
   new_loss = train.classification_loss(new_model)
 
   # 4. Fine-tune from the pretrained backbone, and from scratch with the same budget.
   # (fit donates the state's buffers to its jitted step: each run gets its own copy.)
   runs = {}
-  for name, params in (("finetune", with_new_head(pretrained, fresh)), ("scratch", fresh)):
+  for name, params in (("finetune", pretrained), ("scratch", fresh)):
     params = jax.tree.map(jnp.copy, params)
     runs[name] = common.train_and_evaluate(
         f"finetune_basic/{name}", preset, new_model, params, tx, new_loss, new,

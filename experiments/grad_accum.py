@@ -102,16 +102,6 @@ PRESETS = {
 }
 
 
-def load_images(config, image_size: int) -> dict:
-  """The configured image dataset: the bundled digits at ``image_size``, or files."""
-  if config["dataset"] == "digits":
-    return data.load_dataset("digits", seed=config["seed"], image_size=image_size)
-  if not config["data_dir"]:
-    raise ValueError(f"dataset {config['dataset']!r} is read from its files and nothing is "
-                     "downloaded: pass --set data_dir=DIR (or --set dataset=digits)")
-  return data.load_dataset(config["dataset"], config["data_dir"], seed=config["seed"])
-
-
 def he_classifier(params, seed: int):
   """``params`` with VGG16's dense kernels re-drawn He-normal (head: LeCun-normal).
 
@@ -173,7 +163,7 @@ def main(argv=None) -> dict:
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
   k, micro = config["accumulation"], config["micro_batch"]
-  splits = load_images(config, image_size=32)
+  splits = common.load_images(config, image_size=32)
   splits["train"] = whole_windows(splits["train"], k * micro)
   model, params = vgg16(config, splits["train"]["image"][:1])
   loss_fn = train.classification_loss(model)

@@ -141,15 +141,15 @@ def main(argv=None) -> dict:
   start = time.time()
   splits = load(config)
   num_train = len(splits["train"])
-  if max(config["batch_sizes"]) > num_train:
-    raise ValueError(f"batch_sizes {config['batch_sizes']}: each must be <= the "
-                     f"{num_train} training examples; raise num_examples")
+  if not config["batch_sizes"] or not all(1 <= b <= num_train for b in config["batch_sizes"]):
+    raise ValueError(f"batch_sizes {config['batch_sizes']}: give at least one, each in [1, "
+                     f"{num_train}] (the training examples; raise num_examples for more)")
   params = linreg_sgd.initial_params(config["seed"])  # every run starts from these
+  tx = bt.sgd(config["learning_rate"])
   results = {}
   for batch_size in config["batch_sizes"]:
     steps = config["epochs"] * (num_train // batch_size)  # remainders are dropped
     run_config = dict(config, steps=steps, batch_size=batch_size, eval_every=0)  # 0: per epoch
-    tx = bt.sgd(config["learning_rate"])
     run = linreg_sgd.train_linear_regression(
         f"linreg_batch_size/{batch_size}", preset, run_config, splits,
         jax.tree.map(jnp.copy, params), tx,

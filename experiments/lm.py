@@ -100,7 +100,7 @@ def sample(model, params, prompt: np.ndarray, n: int, *, temperature: float = 0.
   block = model.config.block_size
 
   @jax.jit
-  def next_byte(window, key):
+  def next_byte(params, window, key):  # params an argument, not constants baked into the program
     logits = model.apply({"params": params}, window[None])[0, -1].astype(jnp.float32)
     return jax.random.categorical(key, logits / temperature)
 
@@ -108,7 +108,7 @@ def sample(model, params, prompt: np.ndarray, n: int, *, temperature: float = 0.
   key, out = jax.random.key(seed), []
   for _ in range(n):
     key, draw = jax.random.split(key)
-    byte = next_byte(window, draw)
+    byte = next_byte(params, window, draw)
     out.append(int(byte))
     window = jnp.concatenate([window[1:], byte[None].astype(jnp.int32)])
   return bytes(out).decode("utf-8", errors="replace")

@@ -39,7 +39,6 @@ MNIST, 28 rows of 28). The small preset runs 400 steps of 64 (20 epochs of 1,258
 import jax.numpy as jnp
 
 import bigtune_jax as bt
-from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from experiments import common
@@ -56,15 +55,9 @@ PRESETS = {
 }
 
 
-def load(config):
-  if config["dataset"] == "digits":
-    return data.load_dataset("digits", seed=config["seed"], image_size=config["image_size"])
-  return data.load_dataset(config["dataset"], config["data_dir"] or None, seed=config["seed"])
-
-
 def main(argv=None) -> dict:
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
-  splits = load(config)
+  splits = common.load_images(config, config["image_size"])
   model = models.LSTMClassifier(hidden_size=config["hidden_size"], num_classes=10)
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],

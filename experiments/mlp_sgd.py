@@ -12,7 +12,6 @@ dataset=mnist --set data_dir=DIR`` trains on real MNIST IDX files instead.
 import jax.numpy as jnp
 
 import bigtune_jax as bt
-from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from experiments import common
@@ -27,15 +26,9 @@ PRESETS = {
 }
 
 
-def load(config):
-  if config["dataset"] == "digits":
-    return data.load_dataset("digits", seed=config["seed"], image_size=28)
-  return data.load_dataset(config["dataset"], config["data_dir"] or None, seed=config["seed"])
-
-
 def main(argv=None) -> dict:
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
-  splits = load(config)
+  splits = common.load_images(config, image_size=28)
   model = models.MLP(hidden=config["hidden"], num_classes=10)
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],

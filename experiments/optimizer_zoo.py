@@ -19,7 +19,6 @@ were chosen so that each method converges in the step budget (SGD-HD deliberatel
 """
 
 import argparse
-import json
 import os
 import time
 
@@ -33,6 +32,7 @@ import optax
 import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import models
+from experiments import common
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -159,10 +159,8 @@ def run_zoo(workdir: str, steps: int = 600, seed: int = 0, names=tuple(OPTIMIZER
   plot(curves, adapted, os.path.join(workdir, "loss_curves.png"))
   summary = {"experiment": "optimizer_zoo", "dataset": "sklearn digits 8x8", "steps": steps,
              "batch_size": BATCH_SIZE, "model": f"MLP 64-{'-'.join(map(str, HIDDEN))}-10",
-             "devices": jax.device_count(), "platform": jax.default_backend(),
-             "wall_s": round(time.time() - start, 2), "results": results}
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+             **common.run_facts(start), "results": results}
+  common.write_summary(workdir, summary)
   return summary
 
 

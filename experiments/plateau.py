@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
   image_size = 32 if config["model"] == "vgg16" else 28
-  splits = grad_accum.load_images(config, image_size=image_size)
+  splits = common.load_images(config, image_size=image_size)
   model, params = build(config, splits)
   loss_fn = train.classification_loss(model)
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],

@@ -110,15 +110,16 @@ def check_config(config) -> None:
   if unknown or not config["variants"]:
     raise ValueError(f"variants: unknown or empty {unknown or config['variants']!r}; "
                      f"choose among {list(VARIANTS)}")
-  if not 0.0 < config["train_fraction"] <= 1.0:
-    raise ValueError(f"train_fraction must lie in (0, 1], got {config['train_fraction']!r}")
-  if not 0.0 <= config["label_noise"] < 1.0:
-    raise ValueError(f"label_noise must lie in [0, 1), got {config['label_noise']!r}")
 
 
 def load(config):
   """Digits splits whose "train" is a stratified subset with ``label_noise`` of its labels
-  replaced by another class; "train_clean" holds the same images with their true labels."""
+  replaced by another class; "train_clean" holds the same images with their true labels.
+  A ``train_fraction`` or ``label_noise`` out of range is a ValueError, before any work."""
+  if not 0.0 < config["train_fraction"] <= 1.0:
+    raise ValueError(f"train_fraction must lie in (0, 1], got {config['train_fraction']!r}")
+  if not 0.0 <= config["label_noise"] < 1.0:
+    raise ValueError(f"label_noise must lie in [0, 1), got {config['label_noise']!r}")
   splits = data.load_dataset("digits", seed=config["seed"], image_size=config["image_size"])
   subset = splits["train"].arrays
   if config["train_fraction"] < 1.0:
@@ -233,8 +234,7 @@ def main(argv=None) -> dict:
       "baseline": baseline, "final_train_loss": base["final_train_loss"],
       "test_loss": base["test_loss"], "test_accuracy": base["test_accuracy"],
       "resumed_from": base["resumed_from"], "train_examples": len(splits["train"]),
-      "devices": jax.device_count(), "platform": jax.default_backend(),
-      "wall_s": round(time.time() - start, 2), "results": results, "config": config,
+      **common.run_facts(start), "results": results, "config": config,
   }
   common.write_summary(workdir, summary)
   print_table(results)

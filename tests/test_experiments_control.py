@@ -1,6 +1,8 @@
 """Seed 003 §6.4 / 004 §3.2.3-3.2.4 (regularization), 004 §4.3 (plateau), 000 §3.4 (early
 stopping): the experiments run and report what they claim."""
 
+import pytest
+
 from experiments import early_stopping
 from experiments import plateau
 from experiments import regularization
@@ -37,3 +39,10 @@ def test_early_stopping_stops_and_restores_the_best(tmp_path):
   # memorizing full run's.
   assert summary["test_loss"] < summary["full"]["test_loss"]
   assert (tmp_path / "early_stopping.png").exists()
+
+
+def test_early_stopping_rejects_bad_label_noise_before_any_work(tmp_path):
+  with pytest.raises(ValueError, match=r"label_noise must lie in \[0, 1\), got 1.5"):
+    early_stopping.main(["--workdir", str(tmp_path / "run"), "--preset", "tiny",
+                         "--set", "label_noise=1.5"])
+  assert not (tmp_path / "run").exists()

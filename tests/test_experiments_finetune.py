@@ -31,3 +31,14 @@ def test_finetune_rejects_a_rank_above_the_layer_width_before_training(tmp_path)
     finetune.main(["--workdir", str(tmp_path / "run"), "--preset", "tiny",
                    "--set", "lora_ranks=33"])
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("setting, match", [
+    ("lora_alpha=0", "alpha must be in"),
+    ("head_learning_rate=-1", "learning_rate"),
+    ("backbone_lr_factor=-1", r"learning_rates\['backbone'\]"),
+])
+def test_finetune_rejects_bad_method_settings_before_training(tmp_path, setting, match):
+  with pytest.raises(ValueError, match=match):
+    finetune.main(["--workdir", str(tmp_path / "run"), "--preset", "tiny", "--set", setting])
+  assert not (tmp_path / "run").exists()
