@@ -104,22 +104,6 @@ def make_searcher(space, config, workdir):
                       study_name="tune")
 
 
-def ask_populations(searcher, space, config) -> dict[tuple, list]:
-  """``leaders`` trials, each filled up to a population of its structure."""
-  leaders = searcher.ask(config["leaders"])
-  trials = list(leaders)
-  for leader in leaders:
-    _, fixed = space.partition(leader.params)
-    for _ in range(config["population"] - 1):
-      if hasattr(searcher, "study"):  # Optuna: same structure, TPE picks the rest
-        searcher.study.enqueue_trial(fixed)
-      trials += searcher.ask(1)
-  groups = collections.defaultdict(list)
-  for trial in trials:
-    groups[tuple(trial.params[k] for k in STRUCTURE)].append(trial)
-  return groups
-
-
 def train_group(searcher, trials, splits, config) -> list[dict]:
   """Trains one structure's trials as populations of ``population`` members (the last
   padded with repeats, whose results are dropped) and tells the searcher."""
@@ -169,12 +153,11 @@ def search(splits, config, workdir) -> tuple[list[dict], str, float]:
   """All rounds (resuming after the complete ones in ``workdir/trials.jsonl``); returns
   the trial records in trial order, the searcher's name and the wall time."""
   start = time.time()
-  space = make_space(config)
-  searcher = make_searcher(space, config, workdir)
+  searcher = make_searcher(make_space(config), config, workdir)
   path = os.path.join(workdir, "trials.jsonl")
   records = load_records(path, config["leaders"] * config["population"])
   for round_index in range(len({r["round"] for r in records}), config["rounds"]):
-    for trials in ask_populations(searcher, space, config).values():
+    for trials in searcher.ask_populations(config["leaders"], config["population"]):
       rows = [{"round": round_index, **r} for r in train_group(searcher, trials, splits, config)]
       with open(path, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)

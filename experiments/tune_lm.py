@@ -37,7 +37,6 @@ Presets: ``tiny`` (CI), ``small`` (about two CPU-minutes: 12 trials of 1-2 layer
 512-768, 1024-byte context; populations of one, trials one after another).
 """
 
-import collections
 import functools
 import math
 import os
@@ -130,22 +129,6 @@ def make_searcher(space, config, workdir):
                            study_name="tune_lm", direction="minimize")
 
 
-def ask_populations(searcher, space, config) -> list[list[tune.Trial]]:
-  """``leaders`` trials, each filled up to ``population`` with its discrete values fixed
-  (Optuna's ``enqueue_trial``), grouped by those values."""
-  trials = searcher.ask(config["leaders"])
-  for leader in list(trials):
-    _, fixed = space.partition(leader.params)
-    for _ in range(config["population"] - 1):
-      if hasattr(searcher, "study"):
-        searcher.study.enqueue_trial(fixed)
-      trials += searcher.ask(1)
-  groups = collections.defaultdict(list)
-  for trial in trials:
-    groups[tuple(sorted(space.partition(trial.params)[1].items()))].append(trial)
-  return list(groups.values())
-
-
 def train_trials(searcher, trials, splits, config) -> None:
   """Trains trials of one structure, schedule and batch as one population; tells each."""
   fixed = trials[0].params
@@ -179,11 +162,10 @@ def train_trials(searcher, trials, splits, config) -> None:
 def search(splits, config, workdir):
   """Rounds of populations until ``rounds * leaders * population`` trials are finished
   (those of an earlier run on the workdir count); returns the searcher."""
-  space = make_space(config)
-  searcher = make_searcher(space, config, workdir)
+  searcher = make_searcher(make_space(config), config, workdir)
   total = config["rounds"] * config["leaders"] * config["population"]
   while len(searcher.results) < total:
-    for trials in ask_populations(searcher, space, config):
+    for trials in searcher.ask_populations(config["leaders"], config["population"]):
       train_trials(searcher, trials, splits, config)
   return searcher
 

@@ -321,3 +321,45 @@ def test_tune_imports_without_optuna():
   out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=REPO),
                        capture_output=True, text=True, check=True)
   assert "layers" in out.stdout
+
+
+def _population_space():
+  return tune.Space({"learning_rate": tune.LogUniform(1e-4, 1e-1),
+                     "momentum": tune.Uniform(0.0, 0.9),
+                     "width": tune.Choice([16, 32, 64]),
+                     "shape": tune.Choice([(8,), (8, 8), (16, 4)]),  # stored by index
+                     "layers": tune.Int(1, 4)})
+
+
+def _discrete(space, trial):
+  return space.partition(trial.params)[1]
+
+
+def test_optuna_ask_populations_pins_the_leaders_discrete_values():
+  space = _population_space()
+  searcher = tune.OptunaSearch(space, seed=3)
+  groups = searcher.ask_populations(4, 5)
+  trials = [t for group in groups for t in group]
+  assert sorted(t.number for t in trials) == list(range(20))
+  for group in groups:  # each a whole number of populations with one set of discrete values
+    assert len(group) % 5 == 0
+    assert all(_discrete(space, t) == _discrete(space, group[0]) for t in group)
+    rates = {t.params["learning_rate"] for t in group}
+    assert len(rates) == len(group)  # the continuous values are TPE's own, all different
+  for trial in trials:
+    space.validate(trial.params)
+  for t in trials:  # a pinned tuple choice comes back as the tuple, not as its index
+    searcher.tell(t, float(t.params["momentum"]))
+  assert {type(r.params["shape"]) for r in searcher.results} == {tuple}
+
+
+def test_random_ask_populations_groups_what_it_cannot_pin():
+  space = _population_space()
+  searcher = tune.RandomSearch(space, seed=0)
+  groups = searcher.ask_populations(3, 4)
+  assert sum(len(g) for g in groups) == 12
+  keys = [_discrete(space, g[0]) for g in groups]
+  assert all(keys.count(k) == 1 for k in keys)  # one group per set of discrete values
+  assert all(_discrete(space, t) == _discrete(space, g[0]) for g in groups for t in g)
+  with pytest.raises(ValueError, match="size"):
+    searcher.ask_populations(2, 0)

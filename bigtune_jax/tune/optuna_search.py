@@ -214,6 +214,12 @@ class OptunaSearch(Searcher):
     threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}").start()
     self._heartbeats[optuna_trial.number] = stop
 
+  def _pin(self, fixed: Mapping[str, Any]) -> None:
+    """Queues ``fixed`` for the next ``ask``: Optuna suggests those values, TPE the rest."""
+    self.study.enqueue_trial({name: self.space.base(name).values.index(value)
+                              if name in self._by_index else value
+                              for name, value in fixed.items()})
+
   def ask(self, n: int = 1) -> list[Trial]:
     """``n`` new trials; a re-queued trial of a dead worker comes first."""
     validation.check_int("n", n, 1)

@@ -90,6 +90,37 @@ class Searcher:
       trials.append(trial)
     return trials
 
+  def _pin(self, fixed: dict[str, Any]) -> None:
+    """Asks the next proposal to keep these discrete values (a no-op here; Optuna queues
+    them and samples the rest)."""
+    del fixed
+
+  def ask_populations(self, leaders: int, size: int) -> list[list[Trial]]:
+    """``leaders`` proposals, each followed by ``size - 1`` more that keep its discrete
+    values where the searcher can pin them (Optuna), grouped by their discrete values.
+
+    The members of a group differ only in continuous hyperparameters, so each group trains
+    as one vmapped program (``train_population``, in chunks of ``size``). Grid and random
+    search cannot pin: their proposals are grouped as they come.
+    """
+    validation.check_int("leaders", leaders, 1)
+    validation.check_int("size", size, 1)
+    first = self.ask(leaders)
+    trials = list(first)
+    for leader in first:
+      _, fixed = self.space.partition(leader.params)
+      for _ in range(size - 1):
+        self._pin(fixed)
+        trials += self.ask(1)
+    groups: list[tuple[dict[str, Any], list[Trial]]] = []  # values may be unhashable lists
+    for trial in trials:
+      _, fixed = self.space.partition(trial.params)
+      group = next((members for values, members in groups if values == fixed), None)
+      if group is None:
+        groups.append((fixed, group := []))
+      group.append(trial)
+    return [members for _, members in groups]
+
   def _check_pending(self, trial: Trial) -> None:
     if not isinstance(trial, Trial) or self._pending.get(trial.number) is not trial:
       raise ValueError(f"trial must be a running Trial from this searcher's ask(), got "
