@@ -353,13 +353,30 @@ def test_optuna_ask_populations_pins_the_leaders_discrete_values():
   assert {type(r.params["shape"]) for r in searcher.results} == {tuple}
 
 
-def test_random_ask_populations_groups_what_it_cannot_pin():
+def test_random_ask_populations_pins_and_a_grid_groups_as_it_comes():
   space = _population_space()
   searcher = tune.RandomSearch(space, seed=0)
   groups = searcher.ask_populations(3, 4)
-  assert sum(len(g) for g in groups) == 12
-  keys = [_discrete(space, g[0]) for g in groups]
-  assert all(keys.count(k) == 1 for k in keys)  # one group per set of discrete values
-  assert all(_discrete(space, t) == _discrete(space, g[0]) for g in groups for t in g)
+  assert sum(len(g) for g in groups) == 12 and all(len(g) % 4 == 0 for g in groups)
+  for group in groups:
+    assert all(_discrete(space, t) == _discrete(space, group[0]) for t in group)
+    assert len({t.params["momentum"] for t in group}) == len(group)  # drawn afresh
+  assert [t.params for t in tune.RandomSearch(space, seed=0).ask(2)] == [
+      t.params for t in tune.RandomSearch(space, seed=0).ask(2)]  # still seeded
+  grid = tune.GridSearch(tune.Space({"lr": tune.Uniform(0.1, 0.3), "width": tune.Choice([1, 2])}),
+                         points_per_axis=3)
+  groups = grid.ask_populations(2, 3)  # the first 2 + 2 x 2 points, grouped by width
+  assert [[t.params["width"] for t in g] for g in groups] == [[1, 1, 1], [2, 2, 2]]
   with pytest.raises(ValueError, match="size"):
     searcher.ask_populations(2, 0)
+
+
+def test_space_sample_keeps_fixed_values_and_their_conditionals():
+  space = tune.Space({"optimizer": tune.Choice(["sgd", "adam"]),
+                      "b1": tune.Conditional("optimizer", ("adam",), tune.Uniform(0.8, 0.99)),
+                      "learning_rate": tune.LogUniform(1e-4, 1.0)})
+  for seed in range(10):
+    config = space.sample(seed, fixed={"optimizer": "adam"})
+    assert config["optimizer"] == "adam" and 0.8 <= config["b1"] <= 0.99
+    assert space.validate(config) == config
+    assert "b1" not in space.sample(seed, fixed={"optimizer": "sgd"})

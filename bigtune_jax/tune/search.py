@@ -91,17 +91,18 @@ class Searcher:
     return trials
 
   def _pin(self, fixed: dict[str, Any]) -> None:
-    """Asks the next proposal to keep these discrete values (a no-op here; Optuna queues
-    them and samples the rest)."""
+    """Asks the next proposal to keep these discrete values (a no-op where the searcher
+    cannot: a grid's points are fixed)."""
     del fixed
 
   def ask_populations(self, leaders: int, size: int) -> list[list[Trial]]:
     """``leaders`` proposals, each followed by ``size - 1`` more that keep its discrete
-    values where the searcher can pin them (Optuna), grouped by their discrete values.
+    values where the searcher can pin them (random search and Optuna), grouped by their
+    discrete values.
 
     The members of a group differ only in continuous hyperparameters, so each group trains
-    as one vmapped program (``train_population``, in chunks of ``size``). Grid and random
-    search cannot pin: their proposals are grouped as they come.
+    as one vmapped program (``train_population``, in chunks of ``size``). A grid cannot
+    pin: its points are grouped as they come.
     """
     validation.check_int("leaders", leaders, 1)
     validation.check_int("size", size, 1)
@@ -244,6 +245,12 @@ class RandomSearch(Searcher):
     super().__init__(space, direction)
     validation.check_int("seed", seed, 0)
     self._rng = np.random.default_rng(seed)
+    self._pinned: dict[str, Any] | None = None
+
+  def _pin(self, fixed):
+    self._pinned = dict(fixed)
 
   def _propose(self):
-    return self.space.sample(self._rng)
+    config = self.space.sample(self._rng, fixed=self._pinned)
+    self._pinned = None
+    return config

@@ -265,13 +265,16 @@ class Space:
                          f"{config[name]!r}")
     return {name: config[name] for name in self.names if name in config}
 
-  def sample(self, rng: np.random.Generator | int) -> dict[str, Any]:
-    """One configuration with every active axis drawn independently."""
+  def sample(self, rng: np.random.Generator | int,
+             fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One configuration with every active axis drawn independently, except those given
+    in ``fixed`` (e.g. the discrete values of another configuration), which are kept."""
     rng = np.random.default_rng(rng)
+    fixed = fixed or {}
     config = {}
     for name in self.names:
       if self.is_active(name, config):
-        config[name] = self.base(name).sample(rng)
+        config[name] = fixed[name] if name in fixed else self.base(name).sample(rng)
     return config
 
   def grid(self, points_per_axis: int = 3) -> list[dict[str, Any]]:
