@@ -16,3 +16,13 @@ def test_optimizer_step_benchmark_smoke():
   for row in result["rows"]:
     assert row["median_ms"] > 0 and math.isfinite(row["gb_per_s"])
   assert result["ratios"]
+
+
+def test_engine_benchmark_smoke():
+  from benchmarks import engine  # pylint: disable=g-import-not-at-top
+  result = engine.main(["--repeats", "1", "--batch-sizes", "64"])
+  assert [(r["what"], r["case"]) for r in result["rows"]] == [
+      ("init_params", "MLP 256-256"), ("init_params", "GPT 2x64"),
+      ("evaluate", "1258 digits, batch 64")]
+  for row in result["rows"]:
+    assert row["ms"] > 0 and row["baseline_ms"] > 0 and math.isfinite(row["speedup"])
