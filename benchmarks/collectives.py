@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks import common
+
 MODELS = {  # name: GPTConfig.gpt2_124m overrides
     "gpt2_124m": {},
     "gpt2_xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1.56e9 parameters
@@ -181,9 +183,7 @@ def main(argv=None) -> list[dict]:
   print(f"{args.model} ({rows[0]['params']:,} parameters), {args.rows} sequences per device; "
         "per kind: instructions / operand MiB per device and step")
   print(table(rows))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(rows, f, indent=1)
+  common.save(args.out, rows)
   return rows
 
 

@@ -17,9 +17,7 @@ Each row is the median over ``--repeats`` calls after one warm-up call.
 """
 
 import argparse
-import json
 import statistics
-import sys
 import time
 
 import jax
@@ -31,6 +29,8 @@ from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.train import state as state_lib
 from bigtune_jax.train import step as step_lib
+
+from benchmarks import common
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -119,13 +119,10 @@ def main(argv=None) -> dict:
   result = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}, "
                       f"{jax.device_count()} device(s))",
             "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(["python -m benchmarks.engine", *sys.argv[1:]]
-                                if argv is None else ["main", repr(argv)]),
+            "command": common.command("benchmarks.engine", argv),
             "rows": init_rows(args.repeats) + evaluate_rows(args.repeats, batch_sizes)}
   print(format_table(result))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=1)
+  common.save(args.out, result)
   return result
 
 

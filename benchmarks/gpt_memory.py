@@ -24,9 +24,7 @@ On a CPU the analysis is XLA:CPU's (no cuDNN attention, other fusions): a rough 
 """
 
 import argparse
-import json
 import os
-import sys
 import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
@@ -38,6 +36,7 @@ import optax  # noqa: E402
 
 import bigtune_jax as bt  # noqa: E402
 from bigtune_jax import models  # noqa: E402
+from benchmarks import common  # noqa: E402
 
 GIB = 2**30
 
@@ -140,7 +139,7 @@ def main(argv=None):
   result = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
             "batch": args.batch, "seq": args.seq, "budget_gib": budget / GIB, "rows": rows,
             "largest": best, "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(["python -m benchmarks.gpt_memory", *sys.argv[1:]])}
+            "command": common.command("benchmarks.gpt_memory", argv)}
   if args.run:
     result["run"] = run_steps(make(best["width"], best["layers"], args.seq), args.batch)
   print(f"budget {budget / GIB:.1f} GiB on {result['device']}, batch {args.batch} x {args.seq}, "
@@ -155,9 +154,7 @@ def main(argv=None):
     print(f"ran {best['params'] / 1e9:.2f} B params: peak in use {r['peak_in_use_gib']:.1f} GiB "
           f"of {r['limit_gib']:.1f}; steps {', '.join(f'{t:.2f}' for t in r['step_s'])} s; "
           f"losses {', '.join(f'{l:.3f}' for l in r['losses'])}; {r['tflops']:.0f} TFLOP/s")
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=1)
+  common.save(args.out, result)
   return result
 
 

@@ -41,6 +41,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks import common
+
 PRESETS = {
     "full": dict(n_layer=12, n_head=12, n_embd=768, vocab=50304, block=1024, batch=16,
                  steps=30, warmup=5, window=10, matmul=8192),
@@ -294,13 +296,10 @@ def main(argv=None):
             "rows": rows, "device": rows[0]["device"],
             "versions": ", ".join(dict.fromkeys(r["version"] for r in rows)),
             "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(["python -m benchmarks.gpt_step", *sys.argv[1:]]
-                                if argv is None else ["main", repr(argv)])}
+            "command": common.command("benchmarks.gpt_step", argv)}
   summarise(result)
   print(format_table(result))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=1)
+  common.save(args.out, result)
   return result
 
 

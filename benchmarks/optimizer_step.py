@@ -48,12 +48,13 @@ import argparse
 import concurrent.futures
 import dataclasses
 import gc
-import json
 import math
 import multiprocessing
 import statistics
 import sys
 import time
+
+from benchmarks import common
 
 PRESETS = {  # name: (layers, d_model, vocab, block, steps, warmup)
     "full": (48, 1600, 50257, 1024, 50, 5),  # GPT-2 XL: 1.56e9 params, 6.2 GB fp32; GPU only
@@ -315,13 +316,10 @@ def main(argv=None):
   rows, result["torch"] = torch_rows(Shape(**result["shape"]), result["backend"],
                                      result["steps"], result["warmup"])
   result["rows"] += rows
-  result["command"] = " ".join(["python -m benchmarks.optimizer_step", *sys.argv[1:]]
-                               if argv is None else ["main", repr(argv)])
+  result["command"] = common.command("benchmarks.optimizer_step", argv)
   summarise(result)
   print(format_table(result))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=1)
+  common.save(args.out, result)
   return result
 
 

@@ -33,7 +33,6 @@ standard deviation over the seeds. Optuna is imported only by this part.
 
 import argparse
 import functools
-import json
 import statistics
 import time
 
@@ -43,6 +42,7 @@ import numpy as np
 from bigtune_jax import data
 from bigtune_jax.tune import population
 from bigtune_jax.tune import space as space_lib
+from benchmarks import common
 from experiments.tune import model_and_loss  # one model object per structure: reused programs
 from experiments.tune import momentum_l2  # heavy-ball momentum + L2 from traced values
 
@@ -214,9 +214,7 @@ def main(argv=None) -> dict:
       print(f"\n(b) TPE vs random, {preset['tpe_trials']} trials x {preset['tpe_seeds']} "
             f"seeds, {preset['tpe_steps']} steps each ({part['wall_s']:.0f} s)")
       print("\n".join(_sampler_table(part, preset["tpe_trials"])))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=1, default=float)
+  common.save(args.out, result, default=float)
   return result
 
 
