@@ -120,9 +120,14 @@ def test_seed_may_be_an_array_as_inject_hyperparams_passes_it():
   bits = lambda seed: np.asarray(jax.jit(adam_module.random_bits, static_argnums=(0, 3))(
       (8, 16), seed, jnp.asarray(5), 2))
   np.testing.assert_array_equal(bits(jnp.asarray(7, jnp.int32)), bits(7))
-  opt = optax.inject_hyperparams(bt.adam, static_args=("moment_dtype",))(
+  # b1, b2, eps static: injected as float32 arrays, 1 - b2 would round differently.
+  opt = optax.inject_hyperparams(bt.adam, static_args=("moment_dtype", "b1", "b2", "eps"))(
       learning_rate=1e-2, moment_dtype="bfloat16", seed=7)
-  params = {"w": jnp.ones(4)}
+  params = {"w": jnp.asarray(np.random.default_rng(0).standard_normal(4), jnp.float32)}
   updates, state = jax.jit(opt.update)(params, opt.init(params))
   assert state.inner_state[0].mu["w"].dtype == jnp.bfloat16
-  assert np.all(np.isfinite(np.asarray(updates["w"])))
+  plain = bt.adam(1e-2, moment_dtype="bfloat16", seed=7)  # the seed as a Python int
+  expected_updates, expected_state = jax.jit(plain.update)(params, plain.init(params))
+  np.testing.assert_array_equal(updates["w"], expected_updates["w"])
+  np.testing.assert_array_equal(state.inner_state[0].nu["w"].astype(jnp.float32),
+                                expected_state[0].nu["w"].astype(jnp.float32))

@@ -199,6 +199,7 @@ def test_int8_ptq_weights_within_half_a_scale_and_real_bytes():
   x = rng.uniform(0, 1, (3, 32, 8, 8, 1)).astype(np.float32)  # 3 calibration batches
   params = train.init_params(model, x[0], seed(rng))
   quantized = compress.quantize(model, params, list(x))
+  assert set(compress.kernels(quantized)) == {"hidden_0/kernel", "head/kernel"}  # loop below
   for path, (values, scale) in compress.kernels(quantized).items():
     layer = path.split("/")[0]
     kernel = np.asarray(params[layer]["kernel"])

@@ -39,4 +39,6 @@ def test_hyperparameters_can_be_traced_for_a_population():
   for i in range(3):
     np.testing.assert_allclose(cosine[i], bt.warmup_cosine_decay(float(peaks[i]), 10, 100)(step),
                                rtol=1e-6)
+    np.testing.assert_allclose(cosine[i], R.warmup_cosine_lr(float(peaks[i]), 10, 100)(30),
+                               rtol=1e-6)
     np.testing.assert_allclose(decay[i], 0.1 * float(gammas[i]) ** 6, rtol=1e-5)

@@ -1,5 +1,6 @@
 """bigtune_jax.tree_paths: one naming of pytree leaves for checkpoints, pruning and finetune."""
 
+import chex
 import flax
 import jax.numpy as jnp
 import numpy as np
@@ -38,4 +39,4 @@ def test_flatten_and_unflatten_are_inverse_for_dict_trees():
   assert list(flat) == ["head/kernel", "hidden_0/bias", "hidden_0/kernel"]
   back = tree_paths.unflatten(flat)
   assert back.keys() == params.keys()
-  np.testing.assert_array_equal(back["hidden_0"]["kernel"], params["hidden_0"]["kernel"])
+  chex.assert_trees_all_equal(back, params)  # every leaf back at its own path

@@ -208,6 +208,7 @@ def test_pruner_stops_a_clearly_bad_trial(pruner):
     search.tell(trial, None, state="pruned")
   assert None not in pruned_at
   assert min(pruned_at) <= (0 if pruner == "median" else 3)
+  assert [r.state for r in search.results[12:]] == ["pruned"] * 6
   assert all(r.value == 0.05 for r in search.results[12:])
   unpruned = tune.OptunaSearch(tune.Space({"x": tune.Uniform(0.0, 1.0)}), seed=0)
   (trial,) = unpruned.ask()

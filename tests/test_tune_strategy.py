@@ -103,7 +103,15 @@ def test_hypergradient_strategies_learn_the_rate():
   state = learning.optimizer.init(params)
   for g in grads:
     _, state = learning.optimizer.update(g, state, params)
-  assert float(state.learning_rate) != 0.05
+  # NumPy float64: d_t = 0.9 d_{t-1} + g_t (optax.trace, default momentum 0.9) and
+  # alpha_t = alpha_{t-1} + beta g_t . d_{t-1} (Baydin et al.), beta = 1e-2.
+  alpha, d = 0.05, [np.zeros_like(x, np.float64) for x in jax.tree.leaves(params)]
+  for g in grads:
+    g = [np.asarray(x, np.float64) for x in jax.tree.leaves(g)]
+    alpha += 1e-2 * sum(float(np.sum(a * b)) for a, b in zip(g, d))
+    d = [0.9 * b + a for a, b in zip(g, d)]
+  assert abs(alpha - 0.05) > 1e-3  # the rate really moved
+  np.testing.assert_allclose(float(state.learning_rate), alpha, rtol=1e-5)
 
 
 def test_continuous_strategy_values_may_be_traced():

@@ -81,9 +81,12 @@ def test_traced_hyperparameters_are_not_inspected():
   @jax.jit
   def build_and_step(lr, gamma):
     opt = bt.momentum(lr, gamma=gamma)
-    updates, _ = opt.update(jnp.ones(2), opt.init(jnp.zeros(2)))
-    return updates
-  np.testing.assert_allclose(build_and_step(0.5, 0.9), [-0.5, -0.5])
+    first, state = opt.update(jnp.ones(2), opt.init(jnp.zeros(2)))
+    second, _ = opt.update(jnp.ones(2), state)  # v = gamma v + lr g: the traced gamma is used
+    return first, second
+  first, second = build_and_step(0.5, 0.9)
+  np.testing.assert_allclose(first, [-0.5, -0.5], rtol=1e-6)
+  np.testing.assert_allclose(second, [-(0.9 * 0.5 + 0.5)] * 2, rtol=1e-6)
 
 
 def test_plateau_value_must_be_a_scalar():
