@@ -28,7 +28,8 @@ Built for large runs, where it differs from nanoGPT:
 * Parameters carry logical axis names (``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``,
   ``layers``) through ``nn.with_logical_partitioning``; a rules table elsewhere maps them
   to mesh axes. Without a mesh they are plain metadata (``nn.unbox`` strips them).
-* GELU is the exact (erf) form, as nanoGPT's ``nn.GELU()``; biases are always on. Its
+* GELU is the exact (erf) form, as nanoGPT's ``nn.GELU()`` (``gelu_approximate=True``
+  gives the tanh form of transformers' ``GPT2LMHeadModel``, ``gelu_new``); biases are always on. Its
   gradient is written out (``gelu``): the backward pass keeps only the pre-activation,
   where autodiff of ``jax.nn.gelu`` kept two more ``(B, T, 4C)`` intermediates.
 * ``GPT(...)(idx, targets=t)`` returns the per-token cross-entropy through the fused head
@@ -83,6 +84,8 @@ class GPTConfig:
   head_chunk: int | None = None  # tokens per logits chunk of the fused head (None: all)
   head_logits_dtype: Any = jnp.float32  # the fused head's logits; bfloat16 halves their bytes
   scan_unroll: int = 1  # blocks per iteration of the scan over layers (>= n_layer: no loop)
+  gelu_approximate: bool = False  # True: tanh GELU, transformers' "gelu_new" (GPT-2 checkpoints)
+  layer_norm_epsilon: float = 1e-5  # GPT-2's config.layer_norm_epsilon
 
   def __post_init__(self):
     for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "scan_unroll"):
@@ -97,6 +100,9 @@ class GPTConfig:
       raise ValueError(f"n_embd must be divisible by n_head, got n_embd={self.n_embd}, "
                        f"n_head={self.n_head}")
     validation.check_interval("dropout", self.dropout, 0.0, 1.0)
+    if not isinstance(self.gelu_approximate, bool):
+      raise ValueError(f"gelu_approximate must be a bool, got {self.gelu_approximate!r}")
+    validation.check_interval("layer_norm_epsilon", self.layer_norm_epsilon, 0.0, 1.0, low_closed=False)
     if self.attention is not None:
       validation.check_choice("attention", self.attention, ATTENTION_IMPLEMENTATIONS)
 
@@ -160,7 +166,7 @@ def _init(names: tuple[str | None, ...], std: float | None = None):
 
 
 def _layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=1e-5, dtype=config.dtype, param_dtype=config.param_dtype,
+  return nn.LayerNorm(epsilon=config.layer_norm_epsilon, dtype=config.dtype, param_dtype=config.param_dtype,
                       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
                                                               ("embed",)),
                       bias_init=_init(("embed",)), name=name)
@@ -198,7 +204,8 @@ class FeedForward(nn.Module):
     x = nn.Dense(4 * cfg.n_embd, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                  kernel_init=_init(("embed", "mlp"), 0.02), bias_init=_init(("mlp",)),
                  name="c_fc")(x)  # (B, T, 4C)
-    x = gelu(x)
+    # GPT-2 checkpoints use the tanh form; its autodiff keeps no extra (B, T, 4C) arrays.
+    x = jax.nn.gelu(x, approximate=True) if cfg.gelu_approximate else gelu(x)
     x = nn.Dense(cfg.n_embd, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                  kernel_init=_init(("mlp", "embed"), 0.02 / math.sqrt(2 * cfg.n_layer)),
                  bias_init=_init(("embed",)), name="c_proj")(x)  # (B, T, C)
