@@ -31,6 +31,24 @@ from bigtune_jax import models  # noqa: E402
 
 __version__ = "0.1.0"
 
+# Imported on first use (PEP 562), so a plain ``import bigtune_jax`` stays as fast as the
+# transforms: bt.train.fit, bt.tune.OptunaSearch, bt.compress.prune, bt.finetune.lora_init,
+# bt.hub.load_hf.
+_LAZY_SUBPACKAGES = ("compress", "finetune", "hub", "train", "tune")
+
+
+def __getattr__(name: str):
+  if name in _LAZY_SUBPACKAGES:
+    import importlib  # pylint: disable=import-outside-toplevel
+    module = importlib.import_module(f"bigtune_jax.{name}")
+    globals()[name] = module  # later lookups skip __getattr__
+    return module
+  raise AttributeError(f"module 'bigtune_jax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY_SUBPACKAGES))
+
 __all__ = (
     "EarlyStopping",
     "EarlyStoppingState",
@@ -39,10 +57,13 @@ __all__ = (
     "accumulate",
     "adam",
     "adaptive_sgd",
+    "compress",
     "constant",
     "data",
     "ema_momentum",
     "exponential_decay",
+    "finetune",
+    "hub",
     "hypergradient_adam",
     "hypergradient_descent",
     "hypergradient_sgd",
@@ -53,5 +74,7 @@ __all__ = (
     "reduce_on_plateau",
     "sgd",
     "step_decay",
+    "train",
+    "tune",
     "warmup_cosine_decay",
 )
