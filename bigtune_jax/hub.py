@@ -1,0 +1,269 @@
+"""Hugging Face checkpoints in and out: ``config.json`` + safetensors, exact to transformers.
+
+A user with a pretrained checkpoint (seed 001 §2.3/§4.2: load a pretrained model and adapt
+it; seed 003 §4.1: tune GPT-2) loads it with ``load_hf`` and hands a fine-tuned model back
+to the tools they serve with through ``save_hf``. Supported ``model_type``s: ``gpt2``
+(``models.GPT`` with GPT-2's numerics), ``llama``, ``mistral`` and ``qwen2``
+(``models.Llama``).
+
+One name-mapping table per family (``hub_tables.py``, as levanter and MaxText do) says which
+transformers tensor feeds which parameter and how its layout changes; per-layer tensors are
+stacked into the scanned ``(n_layer, ...)`` layout. Loading reads every file's header
+first and checks each tensor's presence and shape before anything is read or placed, then
+reads one tensor at a time with the ``safetensors`` package: host memory holds at most one
+stacked parameter beside the arrays already placed. With a ``mesh``, each parameter goes
+straight onto its shards by the logical-axis rules of ``train/sharding.py``.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from bigtune_jax import hub_tables
+from bigtune_jax.hub_tables import SUPPORTED_MODEL_TYPES
+from bigtune_jax.tree_paths import path_name
+from bigtune_jax.transforms import validation
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # old buffers
+
+
+def read_config(path: str | os.PathLike) -> dict:
+  """``path/config.json`` as a dict; a clear error when it is missing or not a config."""
+  file = Path(path) / "config.json"
+  if not Path(path).is_dir():
+    raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+  if not file.is_file():
+    raise FileNotFoundError(f"{file} is missing: a Hugging Face checkpoint directory holds "
+                            f"config.json and model.safetensors")
+  try:
+    config = json.loads(file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{file} is not valid JSON: {e}") from None
+  if not isinstance(config, dict) or "model_type" not in config:
+    raise ValueError(f"{file} has no model_type; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+  return config
+
+
+def _weight_files(path: Path) -> dict[str, Path]:
+  """Tensor name -> file, from the index of a sharded checkpoint or the single file."""
+  if (path / INDEX).is_file():
+    weight_map = json.loads((path / INDEX).read_text()).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{path / INDEX} has no weight_map")
+    files = {name: path / file for name, file in weight_map.items()}
+    for file in sorted(set(files.values())):
+      if not file.is_file():
+        raise FileNotFoundError(f"shard {file} named in {path / INDEX} is missing")
+    return files
+  if not (path / SINGLE).is_file():
+    raise FileNotFoundError(f"{path} has neither {SINGLE} nor {INDEX}")
+  with safetensors.safe_open(path / SINGLE, framework="np") as f:
+    return {name: path / SINGLE for name in f.keys()}
+
+
+def _headers(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
+  """Every stored tensor's shape, from the file headers only (no tensor data is read)."""
+  shapes = {}
+  for file in sorted(set(files.values())):
+    with safetensors.safe_open(file, framework="np") as f:
+      for name in f.keys():
+        shapes[name] = tuple(f.get_slice(name).get_shape())
+  return shapes
+
+
+def _resolve(name: str, stored: dict) -> str | None:
+  """``name`` or, for checkpoints saved from the bare base model, without its prefix."""
+  if name in stored:
+    return name
+  for prefix in ("transformer.", "model."):
+    if name.startswith(prefix) and name[len(prefix):] in stored:
+      return name[len(prefix):]
+  return None
+
+
+def _plan(entries, stored_shapes, n_layer):
+  """Checks every tensor an entry needs is stored with the right shape; returns the names."""
+  names = {}
+  for entry in entries:
+    layer_names = [entry.hf_name.format(i=i) for i in range(n_layer)] if entry.per_layer else [
+        entry.hf_name]
+    resolved = []
+    for name in layer_names:
+      found = _resolve(name, stored_shapes)
+      if found is None:
+        raise ValueError(f"tensor {name} is missing from the checkpoint")
+      if stored_shapes[found] != entry.hf_shape:
+        raise ValueError(f"tensor {found} has shape {stored_shapes[found]}, the config "
+                         f"implies {entry.hf_shape}")
+      resolved.append(found)
+    names[entry.path] = resolved
+  used = {n for group in names.values() for n in group}
+  extra = sorted(n for n in stored_shapes if n not in used and not n.endswith(IGNORED_SUFFIXES))
+  if extra:
+    logging.warning("load_hf: %d stored tensors are not used: %s", len(extra), extra[:8])
+  return names
+
+
+def _shardings(model, mesh, abstract):
+  from bigtune_jax.train import sharding as sharding_lib  # the engine, only when asked
+  boxed = sharding_lib.param_sharding(abstract, mesh)
+  return {path_name(p): s for p, s in jax.tree_util.tree_flatten_with_path(
+      nn.unbox(boxed))[0]}
+
+
+def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
+            param_dtype: Any = jnp.float32, mesh: jax.sharding.Mesh | None = None,
+            **config_overrides):
+  """A transformers checkpoint directory as ``(model, params)``.
+
+  Args:
+    path: a directory with ``config.json`` and ``model.safetensors`` or a sharded
+      ``model.safetensors.index.json`` (what ``save_pretrained`` writes).
+    dtype: the model's compute dtype (``jnp.float32`` reproduces transformers' float32
+      forward to float rounding).
+    param_dtype: the dtype the parameters are stored in.
+    mesh: a device mesh (``bt.train.MeshConfig(...).make_mesh()``): every parameter is
+      placed straight onto its shards. None: the default device.
+    **config_overrides: fields of the model config to set (``remat=True``, ``head_chunk``).
+
+  Returns:
+    ``(model, params)``: ``params`` is the ``{"params": ...}``-free tree with logical-axis
+    boxes, as ``bt.train.init_params`` returns, ready for ``create_train_state``/``fit``.
+
+  Raises:
+    FileNotFoundError / ValueError naming the file or tensor: no ``config.json``, an
+    unsupported ``model_type``, a missing shard or tensor, a tensor of the wrong shape, an
+    unknown ``rope_scaling`` type; all before any tensor is read or placed.
+  """
+  path = Path(path)
+  config = read_config(path)
+  family = hub_tables.family(config["model_type"])
+  model = family.model_from_hf(config, dtype=dtype, param_dtype=param_dtype,
+                               **config_overrides)
+  idx = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), idx))["params"]
+  entries = family.entries(model.config)
+  files = _weight_files(path)
+  names = _plan(entries, _headers(files), family.n_layer(model.config))
+  shardings = _shardings(model, mesh, abstract) if mesh is not None else {}
+  leaves = {}
+  for entry in entries:
+    parts = [entry.to_ours(_read(files[n], n)) for n in names[entry.path]]
+    host = (np.stack(parts) if entry.per_layer else parts[0]).astype(param_dtype)
+    del parts
+    sharding = shardings.get(entry.path)
+    leaves[entry.path] = jax.device_put(host, sharding) if sharding is not None else \
+        jnp.asarray(host)
+    del host
+  return model, _fill(abstract, leaves)
+
+
+def _read(file: Path, name: str) -> np.ndarray:
+  with safetensors.safe_open(file, framework="np") as f:
+    return f.get_tensor(name)
+
+
+def _fill(abstract, leaves: dict):
+  """The boxed abstract tree with each leaf replaced by its loaded array."""
+  def put(key_path, leaf):
+    name = path_name(key_path)
+    if isinstance(leaf, nn.Partitioned):
+      return leaf.replace_boxed(leaves[name])
+    return leaves[name]
+  return jax.tree_util.tree_map_with_path(put, abstract,
+                                          is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def _shard_files(tensors: dict, max_shard_size: int) -> list[dict]:
+  shards, current, size = [], {}, 0
+  for name, array in tensors.items():
+    if current and size + array.nbytes > max_shard_size:
+      shards.append(current)
+      current, size = {}, 0
+    current[name] = array
+    size += array.nbytes
+  return shards + [current] if current else shards
+
+
+def _parse_size(value) -> int:
+  if isinstance(value, str):
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    for unit, factor in sorted(units.items(), key=lambda u: -len(u[0])):
+      if value.upper().endswith(unit):
+        return int(float(value[:-len(unit)]) * factor)
+  validation.check_int("max_shard_size", value, 1)
+  return value
+
+
+def save_hf(path: str | os.PathLike, model: nn.Module, params, *,
+            max_shard_size: int | str = "5GB", dtype: Any = None) -> Path:
+  """Writes ``model``/``params`` as a transformers checkpoint directory at ``path``.
+
+  ``config.json`` plus ``model.safetensors`` or, above ``max_shard_size`` (bytes or
+  ``"100KB"``/``"5GB"``), shards with ``model.safetensors.index.json``;
+  ``transformers.AutoModelForCausalLM.from_pretrained(path)`` loads it. ``dtype``: the
+  stored dtype (default: the parameters' own). The files are written to a temporary
+  directory beside ``path`` and moved into place at the end, so a failed save leaves any
+  checkpoint already at ``path`` as it was.
+  """
+  family = hub_tables.family_of(model)
+  size = _parse_size(max_shard_size)
+  path = Path(path)
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"save_hf path {path} exists and is not a directory")
+  flat = {path_name(p): np.asarray(v) for p, v in
+          jax.tree_util.tree_flatten_with_path(nn.unbox(params))[0]}
+  tensors = {}
+  for entry in family.entries(model.config):
+    if entry.path not in flat:
+      raise ValueError(f"params have no {entry.path}; is this {type(model).__name__}'s tree?")
+    value = flat[entry.path]
+    if dtype is not None:
+      value = value.astype(dtype)
+    if entry.per_layer:
+      for i in range(value.shape[0]):
+        tensors[entry.hf_name.format(i=i)] = np.ascontiguousarray(entry.to_hf(value[i]))
+    else:
+      tensors[entry.hf_name] = np.ascontiguousarray(entry.to_hf(value))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+  try:
+    config = family.config_to_hf(model.config)
+    config["torch_dtype"] = str(next(iter(tensors.values())).dtype)
+    (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    shards = _shard_files(tensors, size)
+    if len(shards) == 1:
+      safetensors.numpy.save_file(shards[0], staging / SINGLE, metadata={"format": "pt"})
+    else:
+      weight_map = {}
+      for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        safetensors.numpy.save_file(shard, staging / name, metadata={"format": "pt"})
+        weight_map.update({k: name for k in shard})
+      total = sum(a.nbytes for a in tensors.values())
+      (staging / INDEX).write_text(json.dumps(
+          {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    if path.exists():
+      old = path.with_name(f".{path.name}.old")
+      shutil.rmtree(old, ignore_errors=True)
+      path.rename(old)
+      staging.rename(path)
+      shutil.rmtree(old)
+    else:
+      staging.rename(path)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return path
