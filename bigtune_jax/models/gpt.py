@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from bigtune_jax.models.counting import count_params
+from bigtune_jax.models.kv_cache import KVCache, cached_attention
 from bigtune_jax.models.tied_head import tied_softmax_cross_entropy
 from bigtune_jax.transforms import validation
 
@@ -173,11 +174,16 @@ def _layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
 
 
 class CausalSelfAttention(nn.Module):
-  """Multi-head self-attention where position t sees positions <= t."""
+  """Multi-head self-attention where position t sees positions <= t.
+
+  With ``layer_cache = (keys, values, length)`` the queries sit at positions ``length ...``
+  and attend over the cache (``kv_cache.cached_attention``); the updated ``(keys, values)``
+  are returned beside the output.
+  """
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool, layer_cache=None):
     cfg = self.config
     nh, hs = cfg.n_head, cfg.head_size
     qkv = nn.DenseGeneral(
@@ -185,13 +191,17 @@ class CausalSelfAttention(nn.Module):
         kernel_init=_init(("embed", None, "heads", "kv"), 0.02),
         bias_init=_init((None, "heads", "kv")), name="c_attn")(x)  # (B, T, 3, nh, hs)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, T, nh, hs)
-    y = jax.nn.dot_product_attention(
-        q, k, v, is_causal=True, implementation=attention_implementation(cfg))  # (B, T, nh, hs)
+    if layer_cache is None:
+      y = jax.nn.dot_product_attention(
+          q, k, v, is_causal=True, implementation=attention_implementation(cfg))  # (B, T, nh, hs)
+    else:
+      y, *layer_cache = cached_attention(q, k, v, *layer_cache)
     y = nn.DenseGeneral(
         cfg.n_embd, axis=(-2, -1), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         kernel_init=_init(("heads", "kv", "embed"), 0.02 / math.sqrt(2 * cfg.n_layer)),
         bias_init=_init(("embed",)), name="c_proj")(y)  # (B, T, C)
-    return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+    y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+    return y if layer_cache is None else (y, tuple(layer_cache))
 
 
 class FeedForward(nn.Module):
@@ -213,16 +223,26 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-LayerNorm Transformer block; the ``(carry, output)`` signature ``nn.scan`` needs."""
+  """Pre-LayerNorm Transformer block; the ``(carry, xs)`` signature ``nn.scan`` needs.
+
+  ``layer_cache``: this layer's ``(keys, values)`` of a ``KVCache`` (scanned over layers),
+  ``length`` its filled positions (broadcast); both None without a cache.
+  """
   config: GPTConfig
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array, _: None = None) -> tuple[jax.Array, None]:
+  def __call__(self, x: jax.Array, layer_cache=None, length=None):
     cfg = self.config
-    x = x + CausalSelfAttention(cfg, name="attn")(_layer_norm(cfg, "ln_1")(x), self.deterministic)
+    h = _layer_norm(cfg, "ln_1")(x)
+    attention = CausalSelfAttention(cfg, name="attn")
+    if layer_cache is None:
+      x = x + attention(h, self.deterministic)
+    else:
+      h, layer_cache = attention(h, self.deterministic, (*layer_cache, length))
+      x = x + h
     x = x + FeedForward(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x), self.deterministic)
-    return x, None  # (B, T, C)
+    return x, layer_cache  # (B, T, C)
 
 
 class GPT(nn.Module):
@@ -233,7 +253,8 @@ class GPT(nn.Module):
   With ``targets`` (word ids ``(B, T)``) the call returns the float32 cross-entropy of each
   position ``(B, T)`` instead, through the fused chunked head (``tied_head.py``): the same
   values as ``optax.softmax_cross_entropy_with_integer_labels(logits, targets)`` without
-  the logits in memory.
+  the logits in memory. With ``cache`` (from :meth:`init_cache`) the tokens sit at positions
+  ``cache.length ...`` and the call returns ``(logits, cache)`` (generation: ``generate.py``).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -247,13 +268,13 @@ class GPT(nn.Module):
 
   @nn.compact
   def __call__(self, idx: jax.Array, *, train: bool = False,
-               targets: jax.Array | None = None) -> jax.Array:
+               targets: jax.Array | None = None, cache: KVCache | None = None):
     cfg = self.config
     if idx.ndim != 2 or not jnp.issubdtype(idx.dtype, jnp.integer):
       raise ValueError(f"idx must be integer token ids (batch, time), got {idx.dtype} "
                        f"of shape {idx.shape}")
     _, t = idx.shape
-    if t > cfg.block_size:
+    if cache is None and t > cfg.block_size:
       raise ValueError(f"sequence length {t} exceeds block_size={cfg.block_size}")
     if targets is not None and targets.shape != idx.shape:
       raise ValueError(f"targets must have idx's shape {idx.shape}, got {targets.shape}")
@@ -261,14 +282,21 @@ class GPT(nn.Module):
                    embedding_init=_init(("vocab", "embed"), 0.02), name="wte")
     wpe = self.param("wpe", _init((None, "embed"), 0.02), (cfg.block_size, cfg.n_embd),
                      cfg.param_dtype)  # (block_size, C)
-    x = (jnp.take(wte.embedding, idx, axis=0) + wpe[:t]).astype(cfg.dtype)  # (B, T, C)
+    if cache is None:
+      positions = wpe[:t]
+    else:  # the tokens sit at positions cache.length ... cache.length + t - 1
+      positions = jax.lax.dynamic_slice_in_dim(wpe, cache.length, t)
+    x = (jnp.take(wte.embedding, idx, axis=0) + positions).astype(cfg.dtype)  # (B, T, C)
     x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
 
     block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
     blocks = nn.scan(block, variable_axes={"params": 0},
                      split_rngs={"params": True, "dropout": True}, length=cfg.n_layer,
-                     unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = blocks(cfg, deterministic=not train, name="h")(x, None)  # (B, T, C)
+                     in_axes=(0, nn.broadcast), unroll=cfg.scan_unroll,
+                     metadata_params={nn.PARTITION_NAME: "layers"})
+    xs = None if cache is None else (cache.key, cache.value)
+    length = None if cache is None else cache.length
+    x, new_layers = blocks(cfg, deterministic=not train, name="h")(x, xs, length)  # (B, T, C)
     x = _layer_norm(cfg, "ln_f")(x)
     if targets is not None:
       return tied_softmax_cross_entropy(x, wte.embedding, targets, chunk_size=cfg.head_chunk,
@@ -276,8 +304,19 @@ class GPT(nn.Module):
 
     # Tied head: wte.attend(x), with float32 accumulation and output.
     embedding = jnp.asarray(wte.embedding, cfg.dtype)  # (vocab_size, C)
-    return jnp.einsum("btc,vc->btv", x, embedding,
-                      preferred_element_type=jnp.float32)  # (B, T, vocab_size)
+    logits = jnp.einsum("btc,vc->btv", x, embedding,
+                        preferred_element_type=jnp.float32)  # (B, T, vocab_size)
+    if cache is None:
+      return logits
+    key, value = new_layers
+    return logits, cache.replace(key=key, value=value, length=cache.length + t)
+
+  def init_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+    """An empty cache for ``batch_size`` sequences of up to ``max_len`` (block_size) tokens."""
+    cfg = self.config
+    max_len = cfg.block_size if max_len is None else max_len
+    return KVCache.zeros(n_layer=cfg.n_layer, batch_size=batch_size, max_len=max_len,
+                         n_kv_heads=cfg.n_head, head_size=cfg.head_size, dtype=cfg.dtype)
 
 
 def gpt_param_count(config: GPTConfig, *, non_embedding: bool = False) -> int:
