@@ -10,7 +10,7 @@ from bigtune_jax.models.cnn import SimpleCNN
 from bigtune_jax.models.cnn import VGG16
 from bigtune_jax.models.cnn import adaptive_avg_pool
 from bigtune_jax.models.counting import count_params
-from bigtune_jax.models.generate import generate
+from bigtune_jax.models.generation import generate
 from bigtune_jax.models.gpt import GPT
 from bigtune_jax.models.gpt import GPTConfig
 from bigtune_jax.models.gpt import attention_implementation

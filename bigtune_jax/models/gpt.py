@@ -254,7 +254,7 @@ class GPT(nn.Module):
   position ``(B, T)`` instead, through the fused chunked head (``tied_head.py``): the same
   values as ``optax.softmax_cross_entropy_with_integer_labels(logits, targets)`` without
   the logits in memory. With ``cache`` (from :meth:`init_cache`) the tokens sit at positions
-  ``cache.length ...`` and the call returns ``(logits, cache)`` (generation: ``generate.py``).
+  ``cache.length ...`` and the call returns ``(logits, cache)`` (generation: ``generation.py``).
 
   Example:
     >>> import jax, jax.numpy as jnp

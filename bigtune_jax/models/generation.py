@@ -30,7 +30,7 @@ def filter_logits(logits: jax.Array, top_k: int | None = None,
 
   The nucleus keeps, in order of decreasing probability, every token whose preceding mass
   is below ``top_p``: the smallest set whose mass reaches ``top_p`` (the most likely token
-  is always kept).
+  is always kept); ``top_p = 1`` keeps every token.
   """
   if top_k is not None:
     kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # (B, 1)
@@ -39,7 +39,7 @@ def filter_logits(logits: jax.Array, top_k: int | None = None,
     ordered = jnp.sort(logits, axis=-1)[:, ::-1]  # (B, V), decreasing
     probs = jax.nn.softmax(ordered, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # mass of the more likely tokens
-    kept = before < top_p
+    kept = (before < top_p) | (top_p >= 1.0)  # 1.0 keeps all, whatever the rounding
     threshold = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
     logits = jnp.where(logits < threshold, -jnp.inf, logits)
   return logits
