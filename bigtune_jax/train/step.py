@@ -18,6 +18,7 @@ reaches the state. Gradient accumulation is the optimizer's business
 (``bt.accumulate``): each call of the step is one micro-batch.
 """
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -36,10 +37,10 @@ LossFn = Callable[[Any, dict, jax.Array, bool], tuple[jax.Array, dict]]
 def _apply(model: nn.Module) -> Callable:
   takes_train = accepts_train_flag(model)
 
-  def apply(params, x, rng, train):
+  def apply(params, x, rng, train, **kwargs):
     if takes_train:
-      return model.apply({"params": params}, x, train=train, rngs={"dropout": rng})
-    return model.apply({"params": params}, x)
+      return model.apply({"params": params}, x, train=train, rngs={"dropout": rng}, **kwargs)
+    return model.apply({"params": params}, x, **kwargs)
 
   return apply
 
@@ -87,15 +88,32 @@ def regression_loss(model: nn.Module, input_key: str = "x", target_key: str = "y
   return loss_fn
 
 
+def _takes_targets(model: nn.Module) -> bool:
+  return "targets" in inspect.signature(type(model).__call__).parameters
+
+
 def language_model_loss(model: nn.Module, input_key: str = "inputs",
                         target_key: str = "targets") -> LossFn:
-  """Next-token cross-entropy per token (every token of a real row counts once)."""
+  """Next-token cross-entropy per token (every token of a real row counts once).
+
+  A model whose ``__call__`` takes ``targets`` (``GPT``, ``Llama``) returns the per-token
+  losses through its fused, chunked head (``models/tied_head.py``): the ``(B, T, V)``
+  float32 logits are never built, so training holds at most one chunk of them (the memory
+  measured in ``benchmarks/lm_loss_memory.py``). Token accuracy would need the full logits'
+  argmax, so on that path the sums hold ``loss_sum`` and ``count`` only. Any other model
+  returns logits, and the sums also count ``correct`` (argmax) tokens.
+  """
   apply = _apply(model)
+  fused = _takes_targets(model)
 
   def loss_fn(params, batch, rng, train):
-    logits = apply(params, batch[input_key], rng, train).astype(jnp.float32)  # (B, T, V)
     targets = batch[target_key]  # (B, T)
     mask = jnp.broadcast_to(_mask(batch, targets)[:, None], targets.shape)
+    if fused:
+      per_token = apply(params, batch[input_key], rng, train, targets=targets)  # (B, T)
+      loss, total, count = _masked_mean(per_token.reshape(-1), mask.reshape(-1))
+      return loss, {"loss_sum": total, "count": count}
+    logits = apply(params, batch[input_key], rng, train).astype(jnp.float32)  # (B, T, V)
     per_token = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     loss, total, count = _masked_mean(per_token.reshape(-1), mask.reshape(-1))
     correct = jnp.sum((jnp.argmax(logits, -1) == targets) & mask)
