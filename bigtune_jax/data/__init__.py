@@ -3,7 +3,9 @@
 
 Embedded defaults need no network: scikit-learn's digits, the linear-regression toy of seed
 002, and Python's own help text for byte-level language models. MNIST, Fashion-MNIST,
-CIFAR-10 and text files come from ``--data-dir``. This package imports neither
+CIFAR-10 and text files come from ``--data-dir``. Tokenizers (a checkpoint's
+``tokenizer.json``, a BPE trained on your text, or bytes) and cached, packed token datasets
+serve pretrained language models. This package imports neither
 ``bigtune_jax.models`` nor ``bigtune_jax.train``.
 """
 
@@ -26,12 +28,22 @@ from bigtune_jax.data.text import lm_windows
 from bigtune_jax.data.text import read_text
 from bigtune_jax.data.text import split_tokens
 from bigtune_jax.data.text import stdlib_corpus
+from bigtune_jax.data.tokenizer import ByteTokenizer
+from bigtune_jax.data.tokenizer import Tokenizer
+from bigtune_jax.data.tokenizer import load_tokenizer
+from bigtune_jax.data.tokenizer import train_bpe
+from bigtune_jax.data.tokens import TokenBlocks
+from bigtune_jax.data.tokens import load_token_dataset
+from bigtune_jax.data.tokens import tokenize_corpus
 from bigtune_jax.data.toy import linear_regression_toy
 
 __all__ = (
     "DATASETS",
     "VOCAB_SIZE",
     "ArrayDataset",
+    "ByteTokenizer",
+    "TokenBlocks",
+    "Tokenizer",
     "epoch_order",
     "linear_regression_toy",
     "lm_windows",
@@ -39,6 +51,8 @@ __all__ = (
     "load_dataset",
     "load_digits",
     "load_mnist",
+    "load_token_dataset",
+    "load_tokenizer",
     "read_cifar10_binary",
     "read_cifar10_pickle",
     "read_idx",
@@ -49,4 +63,6 @@ __all__ = (
     "split_tokens",
     "stdlib_corpus",
     "steps_per_epoch",
+    "tokenize_corpus",
+    "train_bpe",
 )

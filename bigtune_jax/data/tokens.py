@@ -1,0 +1,151 @@
+"""A language-model corpus as packed token blocks: tokenized once, cached, memory-mapped.
+
+Training a pretrained model on your own text (seed 001 §4.2: new data for a pretrained
+model) needs the text in the model's token ids. ``load_token_dataset`` reads a text file,
+a folder of them (recursively, in sorted order) or a list of either; tokenizes it once
+into ``cache_dir/tokens-<key>.bin``, a flat ``uint16`` (vocabulary <= 65,536) or
+``uint32`` array with EOS after every document; and serves it through ``np.memmap``, so
+the corpus is never a second time in memory. The key hashes the tokenizer's vocabulary and
+rules and every file's path, size and modification time: change either and the cache is
+rebuilt. The cache is written to a temporary file and renamed, so a killed run never leaves
+a half-written cache that a later run trusts.
+
+Blocks: block ``i`` is ``tokens[i T : i T + T + 1]`` (``T`` = ``block_size``); inputs are
+its first ``T`` tokens and targets its last ``T``, so every token after the first is a
+target exactly once. The blocks are dealt to train / validation / test by a seeded
+permutation, and each split batches like ``ArrayDataset`` (order by ``(seed, epoch)``,
+resume by ``start_step``, per-host shards, ``"mask"``), reading only its batch's blocks.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bigtune_jax.data.checks import check_int
+from bigtune_jax.data.pipeline import ArrayDataset
+from bigtune_jax.data.splits import split_indices
+
+SPLITS = ("train", "validation", "test")
+
+
+def corpus_files(paths, suffixes: Sequence[str] = (".txt",)) -> list[Path]:
+  """The text files of ``paths`` (a file, a folder searched recursively, or a list)."""
+  items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+  if not items:
+    raise ValueError("train_text: no corpus path given")
+  files = []
+  for item in map(Path, items):
+    if item.is_dir():
+      found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix in suffixes)
+      if not found:
+        raise ValueError(f"corpus folder {item} holds no {'/'.join(suffixes)} file")
+      files += found
+    elif item.is_file():
+      files.append(item)
+    else:
+      raise FileNotFoundError(f"corpus path {item} does not exist")
+  return files
+
+
+def _cache_key(files: list[Path], tokenizer) -> str:
+  digest = hashlib.sha256(tokenizer.fingerprint.encode())
+  for file in files:
+    stat = file.stat()
+    digest.update(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+  return digest.hexdigest()[:24]
+
+
+def tokenize_corpus(paths, tokenizer, cache_dir: str | os.PathLike, *,
+                    suffixes: Sequence[str] = (".txt",)) -> np.ndarray:
+  """The corpus's token ids as a read-only ``np.memmap``, built once per key.
+
+  Each file is one document, followed by ``tokenizer.eos_id`` when the tokenizer has one.
+  """
+  files = corpus_files(paths, suffixes)
+  dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
+  cache_dir = Path(cache_dir)
+  key = _cache_key(files, tokenizer)
+  data, meta = cache_dir / f"tokens-{key}.bin", cache_dir / f"tokens-{key}.json"
+  if not (data.is_file() and meta.is_file()):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as out:
+      try:
+        for file in files:
+          ids = tokenizer.encode(file.read_text(encoding="utf-8", errors="replace"))
+          if tokenizer.eos_id is not None:
+            ids.append(tokenizer.eos_id)
+          out.write(np.asarray(ids, dtype).tobytes())
+          count += len(ids)
+      except BaseException:
+        os.unlink(out.name)
+        raise
+    if count == 0:
+      os.unlink(out.name)
+      raise ValueError(f"the corpus {', '.join(map(str, files[:3]))} is empty: no tokens")
+    os.replace(out.name, data)
+    meta.write_text(json.dumps({"dtype": dtype.name, "tokens": count,
+                                "files": [str(f) for f in files]}))
+  info = json.loads(meta.read_text())
+  return np.memmap(data, dtype=info["dtype"], mode="r", shape=(info["tokens"],))
+
+
+class TokenBlocks(ArrayDataset):
+  """Blocks of ``block_size + 1`` tokens, by block number; batches like ``ArrayDataset``.
+
+  Batches are ``{"inputs": (b, T), "targets": (b, T), "mask": (b,)}`` int32 (what
+  ``train.language_model_loss`` reads); only the rows of a batch are read from the tokens.
+  """
+
+  def __init__(self, tokens: np.ndarray, block_size: int, block_ids: np.ndarray):
+    super().__init__({"block": np.asarray(block_ids, np.int64)})
+    self.tokens = tokens
+    self.block_size = block_size
+    self._windows = np.lib.stride_tricks.sliding_window_view(tokens, block_size + 1)[
+        ::block_size]  # (num_blocks, T + 1), a view
+
+  def __repr__(self) -> str:
+    return f"TokenBlocks({self.num_examples} blocks of {self.block_size} + 1 tokens)"
+
+  def _generate(self, order, batch_size, local, index, start_step, steps):
+    for batch in super()._generate(order, batch_size, local, index, start_step, steps):
+      rows = self._windows[batch.pop("block")].astype(np.int32)  # (b, T + 1)
+      yield {"inputs": rows[:, :-1], "targets": rows[:, 1:], "mask": batch["mask"]}
+
+
+def load_token_dataset(paths, tokenizer, *, block_size: int, cache_dir: str | os.PathLike,
+                       validation_fraction: float = 0.05, test_fraction: float = 0.05,
+                       seed: int = 0, suffixes: Sequence[str] = (".txt",)
+                       ) -> dict[str, TokenBlocks]:
+  """``{"train", "validation", "test"}`` splits of a corpus's token blocks.
+
+  Fractions of the blocks (a split of fraction 0 is left out of the dict); each split
+  needs at least one block.
+  """
+  block_size = check_int("block_size", block_size, 1)
+  seed = check_int("seed", seed, 0)
+  fractions = {"validation": validation_fraction, "test": test_fraction}
+  for name, value in fractions.items():
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+      raise ValueError(f"{name}_fraction must be a number in [0, 1), got {value!r}")
+  if validation_fraction + test_fraction >= 1:
+    raise ValueError(f"validation_fraction + test_fraction must be < 1, got "
+                     f"{validation_fraction + test_fraction}")
+  tokens = tokenize_corpus(paths, tokenizer, cache_dir, suffixes=suffixes)
+  num_blocks = (len(tokens) - 1) // block_size
+  if num_blocks < 1:
+    raise ValueError(f"the corpus has {len(tokens)} tokens, fewer than one block of "
+                     f"block_size + 1 = {block_size + 1}")
+  names = ["train"] + [n for n in ("validation", "test") if fractions[n] > 0]
+  shares = [1 - validation_fraction - test_fraction] + [fractions[n] for n in names[1:]]
+  parts = split_indices(num_blocks, shares, seed=seed)
+  for name, part in zip(names, parts):
+    if len(part) == 0:
+      raise ValueError(f"the {name} split has no block: {num_blocks} blocks of "
+                       f"{block_size} tokens; use a smaller block_size or more text")
+  return {name: TokenBlocks(tokens, block_size, part) for name, part in zip(names, parts)}
