@@ -10,6 +10,8 @@ from bigtune_jax.train.fit import FitResult
 from bigtune_jax.train.fit import evaluate
 from bigtune_jax.train.fit import fit
 from bigtune_jax.train.metrics import MetricsLog
+from bigtune_jax.train.workdir import WorkdirInUseError
+from bigtune_jax.train.workdir import WorkdirLock
 from bigtune_jax.train.metrics import Progress
 from bigtune_jax.train.metrics import plot_metrics
 from bigtune_jax.train.sharding import LOGICAL_RULES
@@ -37,6 +39,8 @@ __all__ = (
     "LOGICAL_RULES",
     "MeshConfig",
     "MetricsLog",
+    "WorkdirInUseError",
+    "WorkdirLock",
     "Progress",
     "TrainState",
     "abstract_like",

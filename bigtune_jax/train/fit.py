@@ -17,8 +17,10 @@ validation set and then, in this order:
 
 A checkpoint is only ever taken at an evaluation, so everything between two of them is a
 pure function of the checkpoint: a run that is killed and started again on the same
-workdir restores the latest checkpoint, drops the metrics rows written after it, and
-continues to exactly the same result as an uninterrupted run (bit for bit on CPU).
+workdir restores the latest checkpoint, drops the metrics rows written after it (all rows
+when it died before its first checkpoint committed), and continues to exactly the same
+result as an uninterrupted run (bit for bit on CPU). One run writes to a workdir at a
+time: ``fit`` holds ``workdir/.lock`` (``workdir.py``) and refuses a second live run.
 When early stopping fires, training ends and, if best parameters were kept, they are put
 back into the returned state.
 
@@ -45,6 +47,7 @@ from bigtune_jax.train import checkpoint as checkpoint_lib
 from bigtune_jax.train import distributed
 from bigtune_jax.train import metrics as metrics_lib
 from bigtune_jax.train import sharding as sharding_lib
+from bigtune_jax.train import workdir as workdir_lib
 from bigtune_jax.train.state import TrainState
 from bigtune_jax.train.step import LossFn
 from bigtune_jax.transforms import validation
@@ -181,38 +184,43 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
   monitor = config.monitor if val_data is not None else "train_loss"
   eval_every = config.eval_every or steps_per_epoch
 
-  log = checkpoints = None
-  resumed_from = None
-  if workdir is not None:
-    log = metrics_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-    checkpoints = checkpoint_lib.Checkpointer(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), keep_last=config.keep_checkpoints,
-        keep_best=1, best_metric=monitor, best_mode=config.monitor_mode)
-    resumed_from = checkpoints.latest_step()
-    if resumed_from is not None:
-      state = checkpoints.restore(checkpoint_lib.abstract_like(state, shardings),
-                                  step=resumed_from)
-      if primary:
-        log.truncate_after(resumed_from)
-  if resumed_from is None:
-    state = jax.device_put(state, shardings)
-
-  train_step = sharding_lib.jit_train_step(loss_fn, shardings, mesh)
-  eval_step = sharding_lib.jit_eval_step(loss_fn, shardings.params, mesh)
-  update_plateau = jax.jit(lambda s, v: plateau.update((), s, value=v)[1]) if plateau else None
-  update_stopper = jax.jit(early_stopping.update) if early_stopping else None
-  keep_best = jax.jit(control.EarlyStopping.select_best, out_shardings=shardings.best_params,
-                      donate_argnums=1)  # the old copy is replaced: no second one per eval
-  schedule = config.learning_rate
-  schedule = jax.jit(schedule) if callable(schedule) else schedule  # one compile, any step
-
-  step = int(state.step)
-  stopped = bool(early_stopping and state.early_stopping.should_stop)
-  history = [r for r in log.rows() if r["step"] <= step] if log is not None else []
-  wait_each_step = sharding_lib.cpu_collectives_need_sync()
-  losses, grad_norms = [], []  # this row's step metrics, on the device until it is written
-  bar = metrics_lib.Progress(config.steps, initial=step, enabled=config.progress and primary)
+  lock = workdir_lib.WorkdirLock(workdir) if workdir is not None and primary else None
+  if lock is not None:
+    lock.acquire()  # before anything is written: one run per workdir
+  checkpoints = bar = None
   try:
+    log = None
+    resumed_from = None
+    if workdir is not None:
+      log = metrics_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+      checkpoints = checkpoint_lib.Checkpointer(
+          os.path.join(os.path.abspath(workdir), "checkpoints"),
+          keep_last=config.keep_checkpoints, keep_best=1, best_metric=monitor,
+          best_mode=config.monitor_mode)
+      resumed_from = checkpoints.latest_step()
+      if resumed_from is not None:
+        state = checkpoints.restore(checkpoint_lib.abstract_like(state, shardings),
+                                    step=resumed_from)
+      if primary:  # rows after the checkpoint (all of them without one) belong to a dead run
+        log.truncate_after(0 if resumed_from is None else resumed_from)
+    if resumed_from is None:
+      state = jax.device_put(state, shardings)
+
+    train_step = sharding_lib.jit_train_step(loss_fn, shardings, mesh)
+    eval_step = sharding_lib.jit_eval_step(loss_fn, shardings.params, mesh)
+    update_plateau = jax.jit(lambda s, v: plateau.update((), s, value=v)[1]) if plateau else None
+    update_stopper = jax.jit(early_stopping.update) if early_stopping else None
+    keep_best = jax.jit(control.EarlyStopping.select_best, out_shardings=shardings.best_params,
+                        donate_argnums=1)  # the old copy is replaced: no second one per eval
+    schedule = config.learning_rate
+    schedule = jax.jit(schedule) if callable(schedule) else schedule  # one compile, any step
+
+    step = int(state.step)
+    stopped = bool(early_stopping and state.early_stopping.should_stop)
+    history = [r for r in log.rows() if r["step"] <= step] if log is not None else []
+    wait_each_step = sharding_lib.cpu_collectives_need_sync()
+    losses, grad_norms = [], []  # this row's step metrics, on the device until it is written
+    bar = metrics_lib.Progress(config.steps, initial=step, enabled=config.progress and primary)
     while step < config.steps and not stopped:
       epoch, offset = divmod(step, steps_per_epoch)
       for batch in train_data.batches(config.batch_size, seed=config.seed, epoch=epoch,
@@ -258,14 +266,17 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
           checkpoints.save(step, state, {monitor: row[monitor]})
         if stopped or step >= config.steps:
           break
+    if workdir is not None and history and primary:
+      metrics_lib.plot_metrics(history, workdir)
   finally:
-    bar.close()
+    if bar is not None:
+      bar.close()
     if checkpoints is not None:
       checkpoints.wait()
       checkpoints.close()
+    if lock is not None:
+      lock.release()
 
-  if workdir is not None and history and primary:
-    metrics_lib.plot_metrics(history, workdir)
   if _kept(state.best_params) and early_stopping is not None:
     state = state.replace(params=state.best_params)
   return FitResult(state=state, history=history, stopped_early=stopped,
