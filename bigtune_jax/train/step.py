@@ -12,9 +12,10 @@ The train step (``jax.jit(train_step, donate_argnums=0)``):
   w_{t+1} = w_t + \\text{scale} \\cdot u
 
 where ``scale`` is the reduce-on-plateau factor (1 without one). **NaN guard**: when the
-loss or any gradient is not finite, the parameters and optimizer state are left exactly
-as they were, ``skipped_steps`` counts it, and training goes on; a non-finite step never
-reaches the state. Gradient accumulation is the optimizer's business
+loss, any gradient, or any of the new parameters or optimizer state is not finite (a NaN
+schedule, a rate of 1e40), the parameters and optimizer state are left exactly as they
+were, ``skipped_steps`` counts it, and training goes on; a non-finite step never reaches
+the state. Gradient accumulation is the optimizer's business
 (``bt.accumulate``): each call of the step is one micro-batch.
 """
 
@@ -123,7 +124,9 @@ def language_model_loss(model: nn.Module, input_key: str = "inputs",
 
 
 def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  """True when every float leaf of ``tree`` is finite (integer counters and keys pass)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
   return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
 
 
@@ -154,7 +157,10 @@ def make_train_step(loss_fn: LossFn, *, params_in_use=None
     if isinstance(state.plateau, control.ReduceOnPlateauState):
       updates = jax.tree.map(lambda u: (state.plateau.scale * u).astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    # A NaN schedule or an overflowing rate gives non-finite updates from finite gradients:
+    # guard what would be stored, not only what was computed.
+    finite = (jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
+              & _all_finite(opt_state))
     state = state.replace(step=state.step + 1,
                           params=optax.tree.where(finite, params, state.params),
                           opt_state=optax.tree.where(finite, opt_state, state.opt_state),
