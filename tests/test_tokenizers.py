@@ -51,6 +51,16 @@ def test_eos_comes_from_the_checkpoint_files(bpe, tmp_path):
   assert data.load_tokenizer(tmp_path).eos_id == 7
   (tmp_path / "config.json").unlink()
   assert data.load_tokenizer(tmp_path / "tokenizer.json").eos_id == tokenizer.eos_id
+  assert data.load_tokenizer(tmp_path, eos_token="the").eos_id == tokenizer.token_id("the")
+  with pytest.raises(ValueError, match="eos_token '<eos>' is not in the vocabulary of .*json"):
+    data.load_tokenizer(tmp_path, eos_token="<eos>")
+  no_eos = data.train_bpe(["plain text"] * 5, vocab_size=270, special_tokens=("<pad>",))
+  assert no_eos.eos_id is None and no_eos.token_id("<pad>") == 0
+  no_eos.tokenizer.save(str(tmp_path / "tokenizer.json"))
+  loaded = data.load_tokenizer(tmp_path)
+  assert loaded.eos_id is None
+  with pytest.raises(ValueError, match="has no EOS token, which packing needs; .*eos_token="):
+    loaded.require_eos("packing")
 
 
 def test_bad_tokenizer_files_are_named(tmp_path):
@@ -137,14 +147,56 @@ def test_fit_trains_a_gpt_on_a_token_dataset(bpe, corpus, tmp_path):
                                             progress=False))
   losses = [row["val_loss"] for row in result.history]
   assert len(losses) == 2 and losses[-1] < losses[0] < np.log(tokenizer.vocab_size) + 0.5
+  assert np.isfinite(losses).all()
+  resumed = train.fit(state, train.language_model_loss(model), splits["train"],
+                      splits["validation"], workdir=tmp_path / "run",
+                      config=train.FitConfig(steps=45, batch_size=8, eval_every=15,
+                                             progress=False))
+  assert resumed.resumed_from == 30 and [r["step"] for r in resumed.history] == [15, 30, 45]
+  assert np.isfinite(resumed.history[-1]["val_loss"])
+
+
+def test_a_partial_or_stale_cache_is_rebuilt(bpe, corpus, tmp_path):
+  tokenizer, _, _ = bpe
+  tokens = np.array(data.tokenize_corpus(corpus, tokenizer, tmp_path / "c"))
+  (sidecar,) = (tmp_path / "c").glob("*.json")
+  info = json.loads(sidecar.read_text())
+  assert info["tokens"] == len(tokens) and info["tokenizer"] == tokenizer.fingerprint
+  assert [f[0] for f in info["files"]] == [str((corpus / "a.txt").resolve()),
+                                           str((corpus / "sub" / "b.txt").resolve())]
+  (bin_file,) = (tmp_path / "c").glob("*.bin")
+  bin_file.write_bytes(bin_file.read_bytes()[:100])  # a killed copy: truncated tokens
+  np.testing.assert_array_equal(data.tokenize_corpus(corpus, tokenizer, tmp_path / "c"), tokens)
+  sidecar.write_text('{"key": ')  # a half-written sidecar
+  np.testing.assert_array_equal(data.tokenize_corpus(corpus, tokenizer, tmp_path / "c"), tokens)
+  other = data.train_bpe(["some other text"] * 10, vocab_size=300)  # another tokenizer
+  data.tokenize_corpus(corpus, other, tmp_path / "c")
+  assert len(list((tmp_path / "c").glob("*.bin"))) == 2
+
+
+def test_folder_filters_and_lists(bpe, corpus, tmp_path):
+  tokenizer = data.ByteTokenizer()
+  only_b = data.tokenize_corpus(corpus, tokenizer, tmp_path / "c", pattern="sub/*")
+  assert tokenizer.decode(only_b) == (corpus / "sub" / "b.txt").read_text()
+  md = data.tokenize_corpus(corpus, tokenizer, tmp_path / "c", suffixes=(".md",))
+  assert tokenizer.decode(md) == "not text of the corpus"
+  with pytest.raises(ValueError, match="has no EOS token, which separating the 2 documents"):
+    data.tokenize_corpus([corpus / "sub", corpus / "ignored.md"], tokenizer, tmp_path / "c")
+  tokenizer = data.ByteTokenizer(eos=True)
+  both = data.tokenize_corpus([corpus / "sub", corpus / "ignored.md"], tokenizer, tmp_path / "c")
+  assert both.dtype == np.uint16 and both[-1] == 256 == tokenizer.eos_id
+  assert tokenizer.decode(both) == ((corpus / "sub" / "b.txt").read_text()
+                                    + "not text of the corpus")  # EOS decodes to nothing
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"paths": "missing.txt"}, FileNotFoundError, "corpus path .*missing.txt does not exist"),
-    ({"paths": []}, ValueError, "no corpus path given"),
+    ({"paths": []}, ValueError, "paths must name at least one corpus file or folder"),
     ({"block_size": 0}, ValueError, "block_size must be an integer >= 1"),
     ({"validation_fraction": 1.5}, ValueError, r"validation_fraction must be a number in \[0, 1\)"),
-    ({"block_size": 100000}, ValueError, "fewer than one block"),
+    ({"block_size": 100000}, ValueError, "corpus .*corpus has .* fewer than one block"),
+    ({"test_fraction": 0.999}, ValueError, "validation_fraction \\+ test_fraction must be < 1"),
+    ({"validation_fraction": 1e-6}, ValueError, "the validation split has no block"),
 ])
 def test_bad_corpora_and_settings_are_refused(bpe, corpus, tmp_path, kwargs, error, match):
   tokenizer, _, _ = bpe
@@ -158,9 +210,11 @@ def test_bad_corpora_and_settings_are_refused(bpe, corpus, tmp_path, kwargs, err
 def test_empty_corpus_is_refused(bpe, tmp_path):
   tokenizer, _, _ = bpe
   (tmp_path / "empty").mkdir()
-  with pytest.raises(ValueError, match="holds no .txt file"):
+  with pytest.raises(ValueError, match="corpus folder .*empty holds no file"):
     data.tokenize_corpus(tmp_path / "empty", data.ByteTokenizer(), tmp_path / "c")
   (tmp_path / "empty" / "a.txt").write_text("")
   with pytest.raises(ValueError, match="is empty: no tokens"):
     data.tokenize_corpus(tmp_path / "empty", data.ByteTokenizer(), tmp_path / "c")
+  with pytest.raises(ValueError, match="is empty: no tokens"):  # EOS alone is no text
+    data.tokenize_corpus(tmp_path / "empty", tokenizer, tmp_path / "c")
   assert not list((tmp_path / "c").glob("*"))  # nothing half-written is left

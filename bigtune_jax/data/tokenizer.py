@@ -9,8 +9,9 @@ Rare Words with Subword Units", 2016; GPT-2's byte-level variant, Radford et al.
 every string round-trips, whatever its script.
 
 All three share one interface: ``encode(text) -> list[int]``, ``encode_batch``,
-``decode(ids)``, ``vocab_size``, ``eos_id`` (None when the vocabulary has none) and
-``fingerprint`` (a hash of the vocabulary and rules, which keys token caches).
+``decode(ids)``, ``vocab_size``, ``eos_id`` (None when the vocabulary has none;
+``require_eos(purpose)`` then raises a clear error) and ``fingerprint`` (a hash of the
+vocabulary and rules, which keys token caches).
 """
 
 import hashlib
@@ -25,10 +26,16 @@ COMMON_EOS = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>", "<eos>")
 
 
 class ByteTokenizer:
-  """UTF-8 bytes as tokens 0..255 (``data.text``'s corpus); no EOS token."""
-  vocab_size = 256
-  eos_id = None
-  fingerprint = "utf-8 bytes"
+  """UTF-8 bytes as tokens 0..255 (``data.text``'s corpus); with ``eos=True`` id 256 is an
+  EOS token (vocabulary 257) that ``decode`` drops."""
+
+  def __init__(self, eos: bool = False):
+    self.eos_id = 256 if eos else None
+    self.vocab_size = 257 if eos else 256
+    self.fingerprint = "utf-8 bytes" + (" + eos 256" if eos else "")
+
+  def __repr__(self) -> str:
+    return f"ByteTokenizer(eos={self.eos_id is not None})"
 
   def encode(self, text: str) -> list[int]:
     return list(text.encode("utf-8"))
@@ -37,7 +44,16 @@ class ByteTokenizer:
     return [self.encode(t) for t in texts]
 
   def decode(self, ids: Iterable[int]) -> str:
-    return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+    return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
+
+  def require_eos(self, purpose: str) -> int:
+    return _require_eos(self, purpose, "use ByteTokenizer(eos=True)")
+
+
+def _require_eos(tokenizer, purpose: str, remedy: str) -> int:
+  if tokenizer.eos_id is None:
+    raise ValueError(f"{tokenizer!r} has no EOS token, which {purpose} needs; {remedy}")
+  return tokenizer.eos_id
 
 
 class Tokenizer:
@@ -60,6 +76,13 @@ class Tokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  def require_eos(self, purpose: str) -> int:
+    """``eos_id``, or a ValueError saying that ``purpose`` needs one."""
+    return _require_eos(self, purpose, "none of the checkpoint's tokenizer_config.json, "
+                        "special_tokens_map.json, generation_config.json or config.json names "
+                        f"one and none of {COMMON_EOS} is in the vocabulary: pass "
+                        "load_tokenizer(path, eos_token=...)")
 
   def token_id(self, token: str) -> int | None:
     return self.tokenizer.token_to_id(token)
@@ -101,12 +124,13 @@ def _eos_from_files(directory: Path, tokenizer) -> int | None:
   return None
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+def load_tokenizer(path: str | os.PathLike, *, eos_token: str | None = None) -> Tokenizer:
   """A checkpoint directory's ``tokenizer.json`` (or the file itself) as a ``Tokenizer``.
 
-  EOS is read from the checkpoint's ``tokenizer_config.json``, ``special_tokens_map.json``,
+  EOS is ``eos_token`` when given (it must be in the vocabulary), else read from the
+  checkpoint's ``tokenizer_config.json``, ``special_tokens_map.json``,
   ``generation_config.json`` or ``config.json``, else the first of ``COMMON_EOS`` in the
-  vocabulary, else None.
+  vocabulary, else None (``require_eos`` then raises).
   """
   import tokenizers  # pylint: disable=import-outside-toplevel
   path = Path(path)
@@ -118,6 +142,10 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     tokenizer = tokenizers.Tokenizer.from_file(str(file))
   except Exception as e:  # tokenizers raises its own Exception type on bad files
     raise ValueError(f"{file} is not a Hugging Face tokenizer file: {e}") from None
+  if eos_token is not None:
+    if tokenizer.token_to_id(eos_token) is None:
+      raise ValueError(f"eos_token {eos_token!r} is not in the vocabulary of {file}")
+    return Tokenizer(tokenizer, tokenizer.token_to_id(eos_token))
   eos = _eos_from_files(file.parent, tokenizer)
   if eos is None:
     eos = next((tokenizer.token_to_id(t) for t in COMMON_EOS
@@ -130,8 +158,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *,
               min_frequency: int = 2) -> Tokenizer:
   """A byte-level BPE learned from ``texts`` (GPT-2's pre-tokenizer and decoder).
 
-  ``vocab_size`` counts the 256 byte tokens, the merges and ``special_tokens``; the first
-  special token is the EOS. Deterministic for the same texts.
+  ``vocab_size`` counts the 256 byte tokens, the merges and ``special_tokens`` (ids 0, 1, ...);
+  the first special token of ``COMMON_EOS`` is the EOS (None if there is none), which
+  ``save`` records in ``tokenizer_config.json``. Deterministic for the same texts.
   """
   import tokenizers  # pylint: disable=import-outside-toplevel
   from tokenizers import decoders, models, pre_tokenizers, trainers  # noqa: E501 pylint: disable=import-outside-toplevel
@@ -149,5 +178,5 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *,
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                 show_progress=False)
   tokenizer.train_from_iterator(texts, trainer=trainer)
-  eos = tokenizer.token_to_id(special_tokens[0]) if special_tokens else None
+  eos = next((tokenizer.token_to_id(t) for t in special_tokens if t in COMMON_EOS), None)
   return Tokenizer(tokenizer, eos)

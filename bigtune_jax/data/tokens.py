@@ -7,8 +7,10 @@ into ``cache_dir/tokens-<key>.bin``, a flat ``uint16`` (vocabulary <= 65,536) or
 ``uint32`` array with EOS after every document; and serves it through ``np.memmap``, so
 the corpus is never a second time in memory. The key hashes the tokenizer's vocabulary and
 rules and every file's path, size and modification time: change either and the cache is
-rebuilt. The cache is written to a temporary file and renamed, so a killed run never leaves
-a half-written cache that a later run trusts.
+rebuilt. A JSON sidecar, ``tokens-<key>.json``, records them with the dtype and the token
+count. Both files are written to temporary files and renamed, the sidecar last, and a
+cache is trusted only when its sidecar names its key and its size matches: a killed run
+never leaves a half-written cache that a later run trusts.
 
 Blocks: block ``i`` is ``tokens[i T : i T + T + 1]`` (``T`` = ``block_size``); inputs are
 its first ``T`` tokens and targets its last ``T``, so every token after the first is a
@@ -33,17 +35,26 @@ from bigtune_jax.data.splits import split_indices
 SPLITS = ("train", "validation", "test")
 
 
-def corpus_files(paths, suffixes: Sequence[str] = (".txt",)) -> list[Path]:
-  """The text files of ``paths`` (a file, a folder searched recursively, or a list)."""
+def corpus_files(paths, suffixes: Sequence[str] | None = (".txt",),
+                 pattern: str = "*") -> list[Path]:
+  """The text files of ``paths`` (a file, a folder searched recursively, or a list).
+
+  In a folder, the files that ``Path.rglob(pattern)`` finds (e.g. ``"*"``, ``"books/*"``)
+  whose suffix is one of ``suffixes`` (None: any), in sorted order; a file named directly
+  is always taken.
+  """
   items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
   if not items:
-    raise ValueError("train_text: no corpus path given")
+    raise ValueError("paths must name at least one corpus file or folder, got an empty list")
   files = []
   for item in map(Path, items):
     if item.is_dir():
-      found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix in suffixes)
+      found = sorted(p for p in item.rglob(pattern) if p.is_file() and (
+          suffixes is None or p.suffix in suffixes))
       if not found:
-        raise ValueError(f"corpus folder {item} holds no {'/'.join(suffixes)} file")
+        wanted = "any" if suffixes is None else "/".join(suffixes)
+        raise ValueError(f"corpus folder {item} holds no file matching {pattern!r} with "
+                         f"suffix {wanted}")
       files += found
     elif item.is_file():
       files.append(item)
@@ -52,46 +63,72 @@ def corpus_files(paths, suffixes: Sequence[str] = (".txt",)) -> list[Path]:
   return files
 
 
-def _cache_key(files: list[Path], tokenizer) -> str:
-  digest = hashlib.sha256(tokenizer.fingerprint.encode())
-  for file in files:
-    stat = file.stat()
-    digest.update(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-  return digest.hexdigest()[:24]
+def _sources(files: list[Path]) -> list[list]:
+  """What the cache key covers of each file: its path, size and modification time."""
+  return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _write_atomically(path: Path, write) -> None:
+  """``write(file)`` into a temporary file beside ``path``, then rename it into place."""
+  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
+    try:
+      write(out)
+    except BaseException:
+      out.close()
+      os.unlink(out.name)
+      raise
+  os.replace(out.name, path)
+
+
+def _cached(data: Path, meta: Path, key: str) -> dict | None:
+  """The sidecar of a complete cache for ``key``, or None (missing, partial or stale)."""
+  try:
+    info = json.loads(meta.read_text())
+    complete = (info["key"] == key and data.stat().st_size
+                == info["tokens"] * np.dtype(info["dtype"]).itemsize)
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  return info if complete else None
 
 
 def tokenize_corpus(paths, tokenizer, cache_dir: str | os.PathLike, *,
-                    suffixes: Sequence[str] = (".txt",)) -> np.ndarray:
+                    suffixes: Sequence[str] | None = (".txt",),
+                    pattern: str = "*") -> np.ndarray:
   """The corpus's token ids as a read-only ``np.memmap``, built once per key.
 
-  Each file is one document, followed by ``tokenizer.eos_id`` when the tokenizer has one.
+  Each file is one document, followed by ``tokenizer.eos_id`` when the tokenizer has one
+  (required for more than one file). The sidecar ``tokens-<key>.json`` records the tokenizer's fingerprint, each file's path,
+  size and modification time, the dtype and the token count; it is written after the
+  tokens, so a cache without a matching sidecar is rebuilt.
   """
-  files = corpus_files(paths, suffixes)
+  files = corpus_files(paths, suffixes, pattern)
+  if len(files) > 1:
+    tokenizer.require_eos(f"separating the {len(files)} documents of the corpus {paths}")
   dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
+  sources = _sources(files)
+  key = hashlib.sha256(json.dumps([tokenizer.fingerprint, sources]).encode()).hexdigest()[:24]
   cache_dir = Path(cache_dir)
-  key = _cache_key(files, tokenizer)
   data, meta = cache_dir / f"tokens-{key}.bin", cache_dir / f"tokens-{key}.json"
-  if not (data.is_file() and meta.is_file()):
+  info = _cached(data, meta, key)
+  if info is None:
     cache_dir.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as out:
-      try:
-        for file in files:
-          ids = tokenizer.encode(file.read_text(encoding="utf-8", errors="replace"))
-          if tokenizer.eos_id is not None:
-            ids.append(tokenizer.eos_id)
-          out.write(np.asarray(ids, dtype).tobytes())
-          count += len(ids)
-      except BaseException:
-        os.unlink(out.name)
-        raise
-    if count == 0:
-      os.unlink(out.name)
-      raise ValueError(f"the corpus {', '.join(map(str, files[:3]))} is empty: no tokens")
-    os.replace(out.name, data)
-    meta.write_text(json.dumps({"dtype": dtype.name, "tokens": count,
-                                "files": [str(f) for f in files]}))
-  info = json.loads(meta.read_text())
+    counts = {"tokens": 0, "text": 0}
+
+    def write_tokens(out):
+      for file in files:
+        ids = tokenizer.encode(file.read_text(encoding="utf-8", errors="replace"))
+        counts["text"] += len(ids)
+        if tokenizer.eos_id is not None:
+          ids.append(tokenizer.eos_id)
+        out.write(np.asarray(ids, dtype).tobytes())
+        counts["tokens"] += len(ids)
+      if counts["text"] == 0:
+        raise ValueError(f"the corpus {', '.join(map(str, files[:3]))} is empty: no tokens")
+
+    _write_atomically(data, write_tokens)
+    info = {"key": key, "tokenizer": tokenizer.fingerprint, "files": sources,
+            "dtype": dtype.name, "tokens": counts["tokens"]}
+    _write_atomically(meta, lambda out: out.write(json.dumps(info, indent=1).encode()))
   return np.memmap(data, dtype=info["dtype"], mode="r", shape=(info["tokens"],))
 
 
@@ -120,12 +157,13 @@ class TokenBlocks(ArrayDataset):
 
 def load_token_dataset(paths, tokenizer, *, block_size: int, cache_dir: str | os.PathLike,
                        validation_fraction: float = 0.05, test_fraction: float = 0.05,
-                       seed: int = 0, suffixes: Sequence[str] = (".txt",)
-                       ) -> dict[str, TokenBlocks]:
+                       seed: int = 0, suffixes: Sequence[str] | None = (".txt",),
+                       pattern: str = "*") -> dict[str, TokenBlocks]:
   """``{"train", "validation", "test"}`` splits of a corpus's token blocks.
 
   Fractions of the blocks (a split of fraction 0 is left out of the dict); each split
-  needs at least one block.
+  needs at least one block. ``suffixes`` and ``pattern`` select a folder's files (see
+  ``corpus_files``).
   """
   block_size = check_int("block_size", block_size, 1)
   seed = check_int("seed", seed, 0)
@@ -136,11 +174,11 @@ def load_token_dataset(paths, tokenizer, *, block_size: int, cache_dir: str | os
   if validation_fraction + test_fraction >= 1:
     raise ValueError(f"validation_fraction + test_fraction must be < 1, got "
                      f"{validation_fraction + test_fraction}")
-  tokens = tokenize_corpus(paths, tokenizer, cache_dir, suffixes=suffixes)
+  tokens = tokenize_corpus(paths, tokenizer, cache_dir, suffixes=suffixes, pattern=pattern)
   num_blocks = (len(tokens) - 1) // block_size
   if num_blocks < 1:
-    raise ValueError(f"the corpus has {len(tokens)} tokens, fewer than one block of "
-                     f"block_size + 1 = {block_size + 1}")
+    raise ValueError(f"the corpus {paths} has {len(tokens)} tokens, fewer than one block "
+                     f"of block_size + 1 = {block_size + 1}; use a smaller block_size")
   names = ["train"] + [n for n in ("validation", "test") if fractions[n] > 0]
   shares = [1 - validation_fraction - test_fraction] + [fractions[n] for n in names[1:]]
   parts = split_indices(num_blocks, shares, seed=seed)
