@@ -40,9 +40,11 @@ def test_fused_loss_equals_the_logits_formula(make):
   fused = train.language_model_loss(model)
   plain = train.language_model_loss(LogitsOnly(model))
   wrapped = {"inner": params}  # LogitsOnly nests the same parameters one level down
-  (loss, sums), grads = jax.value_and_grad(fused, has_aux=True)(params, batch, jax.random.key(0), False)
-  (loss_ref, sums_ref), grads_ref = jax.value_and_grad(plain, has_aux=True)(
-      wrapped, batch, jax.random.key(0), False)
+  key = jax.random.key(0)
+  (loss, sums), grads = jax.jit(jax.value_and_grad(fused, has_aux=True), static_argnums=3)(
+      params, batch, key, False)
+  (loss_ref, sums_ref), grads_ref = jax.jit(jax.value_and_grad(plain, has_aux=True),
+                                            static_argnums=3)(wrapped, batch, key, False)
   np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
   np.testing.assert_allclose(sums["loss_sum"], sums_ref["loss_sum"], rtol=1e-6)
   assert float(sums["count"]) == 27.0 == float(sums_ref["count"])  # 3 real rows x 9 tokens
