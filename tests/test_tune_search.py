@@ -261,8 +261,7 @@ def test_study_resumes_after_its_worker_is_killed(tmp_path, kind):
   finished = {t.number: (t.params, t.value) for t in before if t.state.name == "COMPLETE"}
   assert sorted(finished) == list(range(hang_at))
   assert before[hang_at].state.name == "RUNNING"
-  if kind == "sqlite":  # let its last heartbeat age past grace_period (2 s; 1 s resolution)
-    time.sleep(2.0)
+  time.sleep(2.0)  # let its last heartbeat age past grace_period (2 s; sqlite: 1 s resolution)
 
   subprocess.run([sys.executable, "-c", WORKER, url, str(budget), "-1"], env=env, check=True,
                  timeout=120)
@@ -273,15 +272,14 @@ def test_study_resumes_after_its_worker_is_killed(tmp_path, kind):
   resumed = tune.OptunaSearch(tune.Space({"x": tune.Uniform(-1.0, 1.0), "k": tune.Int(0, 3)}),
                               storage=url, study_name="resume")
   assert len(resumed.results) == budget
-  if kind == "sqlite":  # heartbeat: the dead trial is failed and its parameters run again
-    assert after[hang_at].state.name == "FAIL"
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-      retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
-      retries = [t for t in after if t.state.name == "COMPLETE" and retried(t) == hang_at]
-    assert [t.params for t in retries] == [after[hang_at].params]
-  else:  # a journal has no heartbeat: the dead trial stays RUNNING, outside the budget
-    assert after[hang_at].state.name == "RUNNING"
+  # Both storages keep heartbeats: the dead trial is failed and its parameters run once more.
+  assert after[hang_at].state.name == "FAIL"
+  assert not [t for t in after if t.state.name == "RUNNING"]
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    retries = [t for t in after if t.state.name == "COMPLETE" and retried(t) == hang_at]
+  assert [t.params for t in retries] == [after[hang_at].params]
 
 
 def test_unreachable_storage_and_bad_names_raise_before_any_work(tmp_path):

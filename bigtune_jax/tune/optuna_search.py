@@ -12,9 +12,10 @@ brackets (Li et al., JMLR 2018).
 Storage follows Optuna's guidance: in memory by default; a journal file
 (``"journal:/path/file.log"``, ``JournalFileBackend``) for several processes on one
 machine; an RDB URL (``"sqlite:///study.db"``, ``"postgresql://user@host/db"``) for
-workers on several machines, with heartbeats, so that the trial of a dead worker is marked
-failed (and re-queued with its parameters, ``RetryHeartbeatStaleTrialCallback``) instead
-of staying "running" forever. Optuna records heartbeats only inside ``Study.optimize``;
+workers on several machines. Both persistent kinds keep heartbeats (Optuna has them for
+RDBs; the journal gets the same protocol here), so that the trial of a dead worker is marked
+failed and re-queued once with its parameters (``RetryHeartbeatStaleTrialCallback``)
+instead of staying "running" forever. Optuna records heartbeats only inside ``Study.optimize``;
 here ``ask`` starts a daemon thread per trial that records them until ``tell``, and fails
 stale trials before asking. A study with the same ``study_name`` and ``storage`` resumes:
 its finished trials are kept and count towards :meth:`Searcher.run`'s budget. Optuna is
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 import math
 import os
 import threading
+import time
 from typing import Any
 import warnings
 
@@ -54,6 +56,44 @@ def _quietly(make):
     return make()
 
 
+MAX_RETRY = 1  # a dead worker's trial runs once more with its parameters, then is left failed
+_HEARTBEAT_ATTR = "bigtune:heartbeat"
+
+
+def _journal_with_heartbeat(backend, heartbeat_interval: int, grace_period: int | None):
+  """A ``JournalStorage`` with Optuna's heartbeat protocol, which Optuna gives RDBs only.
+
+  A running trial records ``time.time()`` as a system attribute every ``heartbeat_interval``
+  seconds (one journal line each); ``fail_stale_trials`` then fails the running trials whose
+  last beat (or start, before the first) is older than ``grace_period`` and re-queues their
+  parameters, exactly as ``RDBStorage`` does.
+  """
+  import optuna  # pylint: disable=g-import-not-at-top
+  from optuna.storages._heartbeat import BaseHeartbeat  # pylint: disable=g-import-not-at-top
+
+  class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
+    """Journal storage whose dead workers' trials go stale instead of running forever."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+      self.set_trial_system_attr(trial_id, _HEARTBEAT_ATTR, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+      grace = grace_period or 2 * heartbeat_interval
+      now = time.time()
+      running = self.get_all_trials(study_id, deepcopy=False,
+                                    states=(optuna.trial.TrialState.RUNNING,))
+      return [t._trial_id for t in running  # pylint: disable=protected-access
+              if now - t.system_attrs.get(_HEARTBEAT_ATTR, t.datetime_start.timestamp()) > grace]
+
+    def get_heartbeat_interval(self) -> int:
+      return heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self):
+      return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+  return _quietly(lambda: HeartbeatJournalStorage(backend))
+
+
 def open_storage(storage: Any, *, heartbeat_interval: int = 60, grace_period: int | None = None,
                  connect_timeout: int = 10):
   """An Optuna storage for ``None`` (memory), ``"journal:PATH"`` or an RDB URL.
@@ -75,7 +115,8 @@ def open_storage(storage: Any, *, heartbeat_interval: int = 60, grace_period: in
     if not storage[len("journal:"):] or not os.path.isdir(os.path.dirname(path)):
       raise ValueError(f"storage {storage!r}: the journal file's folder must exist")
     try:
-      return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+      return _journal_with_heartbeat(optuna.storages.journal.JournalFileBackend(path),
+                                     heartbeat_interval, grace_period)
     except OSError as error:
       raise ValueError(f"storage {storage!r}: cannot open the journal file: {error}") from error
   try:
@@ -89,7 +130,7 @@ def open_storage(storage: Any, *, heartbeat_interval: int = 60, grace_period: in
         storage, engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True},
         heartbeat_interval=heartbeat_interval, grace_period=grace_period,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=3)))
+            max_retry=MAX_RETRY)))
   except (ImportError, sqlalchemy.exc.SQLAlchemyError, OSError) as error:
     raise ValueError(f"storage {shown!r} cannot be opened: the server is unreachable within "
                      f"connect_timeout={connect_timeout} s, or the database driver is not "
@@ -199,6 +240,7 @@ class OptunaSearch(Searcher):
             else params[name] for name in self.space.names if name in params}
 
   def _start_heartbeat(self, optuna_trial) -> None:
+    import optuna  # pylint: disable=g-import-not-at-top
     storage = self.study._storage  # pylint: disable=protected-access
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     if interval is None:
@@ -209,7 +251,10 @@ class OptunaSearch(Searcher):
 
     def beat():
       while not stop.wait(interval):
-        storage.record_heartbeat(trial_id)
+        try:
+          storage.record_heartbeat(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # told between wait and write
+          return
 
     threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}").start()
     self._heartbeats[optuna_trial.number] = stop
