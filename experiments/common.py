@@ -14,6 +14,7 @@ test_loss, devices, wall_s`` (plus ``test_accuracy`` for classifiers).
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -52,6 +53,8 @@ def parse_args(argv, presets: Mapping[str, Mapping[str, Any]], description: str)
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override one field of the preset")
   args = parser.parse_args(argv)
+  if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+    parser.error(f"--workdir {args.workdir} is a file, not a directory")
   config = dict(presets[args.preset])
   for item in args.set:
     key, sep, text = item.partition("=")
@@ -64,6 +67,28 @@ def parse_args(argv, presets: Mapping[str, Mapping[str, Any]], description: str)
     except ValueError as error:
       parser.error(str(error))
   return args.workdir, args.preset, config
+
+
+# What a person can fix on the command line: a setting, a path, a workdir in use.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, train.WorkdirInUseError)
+
+
+def run(main: Callable[[], Any]) -> None:
+  """Runs ``main()`` as a command: a bad setting prints the usage and one ``error:`` line
+  naming it (what argparse prints for a bad flag) and exits with status 2, no traceback.
+  ``BIGTUNE_TRACEBACK=1`` re-raises instead; called as a function, ``main(argv)`` keeps
+  raising ``ValueError``."""
+  try:
+    main()
+  except USER_ERRORS as error:
+    if os.environ.get("BIGTUNE_TRACEBACK"):
+      raise
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    prog = f"python -m {spec.name}" if spec is not None else os.path.basename(sys.argv[0])
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    print(f"usage: {prog} --workdir DIR [--preset NAME] [--set KEY=VALUE ...]\n"
+          f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def load_images(config: Mapping[str, Any], image_size: int) -> dict[str, data.ArrayDataset]:

@@ -119,4 +119,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

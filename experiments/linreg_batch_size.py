@@ -178,4 +178,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)
