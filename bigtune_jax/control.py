@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bigtune_jax.transforms import dtypes
 from bigtune_jax.transforms import validation
 
 _MODES = ("min", "max")
@@ -86,7 +87,7 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, mode: str = "min"
   validation.check_non_negative("eps", eps)
 
   def init_fn(params):
-    dtype = jnp.result_type(jnp.float32, *[jnp.asarray(p).dtype for p in jax.tree.leaves(params)])
+    dtype = dtypes.state_dtype(params)
     zero = lambda: jnp.zeros([], jnp.int32)  # one buffer per field: states get donated
     worst = jnp.inf if mode == "min" else -jnp.inf
     return ReduceOnPlateauState(scale=jnp.ones([], dtype), best=jnp.asarray(worst, dtype),

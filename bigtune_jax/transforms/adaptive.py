@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bigtune_jax.transforms import dtypes
 from bigtune_jax.transforms import validation
 
 
@@ -24,17 +25,12 @@ class ScaleByAccumulatedNormState(NamedTuple):
   sum_squared_norm: jax.Array  # shape=(), dtype=float32 or wider: sum_i ||g_i||^2
 
 
-def _state_dtype(tree):
-  dtypes = [jnp.asarray(x).dtype for x in jax.tree.leaves(tree)]
-  return jnp.result_type(jnp.float32, *dtypes)
-
-
 def scale_by_accumulated_norm(beta: float) -> optax.GradientTransformation:
   """Scales the updates by ``1 / (1 + beta * sum_{i<=t} ||g_i||^2)``; ``beta >= 0``."""
   validation.check_non_negative("beta", beta)
 
   def init_fn(params):
-    return ScaleByAccumulatedNormState(jnp.zeros([], _state_dtype(params)))
+    return ScaleByAccumulatedNormState(jnp.zeros([], dtypes.state_dtype(params)))
 
   def update_fn(updates, state, params=None):
     del params

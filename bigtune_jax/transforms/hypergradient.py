@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bigtune_jax.transforms import dtypes
 from bigtune_jax.transforms import validation
 
 
@@ -45,7 +46,7 @@ def hypergradient_descent(direction: optax.GradientTransformation, learning_rate
   validation.check_non_negative("hyper_lr", hyper_lr)
 
   def init_fn(params):
-    dtype = jnp.result_type(jnp.float32, *[jnp.asarray(p).dtype for p in jax.tree.leaves(params)])
+    dtype = dtypes.state_dtype(params)
     return HypergradientState(
         learning_rate=jnp.asarray(learning_rate, dtype),
         previous_direction=optax.tree.zeros_like(params),
@@ -53,13 +54,14 @@ def hypergradient_descent(direction: optax.GradientTransformation, learning_rate
 
   def update_fn(updates, state, params=None):
     dtype = state.learning_rate.dtype
-    hypergradient = -optax.tree.vdot(updates, state.previous_direction).astype(dtype)
+    # Re(g . d): the rate is real, also for complex parameters (as optax's own vdot users).
+    hypergradient = -jnp.real(optax.tree.vdot(updates, state.previous_direction)).astype(dtype)
     rate = state.learning_rate - hyper_lr * hypergradient
     new_direction, inner_state = direction.update(updates, state.inner_state, params)
     updates = jax.tree.map(lambda d: (-rate * d).astype(d.dtype), new_direction)
     return updates, HypergradientState(rate, new_direction, inner_state)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.with_extra_args_support(optax.GradientTransformation(init_fn, update_fn))
 
 
 def hypergradient_sgd(learning_rate: float, hyper_lr: float) -> optax.GradientTransformation:

@@ -29,7 +29,7 @@ def l2(weight_decay: float, mask: Any = None) -> optax.GradientTransformation:
       the leaves to regularize, e.g. to leave biases and norms alone.
   """
   validation.check_non_negative("weight_decay", weight_decay)
-  return optax.add_decayed_weights(weight_decay, mask)
+  return optax.with_extra_args_support(optax.add_decayed_weights(weight_decay, mask))
 
 
 def _add_sign(strength: float) -> optax.GradientTransformation:
@@ -58,4 +58,5 @@ def l1(strength: float, mask: Any = None) -> optax.GradientTransformation:
   """
   validation.check_non_negative("strength", strength)
   transform = _add_sign(strength)
-  return transform if mask is None else optax.masked(transform, mask)
+  transform = transform if mask is None else optax.masked(transform, mask)
+  return optax.with_extra_args_support(transform)

@@ -32,4 +32,4 @@ def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
     Array([0.9, 0.9], dtype=float32)
   """
   validation.check_learning_rate("learning_rate", learning_rate)
-  return optax.scale_by_learning_rate(learning_rate)
+  return optax.with_extra_args_support(optax.scale_by_learning_rate(learning_rate))
