@@ -42,6 +42,8 @@ def _improves(value, best, mode: str, delta, relative: bool = False):
 
 def _scalar_metric(name: str, value, dtype) -> jax.Array:
   """``value`` as a 0-d array of ``dtype``; a metric with a shape is an error, not a batch."""
+  if value is None or isinstance(value, (str, bytes, bool)):
+    raise ValueError(f"{name} must be a real number (the monitored metric), got {value!r}")
   value = jnp.asarray(value, dtype)
   if value.shape != ():
     raise ValueError(f"{name} must be a scalar metric, got shape {value.shape}")

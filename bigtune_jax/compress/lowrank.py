@@ -175,6 +175,12 @@ def factorize(model: nn.Module, params, *, rank: int | None = None,
     if rank is not None and rank > smaller:
       raise ValueError(f"rank must be in [1, {smaller}] for layer {name!r} (the smaller "
                        f"dimension of its {params[name]['kernel'].shape} kernel), got {rank}")
+  if layers is None and rank is not None and not any(
+      _shrinks(rank, params[name]["kernel"].shape) for name in names):
+    useful = max((m * n - 1) // (m + n) for m, n in (params[k]["kernel"].shape for k in names))
+    raise ValueError(f"rank {rank} factors no layer of this MLP (a rank-r factorization of an "
+                     f"m x n kernel saves weights only while r (m + n) < m n; the largest "
+                     f"such rank here is {useful}): the model would stay dense")
   ranks, new_params = [], {}
   for name in names:
     kernel = params[name]["kernel"]

@@ -34,6 +34,7 @@ from bigtune_jax.data import splits
 from bigtune_jax.data import text
 from bigtune_jax.data import toy
 from bigtune_jax.data.pipeline import ArrayDataset
+from bigtune_jax.data.checks import check_int
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "linear_toy", "text")
 _EMBEDDED = ("digits", "linear_toy", "text")
@@ -60,7 +61,8 @@ def _check_options(name, data_dir, validation_fraction, test_fraction, image_siz
                      f"got {data_dir!r}")
   for field, value in (("validation_fraction", validation_fraction),
                        ("test_fraction", test_fraction)):
-    if not 0.0 <= value < 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (
+        0.0 <= value < 1.0):
       raise ValueError(f"{field} must lie in [0, 1), got {value!r}")
   if name in _SPLIT_THREE_WAYS and validation_fraction + test_fraction >= 1.0:
     raise ValueError(f"validation_fraction + test_fraction must be < 1 (the rest is train), "
@@ -96,12 +98,19 @@ def load_dataset(name: str, data_dir=None, *, seed: int = 0, validation_fraction
     (uint8 bytes, vocabulary 256, targets shifted by one).
   """
   _check_options(name, data_dir, validation_fraction, test_fraction, image_size, block_size)
+  seed = check_int("seed", seed, 0)
   if name == "text":
     tokens = text.stdlib_corpus() if data_dir is None else text.read_text(data_dir)
     parts = text.split_tokens(tokens, validation_fraction)
     size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
-    return {split: ArrayDataset(text.lm_windows(part, size))
-            for split, part in zip(("train", "validation"), parts)}
+    windows = {split: text.lm_windows(part, size)
+               for split, part in zip(("train", "validation"), parts)}
+    for split, arrays in windows.items():
+      if len(arrays["inputs"]) == 0 and (split == "train" or validation_fraction > 0):
+        raise ValueError(f"the text's {split} part ({len(parts[split == 'validation'])} bytes) "
+                         f"is shorter than one window of block_size + 1 = {size + 1} bytes; "
+                         "use a smaller block_size or more text")
+    return {split: ArrayDataset(arrays) for split, arrays in windows.items()}
   if name in _SPLIT_THREE_WAYS:
     if name == "digits":
       arrays = digits.load_digits(image_size=digits.NATIVE_SIZE if image_size is None

@@ -62,6 +62,11 @@ class SimpleCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim != 4 or min(x.shape[1:3]) < 16:  # two VALID 5x5 convs and two 2x2 pools
+      raise ValueError(f"SimpleCNN takes images (batch, height, width, channels) of at least "
+                       f"16 x 16 pixels (two 5x5 convolutions and two 2x2 pools), got shape "
+                       f"{x.shape}; upsample small images, e.g. load_dataset('digits', "
+                       f"image_size=28)")
     x = nn.relu(nn.Conv(10, (5, 5), padding="VALID", name="conv1")(x))  # (B, 24, 24, 10)
     x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, 12, 12, 10)
     x = nn.relu(nn.Conv(20, (5, 5), padding="VALID", name="conv2")(x))  # (B, 8, 8, 20)

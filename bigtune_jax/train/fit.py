@@ -78,6 +78,11 @@ class FitConfig:
     validation.check_choice("monitor_mode", self.monitor_mode, ("min", "max"))
     validation.check_int("checkpoint_every_evals", self.checkpoint_every_evals, 1)
     validation.check_int("keep_checkpoints", self.keep_checkpoints, 1)
+    rate = self.learning_rate
+    if not (rate is None or callable(rate) or (isinstance(rate, (int, float, np.number))
+                                               and not isinstance(rate, bool))):
+      raise ValueError(f"learning_rate must be a number, a schedule step -> rate, or None, "
+                       f"got {rate!r}")
     if self.mesh is not None and not isinstance(self.mesh, sharding_lib.MeshConfig):
       raise ValueError(f"mesh must be a bt.train.MeshConfig or None, got {self.mesh!r}")
 
@@ -157,6 +162,22 @@ def _check_controls(state, plateau, early_stopping):
                      "(or neither)")
 
 
+def _check_monitor(monitor, loss_fn, state, val_data, config) -> None:
+  """The monitored metric is one the run writes: the validation metrics' names come from
+  the loss's sums, read by ``jax.eval_shape`` (no work is done)."""
+  names = {"train_loss", "grad_norm", "skipped_steps", "epoch"}
+  if config.learning_rate is not None:
+    names.add("lr")
+  if val_data is not None:
+    batch = next(val_data.batches(jax.process_count(), shuffle=False, remainder="pad"))
+    sums = jax.eval_shape(lambda p, b: loss_fn(p, b, jax.random.key(0), False)[1],
+                          state.params, batch)
+    names |= {"val_loss"} | ({"val_accuracy"} if "correct" in sums else set())
+  if monitor not in names:
+    raise ValueError(f"monitor {monitor!r} is not a metric this run writes; it writes "
+                     f"{sorted(names)}")
+
+
 def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
         val_data: ArrayDataset | None = None, *, config: FitConfig, workdir: str | None = None,
         plateau=None, early_stopping: control.EarlyStopping | None = None) -> FitResult:
@@ -167,6 +188,11 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
   pass a copy (``jax.tree.map(jnp.copy, params)``) to keep them."""
   start_time = time.time()
   _check_controls(state, plateau, early_stopping)
+  if val_data is not None and len(val_data) == 0:
+    raise ValueError("val_data has no examples (a validation_fraction of 0?); pass "
+                     "val_data=None to train without validation")
+  _check_monitor(config.monitor if val_data is not None else "train_loss", loss_fn, state,
+                 val_data, config)
   steps_per_epoch = train_data.steps_per_epoch(config.batch_size)
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size {config.batch_size} is larger than the training set "

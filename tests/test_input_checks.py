@@ -1,0 +1,89 @@
+"""Every setting is checked before work or writes, naming the setting (issue: nothing
+confusing). Each case failed late, or with another library's error, before."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import bigtune_jax as bt
+from bigtune_jax import compress, data, models, train
+
+
+@pytest.mark.parametrize("bad", [None, "low", True])
+def test_controls_refuse_a_metric_that_is_not_a_number(bad):
+  stopper = bt.EarlyStopping(patience=2)
+  with pytest.raises(ValueError, match=f"metric must be a real number .*got {bad!r}"):
+    stopper.update(stopper.init(), bad)
+  plateau = bt.reduce_on_plateau()
+  with pytest.raises(ValueError, match=f"value must be a real number .*got {bad!r}"):
+    plateau.update({"w": jnp.ones(2)}, plateau.init({"w": jnp.ones(2)}), value=bad)
+
+
+def test_fit_config_learning_rate_must_be_a_number_or_schedule():
+  with pytest.raises(ValueError, match="learning_rate must be a number, a schedule"):
+    train.FitConfig(steps=1, batch_size=1, learning_rate="fast")
+  train.FitConfig(steps=1, batch_size=1, learning_rate=lambda step: 0.1)  # a schedule is fine
+
+
+@pytest.fixture(scope="module")
+def digits_setup():
+  splits = data.load_dataset("digits")
+  model = models.MLP(hidden=(8,), num_classes=10)
+  return splits, model, train.classification_loss(model)
+
+
+def _state(model, splits):
+  return train.create_train_state(model, train.init_params(model, splits["train"]["image"][:1]),
+                                  optax.sgd(0.1))
+
+
+def test_fit_refuses_a_monitor_the_run_never_writes_before_any_step(digits_setup, tmp_path):
+  splits, model, loss_fn = digits_setup
+  with pytest.raises(ValueError, match=r"monitor 'val_acc' is not a metric this run writes; "
+                                       r"it writes \[.*'val_accuracy', 'val_loss'\]"):
+    train.fit(_state(model, splits), loss_fn, splits["train"], splits["validation"],
+              workdir=tmp_path / "run", config=train.FitConfig(
+                  steps=5, batch_size=8, monitor="val_acc", progress=False))
+  assert not (tmp_path / "run").exists()  # refused before the workdir was touched
+
+
+def test_fit_refuses_an_empty_validation_split(digits_setup):
+  splits, model, loss_fn = digits_setup
+  empty = data.load_dataset("digits", validation_fraction=0.0)["validation"]
+  with pytest.raises(ValueError, match="val_data has no examples"):
+    train.fit(_state(model, splits), loss_fn, splits["train"], empty,
+              config=train.FitConfig(steps=2, batch_size=8, progress=False))
+
+
+def test_simple_cnn_names_the_smallest_image_it_takes():
+  with pytest.raises(ValueError, match=r"at least 16 x 16 pixels .* got shape \(1, 8, 8, 1\)"):
+    train.init_params(models.SimpleCNN(), jnp.zeros((1, 8, 8, 1)))
+  train.init_params(models.SimpleCNN(), jnp.zeros((1, 16, 16, 1)))  # the smallest that fits
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"validation_fraction": "0.1"}, r"validation_fraction must lie in \[0, 1\), got '0.1'"),
+    ({"test_fraction": True}, r"test_fraction must lie in \[0, 1\), got True"),
+    ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ({"seed": 1.5}, "seed must be an integer >= 0, got 1.5"),
+])
+def test_dataset_fractions_and_seeds_are_checked_by_name(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    data.load_dataset("digits", **kwargs)
+
+
+def test_text_shorter_than_one_window_is_named():
+  with pytest.raises(ValueError, match=r"train part .* is shorter than one window of "
+                                       r"block_size \+ 1 = 1000001 bytes"):
+    data.load_dataset("text", block_size=1_000_000)
+
+
+def test_factorize_with_a_rank_that_factors_nothing_is_refused():
+  model = models.MLP(hidden=(8,), num_classes=2)
+  params = train.init_params(model, jnp.zeros((1, 4)))
+  with pytest.raises(ValueError, match="rank 100 factors no layer of this MLP .* largest such "
+                                       "rank here is 2"):
+    compress.factorize(model, params, rank=100)
+  _, low = compress.factorize(model, params, rank=1)  # rank 1 does factor the 4 x 8 layer
+  assert "kernel" not in low["hidden_0"]
