@@ -268,11 +268,34 @@ def write_report(workdir: str, summary: dict, records: list[dict]) -> None:
     f.write("\n".join(lines) + "\n")
 
 
+def check_config(config, train_examples: int) -> None:
+  """Every setting, before a file is written; the message names the --set field."""
+  for name in ("rounds", "leaders", "population", "search_epochs", "final_epochs", "patience"):
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"--set {name} must be an integer >= 1, got {value!r}")
+  for name, low_min in (("lr_range", 0.0), ("weight_decay_range", 0.0)):
+    pair = config[name]
+    if len(pair) != 2 or not low_min < pair[0] < pair[1]:
+      raise ValueError(f"--set {name} must be a pair LOW,HIGH with 0 < LOW < HIGH (a "
+                       f"log-uniform range), got {','.join(map(str, pair))}")
+  if not 0.0 <= config["momentum_max"] < 1.0:
+    raise ValueError(f"--set momentum_max must lie in [0, 1), got {config['momentum_max']}")
+  if not config["hidden"] or not config["layers"] or not config["batch_sizes"]:
+    raise ValueError("--set hidden, layers and batch_sizes each need at least one value")
+  if min(config["hidden"]) < 1 or min(config["layers"]) < 1 or min(config["batch_sizes"]) < 1:
+    raise ValueError("--set hidden, layers and batch_sizes must be integers >= 1")
+  if max(config["batch_sizes"]) > train_examples:
+    raise ValueError(f"--set batch_sizes: {max(config['batch_sizes'])} is larger than the "
+                     f"{train_examples} training examples")
+
+
 def main(argv=None) -> dict:
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
-  os.makedirs(workdir, exist_ok=True)
   splits = data.load_dataset("digits", seed=config["seed"])
+  check_config(config, len(splits["train"]))
+  os.makedirs(workdir, exist_ok=True)
   records, searcher, search_s = search(splits, config, os.path.abspath(workdir))
   best = best_trial(records)
   final = train_best(best, splits, config, workdir)

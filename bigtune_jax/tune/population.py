@@ -76,6 +76,21 @@ def check_hparams(hparams: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], in
   return arrays, next(iter(sizes.values()))
 
 
+def check_member_optimizers(make_optimizer, values: Mapping[str, np.ndarray], n: int) -> None:
+  """Builds each member's optimizer once on the host with its concrete values, so that
+  bt's constructors refuse an out-of-range value (momentum 1.5) naming the member, before
+  tracing (where values are abstract and cannot be checked)."""
+  for i in range(n):
+    member = {name: np.float32(v[i]) for name, v in values.items()}
+    try:
+      make_optimizer(member)
+    except ValueError as error:
+      shown = {name: float(f"{float(value):.7g}") for name, value in member.items()}
+      raise ValueError(f"member {i} of the population {shown}: {error}") from None
+    except Exception:  # pylint: disable=broad-except
+      return  # a builder that needs traced arrays: the traced run reports its own errors
+
+
 def check_seeds(member_seeds: Sequence[int] | None, seed: int, n: int) -> np.ndarray:
   """The members' seeds: ``(n,)`` int32, or the scalar ``seed`` shared by all."""
   validation.check_int("seed", seed, 0)
@@ -310,6 +325,7 @@ def train_population(model: nn.Module, loss_fn: LossFn, make_optimizer: MakeOpti
   """
   start_time = time.time()
   values, n = check_hparams(hparams)
+  check_member_optimizers(make_optimizer, values, n)
   seeds = check_seeds(member_seeds, seed, n)
   check_member_chunk(member_chunk, n)
   validation.check_int("steps", steps, 1)
