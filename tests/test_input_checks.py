@@ -87,3 +87,21 @@ def test_factorize_with_a_rank_that_factors_nothing_is_refused():
     compress.factorize(model, params, rank=100)
   _, low = compress.factorize(model, params, rank=1)  # rank 1 does factor the 4 x 8 layer
   assert "kernel" not in low["hidden_0"]
+
+
+@pytest.mark.parametrize("labels, match", [
+    (lambda y: np.where(y == 9, 12, y), r"labels \('label'\) must lie in \[0, 10\) .* from 0 to 12"),
+    (lambda y: y - 1, r"must lie in \[0, 10\) .* from -1 to 8"),
+    (lambda y: y.astype(np.float32), r"labels \('label'\) must be integer class indices, got "
+                                     r"dtype float32"),
+])
+def test_fit_checks_labels_against_the_model_before_training(digits_setup, tmp_path, labels,
+                                                              match):
+  splits, model, loss_fn = digits_setup
+  bad = data.ArrayDataset({"image": splits["train"]["image"],
+                           "label": labels(splits["train"]["label"])})
+  with pytest.raises(ValueError, match=match):
+    train.fit(_state(model, splits), loss_fn, bad, splits["validation"],
+              workdir=tmp_path / "run", config=train.FitConfig(steps=2, batch_size=8,
+                                                               progress=False))
+  assert not (tmp_path / "run").exists()

@@ -193,6 +193,10 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
                      "val_data=None to train without validation")
   _check_monitor(config.monitor if val_data is not None else "train_loss", loss_fn, state,
                  val_data, config)
+  check_data = getattr(loss_fn, "check_data", None)  # e.g. classification labels in range
+  for dataset in (train_data, val_data):
+    if check_data is not None and dataset is not None:
+      check_data(state.params, dataset)
   steps_per_epoch = train_data.steps_per_epoch(config.batch_size)
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size {config.batch_size} is larger than the training set "

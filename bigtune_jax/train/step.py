@@ -26,6 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bigtune_jax import control
@@ -71,6 +72,25 @@ def classification_loss(model: nn.Module, input_key: str = "image",
     correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
     return loss, {"loss_sum": total, "count": count, "correct": correct.astype(jnp.float32)}
 
+  def check_data(params, dataset) -> None:
+    """On the host, before training: labels are integers in [0, classes). (Inside the jitted
+    step an out-of-range label trains silently to NaN and a float label is cast.)"""
+    arrays = getattr(dataset, "arrays", {})
+    if label_key not in arrays or input_key not in arrays or not len(arrays[label_key]):
+      return
+    labels = np.asarray(arrays[label_key])
+    if not np.issubdtype(labels.dtype, np.integer):
+      raise ValueError(f"labels ({label_key!r}) must be integer class indices, got dtype "
+                       f"{labels.dtype}")
+    sample = jnp.asarray(arrays[input_key][:1])
+    classes = jax.eval_shape(lambda p: apply(p, sample, jax.random.key(0), False),
+                             params).shape[-1]
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+      raise ValueError(f"labels ({label_key!r}) must lie in [0, {classes}) (the model's "
+                       f"{classes} classes), got values from {low} to {high}")
+
+  loss_fn.check_data = check_data  # read by fit; absent on other losses
   return loss_fn
 
 
