@@ -91,7 +91,7 @@ def test_factorize_with_a_rank_that_factors_nothing_is_refused():
 
 @pytest.mark.parametrize("labels, match", [
     (lambda y: np.where(y == 9, 12, y), r"labels \('label'\) must lie in \[0, 10\) .* from 0 to 12"),
-    (lambda y: y - 1, r"must lie in \[0, 10\) .* from -1 to 8"),
+    (lambda y: y - 1, r"must lie in \[0, 10\) .* from -1 to 9"),  # train and validation
     (lambda y: y.astype(np.float32), r"labels \('label'\) must be integer class indices, got "
                                      r"dtype float32"),
 ])

@@ -169,6 +169,10 @@ def _check_monitor(monitor, loss_fn, state, val_data, config) -> None:
   if config.learning_rate is not None:
     names.add("lr")
   if val_data is not None:
+    names.add("val_loss")
+  if monitor in names:
+    return  # no need to trace the loss
+  if val_data is not None:
     batch = next(val_data.batches(jax.process_count(), shuffle=False, remainder="pad"))
     sums = jax.eval_shape(lambda p, b: loss_fn(p, b, jax.random.key(0), False)[1],
                           state.params, batch)
@@ -194,9 +198,8 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
   _check_monitor(config.monitor if val_data is not None else "train_loss", loss_fn, state,
                  val_data, config)
   check_data = getattr(loss_fn, "check_data", None)  # e.g. classification labels in range
-  for dataset in (train_data, val_data):
-    if check_data is not None and dataset is not None:
-      check_data(state.params, dataset)
+  if check_data is not None:
+    check_data(state.params, train_data, val_data)
   steps_per_epoch = train_data.steps_per_epoch(config.batch_size)
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size {config.batch_size} is larger than the training set "

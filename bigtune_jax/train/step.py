@@ -72,20 +72,23 @@ def classification_loss(model: nn.Module, input_key: str = "image",
     correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
     return loss, {"loss_sum": total, "count": count, "correct": correct.astype(jnp.float32)}
 
-  def check_data(params, dataset) -> None:
+  def check_data(params, *datasets) -> None:
     """On the host, before training: labels are integers in [0, classes). (Inside the jitted
     step an out-of-range label trains silently to NaN and a float label is cast.)"""
-    arrays = getattr(dataset, "arrays", {})
-    if label_key not in arrays or input_key not in arrays or not len(arrays[label_key]):
+    arrays = [getattr(d, "arrays", {}) for d in datasets if d is not None]
+    arrays = [a for a in arrays if label_key in a and input_key in a and len(a[label_key])]
+    if not arrays:
       return
-    labels = np.asarray(arrays[label_key])
-    if not np.issubdtype(labels.dtype, np.integer):
-      raise ValueError(f"labels ({label_key!r}) must be integer class indices, got dtype "
-                       f"{labels.dtype}")
-    sample = jnp.asarray(arrays[input_key][:1])
-    classes = jax.eval_shape(lambda p: apply(p, sample, jax.random.key(0), False),
-                             params).shape[-1]
-    low, high = int(labels.min()), int(labels.max())
+    for a in arrays:
+      if not np.issubdtype(np.asarray(a[label_key]).dtype, np.integer):
+        raise ValueError(f"labels ({label_key!r}) must be integer class indices, got dtype "
+                         f"{np.asarray(a[label_key]).dtype}")
+    low = min(int(np.min(a[label_key])) for a in arrays)
+    high = max(int(np.max(a[label_key])) for a in arrays)
+    sample = jax.ShapeDtypeStruct((1, *np.shape(arrays[0][input_key])[1:]),
+                                  np.asarray(arrays[0][input_key][:1]).dtype)
+    classes = jax.eval_shape(lambda p, x: apply(p, x, jax.random.key(0), False),
+                             params, sample).shape[-1]  # one trace for every dataset
     if low < 0 or high >= classes:
       raise ValueError(f"labels ({label_key!r}) must lie in [0, {classes}) (the model's "
                        f"{classes} classes), got values from {low} to {high}")
