@@ -7,6 +7,8 @@ import numpy as np
 import optax
 import pytest
 
+import bigtune_jax as bt
+
 from bigtune_jax import models
 from bigtune_jax import train
 
@@ -48,3 +50,17 @@ def test_non_finite_updates_never_reach_the_state(tx, bad_steps):
     assert int(state.skipped_steps) == skipped
     for leaf in jax.tree.leaves((state.params, state.opt_state)):
       assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def test_infinities_an_optimizer_state_holds_on_purpose_do_not_skip_steps():
+  """A state may start at +inf on purpose (bt.reduce_on_plateau's best metric does): that is
+  not a non-finite update."""
+  holds_inf = optax.GradientTransformation(lambda params: jnp.asarray(jnp.inf),
+                                           lambda updates, state, params=None: (updates, state))
+  step, state, batch = _setup(optax.chain(optax.sgd(0.1), holds_inf))
+  assert not np.isfinite(float(state.opt_state[1]))
+  assert not np.isfinite(float(bt.reduce_on_plateau().init({}).best))  # the case in point
+  for _ in range(3):
+    state, out = step(state, batch)
+    assert bool(out["finite"])
+  assert int(state.skipped_steps) == 0

@@ -153,6 +153,15 @@ def _all_finite(tree) -> jax.Array:
   return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
 
 
+def _none_turned_non_finite(old, new) -> jax.Array:
+  """True unless a float leaf that was finite in ``old`` is not in ``new``. Optimizer states
+  may hold infinities on purpose (a plateau's best metric starts at +inf)."""
+  leaves = [jnp.all(jnp.isfinite(b) | ~jnp.isfinite(a))
+            for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new))
+            if jnp.issubdtype(jnp.asarray(b).dtype, jnp.inexact)]
+  return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
+
+
 def _in_use(params, params_in_use):
   if params_in_use is None:
     return params
@@ -183,7 +192,7 @@ def make_train_step(loss_fn: LossFn, *, params_in_use=None
     # A NaN schedule or an overflowing rate gives non-finite updates from finite gradients:
     # guard what would be stored, not only what was computed.
     finite = (jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
-              & _all_finite(opt_state))
+              & _none_turned_non_finite(state.opt_state, opt_state))
     state = state.replace(step=state.step + 1,
                           params=optax.tree.where(finite, params, state.params),
                           opt_state=optax.tree.where(finite, opt_state, state.opt_state),
