@@ -31,8 +31,7 @@ def _batch(vocab, seed=0):
 
 @pytest.mark.parametrize("make", [
     lambda: models.GPT(models.GPTConfig.tiny(head_chunk=7)),
-    lambda: models.Llama(models.LlamaConfig.tiny()),
-    lambda: models.Llama(models.LlamaConfig.tiny(tie_word_embeddings=True, head_chunk=4))])
+    lambda: models.Llama(models.LlamaConfig.tiny(head_chunk=4))])  # tied: test_llama.py
 def test_fused_loss_equals_the_logits_formula(make):
   model = make()
   batch = _batch(model.config.vocab_size)

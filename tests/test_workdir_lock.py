@@ -64,10 +64,17 @@ def test_a_workdir_that_is_a_file_is_named(tmp_path):
     train.WorkdirLock(tmp_path / "file").acquire()
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """An uninterrupted run's workdir, shared by the kill points."""
+  workdir = tmp_path_factory.mktemp("straight") / "run"
+  assert _worker(workdir, "none").returncode == 0
+  return workdir
+
+
 @pytest.mark.parametrize("mode", ["after_first_row", "during_first_save"])
-def test_killed_before_the_first_checkpoint_commits_the_restart_logs_cleanly(tmp_path, mode):
-  straight = tmp_path / "straight"
-  assert _worker(straight, "none").returncode == 0
+def test_killed_before_the_first_checkpoint_commits_the_restart_logs_cleanly(tmp_path, mode,
+                                                                               straight):
   killed = tmp_path / "killed"
   died = _worker(killed, mode)
   assert died.returncode == -signal.SIGKILL
