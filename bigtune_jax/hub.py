@@ -117,7 +117,7 @@ def _plan(entries, stored_shapes, n_layer):
   return names
 
 
-def _shardings(model, mesh, abstract):
+def _shardings(mesh, abstract):
   from bigtune_jax.train import sharding as sharding_lib  # the engine, only when asked
   boxed = sharding_lib.param_sharding(abstract, mesh)
   return {path_name(p): s for p, s in jax.tree_util.tree_flatten_with_path(
@@ -158,7 +158,7 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
   entries = family.entries(model.config)
   files = _weight_files(path)
   names = _plan(entries, _headers(files), family.n_layer(model.config))
-  shardings = _shardings(model, mesh, abstract) if mesh is not None else {}
+  shardings = _shardings(mesh, abstract) if mesh is not None else {}
   leaves = {}
   for entry in entries:
     parts = [entry.to_ours(_read(files[n], n)) for n in names[entry.path]]

@@ -4,7 +4,6 @@ of battery): extra keyword arguments to ``update``, ``init`` on abstract paramet
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import bigtune_jax as bt
