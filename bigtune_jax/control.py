@@ -42,9 +42,16 @@ def _improves(value, best, mode: str, delta, relative: bool = False):
 
 def _scalar_metric(name: str, value, dtype) -> jax.Array:
   """``value`` as a 0-d array of ``dtype``; a metric with a shape is an error, not a batch."""
+  message = f"{name} must be a real number (the monitored metric), got {value!r}"
   if value is None or isinstance(value, (str, bytes, bool)):
-    raise ValueError(f"{name} must be a real number (the monitored metric), got {value!r}")
-  value = jnp.asarray(value, dtype)
+    raise ValueError(message)
+  try:
+    array = jnp.asarray(value)  # traced values pass through; objects and dicts do not
+  except TypeError as error:
+    raise ValueError(message) from error
+  if not (jnp.issubdtype(array.dtype, jnp.integer) or jnp.issubdtype(array.dtype, jnp.floating)):
+    raise ValueError(message)  # bool, complex, ...
+  value = array.astype(dtype)
   if value.shape != ():
     raise ValueError(f"{name} must be a scalar metric, got shape {value.shape}")
   return value
@@ -95,7 +102,7 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, mode: str = "min"
     return ReduceOnPlateauState(scale=jnp.ones([], dtype), best=jnp.asarray(worst, dtype),
                                 num_bad=zero(), cooldown_counter=zero(), count=zero())
 
-  def update_fn(updates, state, params=None, *, value, **extra_args):
+  def update_fn(updates, state, params=None, *, value=None, **extra_args):
     del params, extra_args
     value = _scalar_metric("value", value, state.best.dtype)
     better = _improves(value, state.best, mode, threshold, relative=threshold_mode == "rel")

@@ -21,6 +21,11 @@ class Case:
   learning_rate: float = 0.05
   accepts_schedule: bool = True
   uses_params: bool = False  # update needs params (regularizers)
+  update_kwargs: tuple = ()  # extra keyword arguments of every update, as (name, value) pairs
+
+  @property
+  def kwargs(self) -> dict:
+    return dict(self.update_kwargs)
 
   def __repr__(self):
     return self.name
@@ -46,7 +51,26 @@ CASES = [
          lambda lr: R.regularized(R.momentum(lr, 0.9), l1=0.05), uses_params=True),
     Case("adam_bf16_moments", lambda lr: bt.adam(lr, moment_dtype="bfloat16"), None,
          learning_rate=1e-2),
+    # The metric is flat, so with patience 0 the scale halves from the second step on.
+    Case("sgd_reduce_on_plateau",
+         lambda lr: optax.chain(bt.sgd(lr), bt.reduce_on_plateau(factor=0.5, patience=0)),
+         None, update_kwargs=(("value", 1.0),)),
+    Case("accumulate_adam", lambda lr: bt.accumulate(bt.adam(lr, b1=0.8, b2=0.95), 2), None),
 ]
+
+# Transforms that are not optimizers on their own (no learning rate): they get optax's
+# conventions (tests/test_optax_conventions.py) but not the optimizer battery.
+PIECES = [
+    Case("reduce_on_plateau", lambda lr: bt.reduce_on_plateau(), None,
+         update_kwargs=(("value", 1.0),)),
+    Case("l1", lambda lr: bt.l1(0.1), None, uses_params=True),
+    Case("l2", lambda lr: bt.l2(0.1), None, uses_params=True),
+    Case("scale_by_accumulated_norm", lambda lr: bt.transforms.scale_by_accumulated_norm(0.1), None),
+    Case("scale_by_low_precision_adam", lambda lr: bt.transforms.scale_by_low_precision_adam(), None),
+    Case("hypergradient_descent_momentum",
+         lambda lr: bt.hypergradient_descent(optax.trace(0.9), lr, 1e-3), None),
+]
+ALL = CASES + PIECES
 
 
 def quadratic_problem(seed: int, steps: int, dtype=np.float64):
@@ -64,13 +88,15 @@ def quadratic_problem(seed: int, steps: int, dtype=np.float64):
   return params, curvature, noise
 
 
-def run_jax(opt, params, curvature, noise):
-  """Trains with ``opt`` under ``jax.jit(lax.scan)``; returns the parameter trajectory."""
+def run_jax(opt, params, curvature, noise, update_kwargs=None):
+  """Trains with ``opt`` under ``jax.jit(lax.scan)``; returns the parameter trajectory.
+  ``update_kwargs`` (e.g. a plateau's ``value``) go to every update."""
+  update_kwargs = update_kwargs or {}
 
   def step(carry, noise_t):
     w, state = carry
     grads = jax.tree.map(lambda a, x, n: a * x + n, curvature, w, noise_t)
-    updates, state = opt.update(grads, state, w)
+    updates, state = opt.update(grads, state, w, **update_kwargs)
     w = optax.apply_updates(w, updates)
     return (w, state), w
 

@@ -3,6 +3,8 @@ must work under jit and vmap (hyperparameters as traced arrays), inside
 ``optax.inject_hyperparams``, ``optax.chain`` (with extra args), ``optax.apply_if_finite``
 and ``optax.MultiSteps``, initialize on abstract shapes, keep dtypes and state shapes."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -23,17 +25,18 @@ def problem(dtype=jnp.float32, steps=3):
   return cast(params), cast(curvature), cast(noise)
 
 
-def run(opt, steps=3, dtype=jnp.float32, jit=True):
+def run(opt, steps=3, dtype=jnp.float32, jit=True, kwargs=None):
+  """The trajectory of ``opt``; ``kwargs``: the case's extra update arguments."""
   params, curvature, noise = problem(dtype, steps)
-  return registry.run_jax(opt, params, curvature, noise) if jit else _run_eager(
-      opt, params, curvature, noise)
+  return registry.run_jax(opt, params, curvature, noise, kwargs) if jit else _run_eager(
+      opt, params, curvature, noise, kwargs or {})
 
 
-def _run_eager(opt, params, curvature, noise):
+def _run_eager(opt, params, curvature, noise, kwargs):
   state, trajectory = opt.init(params), []
   for t in range(jax.tree.leaves(noise)[0].shape[0]):
     grads = jax.tree.map(lambda a, w, n: a * w + n[t], curvature, params, noise)
-    updates, state = opt.update(grads, state, params)
+    updates, state = opt.update(grads, state, params, **kwargs)
     params = optax.apply_updates(params, updates)
     trajectory.append(params)
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trajectory)
@@ -41,30 +44,33 @@ def _run_eager(opt, params, curvature, noise):
 
 @CASES
 def test_jit_equals_eager(case):
-  assert_trees_close(run(case.make(case.learning_rate)),
-                     run(case.make(case.learning_rate), jit=False), rtol=1e-5, atol=1e-6)
+  assert_trees_close(run(case.make(case.learning_rate), kwargs=case.kwargs),
+                     run(case.make(case.learning_rate), jit=False, kwargs=case.kwargs),
+                     rtol=1e-5, atol=1e-6)
 
 
 @CASES
 def test_vmap_over_learning_rates_equals_separate_runs(case):
   rates = jnp.linspace(0.2, 2.0, 8) * case.learning_rate
-  together = jax.vmap(lambda lr: run(case.make(lr)))(rates)
+  together = jax.vmap(lambda lr: run(case.make(lr), kwargs=case.kwargs))(rates)
   for i in (0, len(rates) - 1):
     lr = rates[i]
-    assert_trees_close(jax.tree.map(lambda x: x[i], together), run(case.make(float(lr))),
+    assert_trees_close(jax.tree.map(lambda x: x[i], together),
+                       run(case.make(float(lr)), kwargs=case.kwargs),
                        rtol=1e-5, atol=1e-6)
 
 
 @CASES
 def test_inside_inject_hyperparams(case):
   injected = optax.inject_hyperparams(case.make)(case.learning_rate)
-  assert_trees_close(run(injected), run(case.make(case.learning_rate)), rtol=1e-5, atol=1e-6)
+  assert_trees_close(run(injected, kwargs=case.kwargs),
+                     run(case.make(case.learning_rate), kwargs=case.kwargs), rtol=1e-5, atol=1e-6)
   params, _, _ = problem()
   state = injected.init(params)
   (name,) = state.hyperparams  # the registry's factories take the learning rate alone
   if case.accepts_schedule:  # the rate is read at every update: setting it to 0 stops training
     state.hyperparams[name] = jnp.zeros_like(state.hyperparams[name])
-    updates, _ = injected.update(params, state, params)
+    updates, _ = injected.update(params, state, params, **case.kwargs)
     assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
 
 
@@ -75,8 +81,9 @@ def test_in_chain_with_extra_args(case):
   params, curvature, noise = problem()
   state, reference_state = chained.init(params), case.make(case.learning_rate).init(params)
   grads = jax.tree.map(lambda a, w: a * w, curvature, params)
-  updates, _ = jax.jit(chained.update)(grads, state, params, value=1.0)
-  expected, _ = case.make(case.learning_rate).update(grads, reference_state, params)
+  updates, _ = jax.jit(chained.update)(grads, state, params, **{"value": 1.0, **case.kwargs})
+  expected, _ = case.make(case.learning_rate).update(grads, reference_state, params,
+                                                     **case.kwargs)
   assert_trees_close(updates, expected, rtol=1e-6, atol=1e-7)
 
 
@@ -87,19 +94,21 @@ def test_apply_if_finite_skips_a_nan_step_without_touching_the_state(case):
   grads = jax.tree.map(lambda a, w: a * w, curvature, params)
   state = opt.init(params)
   nan_grads = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads)
-  updates, bad_state = jax.jit(opt.update)(nan_grads, state, params)
+  updates, bad_state = jax.jit(functools.partial(opt.update, **case.kwargs))(nan_grads, state,
+                                                                            params)
   assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
   assert int(bad_state.notfinite_count) == 1
   chex.assert_trees_all_equal(bad_state.inner_state, state.inner_state)
-  updates, _ = jax.jit(opt.update)(grads, bad_state, params)
-  expected, _ = case.make(case.learning_rate).update(grads, state.inner_state, params)
+  updates, _ = jax.jit(functools.partial(opt.update, **case.kwargs))(grads, bad_state, params)
+  expected, _ = case.make(case.learning_rate).update(grads, state.inner_state, params,
+                                                     **case.kwargs)
   assert_trees_close(updates, expected, rtol=1e-6, atol=1e-7)
 
 
 @CASES
 def test_accumulate_every_step_is_the_optimizer_itself(case):
-  assert_trees_close(run(bt.accumulate(case.make(case.learning_rate), 1)),
-                     run(case.make(case.learning_rate)), rtol=1e-6, atol=1e-7)
+  assert_trees_close(run(bt.accumulate(case.make(case.learning_rate), 1), kwargs=case.kwargs),
+                     run(case.make(case.learning_rate), kwargs=case.kwargs), rtol=1e-6, atol=1e-7)
 
 
 @CASES
@@ -111,7 +120,7 @@ def test_init_on_abstract_shapes_and_stable_state(case):
   state = opt.init(params)
   chex.assert_trees_all_equal_shapes_and_dtypes(abstract, state)
   grads = jax.tree.map(lambda a, w: a * w, curvature, params)
-  _, new_state = jax.jit(opt.update)(grads, state, params)
+  _, new_state = jax.jit(functools.partial(opt.update, **case.kwargs))(grads, state, params)
   chex.assert_trees_all_equal_shapes_and_dtypes(state, new_state)  # no retrace next step
 
 
@@ -121,7 +130,8 @@ def test_updates_keep_the_parameter_dtype(case, dtype):
   opt = case.make(case.learning_rate)
   params, curvature, _ = problem(dtype)
   grads = jax.tree.map(lambda a, w: a * w, curvature, params)
-  updates, _ = jax.jit(opt.update)(grads, opt.init(params), params)
+  updates, _ = jax.jit(functools.partial(opt.update, **case.kwargs))(grads, opt.init(params),
+                                                                      params)
   chex.assert_trees_all_equal_dtypes(updates, params)
   assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
 
@@ -132,10 +142,12 @@ def test_schedules_go_wherever_a_learning_rate_does(case):
     with pytest.raises(ValueError, match="learning_rate"):
       case.make(bt.constant(case.learning_rate))
     return
-  assert_trees_close(run(case.make(bt.constant(case.learning_rate))),
-                     run(case.make(case.learning_rate)), rtol=1e-6, atol=1e-7)
-  decayed = run(case.make(bt.exponential_decay(case.learning_rate, 0.5)), steps=6)
-  assert not np.allclose(decayed["scale"], run(case.make(case.learning_rate), steps=6)["scale"])
+  assert_trees_close(run(case.make(bt.constant(case.learning_rate)), kwargs=case.kwargs),
+                     run(case.make(case.learning_rate), kwargs=case.kwargs), rtol=1e-6, atol=1e-7)
+  decayed = run(case.make(bt.exponential_decay(case.learning_rate, 0.5)), steps=6,
+                kwargs=case.kwargs)
+  assert not np.allclose(decayed["scale"],
+                         run(case.make(case.learning_rate), steps=6, kwargs=case.kwargs)["scale"])
 
 
 def test_reduce_on_plateau_inside_inject_hyperparams_and_vmap_over_patience():

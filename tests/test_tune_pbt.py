@@ -114,7 +114,8 @@ def test_pbt_beats_no_pbt_when_most_learning_rates_are_bad():
   traces = []
 
   def make_optimizer(h):
-    traces.append(1)  # runs only while jax traces
+    if isinstance(h["learning_rate"], jax.core.Tracer):  # not the host's check of each member
+      traces.append(1)
     return bt.momentum(h["learning_rate"], h["momentum"])
 
   rng = np.random.default_rng(0)

@@ -99,6 +99,8 @@ def load_dataset(name: str, data_dir=None, *, seed: int = 0, validation_fraction
   """
   _check_options(name, data_dir, validation_fraction, test_fraction, image_size, block_size)
   seed = check_int("seed", seed, 0)
+  if not isinstance(stratify, (bool, np.bool_)):
+    raise ValueError(f"stratify must be True or False, got {stratify!r}")
   if name == "text":
     tokens = text.stdlib_corpus() if data_dir is None else text.read_text(data_dir)
     parts = text.split_tokens(tokens, validation_fraction)

@@ -28,6 +28,10 @@ _FRACTION_TOLERANCE = 1e-6
 
 
 def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
+  if isinstance(fractions, (str, bytes)) or not all(
+      isinstance(f, (int, float, np.number)) and not isinstance(f, (bool, np.bool_))
+      for f in np.ravel(np.asarray(fractions, dtype=object))):
+    raise ValueError(f"fractions must be a non-empty sequence of numbers, got {fractions!r}")
   fractions = np.asarray(fractions, dtype=np.float64)
   if fractions.ndim != 1 or fractions.size == 0:
     raise ValueError(f"fractions must be a non-empty sequence of numbers, got {fractions!r}")
@@ -65,6 +69,7 @@ def split_indices(num_examples: int, fractions: Sequence[float], *, seed: int = 
   """
   num_examples = check_int("num_examples", num_examples, 0)
   fractions = _check_fractions(fractions)
+  seed = check_int("seed", seed, 0)
   order = np.random.default_rng(seed).permutation(num_examples)
   if labels is not None:
     labels = np.asarray(labels)

@@ -61,7 +61,8 @@ def read_text(path) -> np.ndarray:
 
 def split_tokens(tokens: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
   """``(train, validation)``: the first and the last ``validation_fraction`` of the tokens."""
-  if not 0.0 <= validation_fraction < 1.0:
+  if isinstance(validation_fraction, bool) or not isinstance(
+      validation_fraction, (int, float, np.number)) or not 0.0 <= validation_fraction < 1.0:
     raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction!r}")
   cut = len(tokens) - int(round(validation_fraction * len(tokens)))
   return tokens[:cut], tokens[cut:]

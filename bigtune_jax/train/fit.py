@@ -80,9 +80,10 @@ class FitConfig:
     validation.check_int("keep_checkpoints", self.keep_checkpoints, 1)
     rate = self.learning_rate
     if not (rate is None or callable(rate) or (isinstance(rate, (int, float, np.number))
-                                               and not isinstance(rate, bool))):
-      raise ValueError(f"learning_rate must be a number, a schedule step -> rate, or None, "
-                       f"got {rate!r}")
+                                               and not isinstance(rate, bool)
+                                               and math.isfinite(rate))):
+      raise ValueError(f"learning_rate must be a finite number, a schedule step -> rate, or "
+                       f"None, got {rate!r}")
     if self.mesh is not None and not isinstance(self.mesh, sharding_lib.MeshConfig):
       raise ValueError(f"mesh must be a bt.train.MeshConfig or None, got {self.mesh!r}")
 

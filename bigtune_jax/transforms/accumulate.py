@@ -14,9 +14,11 @@ last call applied an update.
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
+from bigtune_jax.transforms import dtypes
 from bigtune_jax.transforms import validation
 
 
@@ -28,13 +30,25 @@ def accumulate(optimizer: optax.GradientTransformation, k: int, *,
     optimizer: the inner optax transformation.
     k: number of micro-batches per update, an integer >= 1.
     accumulator_dtype: dtype of the running sum of gradients (optax's default,
-      float32; pass ``jnp.float64`` for float64 training).
+      float32; pass ``jnp.float64`` for float64 training and a complex dtype for complex
+      parameters, which a real accumulator refuses at ``init``).
 
   Returns:
-    ``optax.MultiSteps(optimizer, k).gradient_transformation()``.
+    ``optax.MultiSteps(optimizer, k).gradient_transformation()`` (its state and update).
   """
   validation.check_int("k", k, 1)
   if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
     raise ValueError(f"optimizer must be an optax GradientTransformation, got {optimizer!r}")
-  return optax.MultiSteps(optimizer, every_k_schedule=int(k),
-                          accumulator_dtype=accumulator_dtype).gradient_transformation()
+  multi_steps = optax.MultiSteps(optimizer, every_k_schedule=int(k),
+                                 accumulator_dtype=accumulator_dtype).gradient_transformation()
+  real_accumulator = not jnp.issubdtype(jnp.dtype(accumulator_dtype), jnp.complexfloating)
+
+  def init_fn(params):
+    if real_accumulator and any(jnp.issubdtype(dtypes.leaf_dtype(p), jnp.complexfloating)
+                                for p in jax.tree.leaves(params)):
+      raise ValueError(f"params are complex but accumulator_dtype is {jnp.dtype(accumulator_dtype)}"
+                       ", which would drop the imaginary parts of the gradients; pass "
+                       "accumulator_dtype=jnp.complex64 (or complex128)")
+    return multi_steps.init(params)
+
+  return optax.GradientTransformationExtraArgs(init_fn, multi_steps.update)

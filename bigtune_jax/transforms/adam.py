@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bigtune_jax.transforms import dtypes
 from bigtune_jax.transforms import validation
 
 
@@ -90,7 +91,13 @@ def scale_by_low_precision_adam(b1: float = 0.9, b2: float = 0.999, eps: float =
   """
 
   def init_fn(params):
-    zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.bfloat16)
+    for leaf in jax.tree.leaves(params):
+      if jnp.issubdtype(dtypes.leaf_dtype(leaf), jnp.complexfloating):
+        raise ValueError("params must be real for bfloat16 moments (moment_dtype='bfloat16'), "
+                         f"got a {dtypes.leaf_dtype(leaf)} leaf; use moment_dtype=None, whose "
+                         "second moment is |g|^2 as in optax")
+    # zeros_like keeps each parameter's sharding (and takes jax.ShapeDtypeStruct leaves).
+    zeros = lambda p: jnp.zeros_like(p, dtype=jnp.bfloat16)
     return ScaleByLowPrecisionAdamState(
         count=jnp.zeros([], jnp.int32),
         mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
@@ -116,7 +123,7 @@ def scale_by_low_precision_adam(b1: float = 0.9, b2: float = 0.999, eps: float =
     unflatten = lambda xs: jax.tree.unflatten(treedef, xs)
     return unflatten(out), ScaleByLowPrecisionAdamState(count, unflatten(new_mu), unflatten(new_nu))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.with_extra_args_support(optax.GradientTransformation(init_fn, update_fn))
 
 
 def adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999,

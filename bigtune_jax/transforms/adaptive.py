@@ -40,7 +40,7 @@ def scale_by_accumulated_norm(beta: float) -> optax.GradientTransformation:
     updates = jax.tree.map(lambda g: (factor * g).astype(g.dtype), updates)
     return updates, ScaleByAccumulatedNormState(total)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.with_extra_args_support(optax.GradientTransformation(init_fn, update_fn))
 
 
 def adaptive_sgd(learning_rate: optax.ScalarOrSchedule,

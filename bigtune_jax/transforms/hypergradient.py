@@ -33,6 +33,20 @@ class HypergradientState(NamedTuple):
   inner_state: optax.OptState  # state of the direction transform
 
 
+def _real_vdot(xs, ys, dtype) -> jax.Array:
+  """``Re(sum_i conj(x_i) y_i)`` over two trees, accumulated in the real ``dtype``.
+
+  The rate is real, also for complex parameters (optax's convention for complex vdot). An
+  elementwise product and a full sum rather than ``optax.tree.vdot``: under a mesh with
+  ``AxisType.Explicit`` axes a dot product over a sharded dimension has an ambiguous output
+  sharding (``ShardingTypeError``), while a full reduction is replicated.
+  """
+  total = jnp.zeros([], dtype)
+  for x, y in zip(jax.tree.leaves(xs), jax.tree.leaves(ys)):
+    total = total + jnp.sum(jnp.real(jnp.conj(x) * y).astype(dtype))
+  return total
+
+
 def hypergradient_descent(direction: optax.GradientTransformation, learning_rate: float,
                           hyper_lr: float) -> optax.GradientTransformation:
   """Steps ``-alpha_t * direction(g)``, learning ``alpha_t`` by hypergradient descent.
@@ -54,8 +68,7 @@ def hypergradient_descent(direction: optax.GradientTransformation, learning_rate
 
   def update_fn(updates, state, params=None):
     dtype = state.learning_rate.dtype
-    # Re(g . d): the rate is real, also for complex parameters (as optax's own vdot users).
-    hypergradient = -jnp.real(optax.tree.vdot(updates, state.previous_direction)).astype(dtype)
+    hypergradient = -_real_vdot(updates, state.previous_direction, dtype)
     rate = state.learning_rate - hyper_lr * hypergradient
     new_direction, inner_state = direction.update(updates, state.inner_state, params)
     updates = jax.tree.map(lambda d: (-rate * d).astype(d.dtype), new_direction)

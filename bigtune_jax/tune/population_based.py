@@ -167,6 +167,21 @@ def _check_mutations(mutations, hparams) -> tuple[tuple[str, Uniform], ...]:
   return tuple(mutations.items())
 
 
+def _check_mutation_ends(make_optimizer, values, mutation_items) -> None:
+  """An explored value is clipped to its distribution's range, so both ends of it must be
+  values the optimizer takes: each is built once on the host (member 0's other values)."""
+  base = {name: np.float32(v[0]) for name, v in values.items()}
+  for name, dist in mutation_items:
+    for end in (dist.low, dist.high):
+      try:
+        make_optimizer({**base, name: np.float32(end)})
+      except ValueError as error:
+        raise ValueError(f"mutations[{name!r}] = {dist!r} explores up to its ends, and "
+                         f"{name}={end:g} is refused: {error}") from None
+      except Exception:  # pylint: disable=broad-except
+        return  # a builder that needs traced arrays: the traced run reports its own errors
+
+
 def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimizer,
         hparams: Mapping[str, Sequence[float] | np.ndarray], mutations: Any,
         train_data: ArrayDataset, val_data: ArrayDataset, *, steps: int, batch_size: int,
@@ -200,6 +215,8 @@ def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimi
   seeds = population.check_seeds(member_seeds, seed, n)
   population.check_member_chunk(member_chunk, n)
   mutation_items = _check_mutations(mutations, values)
+  population.check_member_optimizers(make_optimizer, values, n)
+  _check_mutation_ends(make_optimizer, values, mutation_items)
   validation.check_int("steps", steps, 1)
   validation.check_int("perturbation_interval", perturbation_interval, 1)
   validation.check_choice("metric", metric, METRICS)
