@@ -13,6 +13,7 @@ test_loss, devices, wall_s`` (plus ``test_accuracy`` for classifiers).
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -45,8 +46,126 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
                      f"{type(default).__name__} like {default!r}") from error
 
 
-def parse_args(argv, presets: Mapping[str, Mapping[str, Any]], description: str):
-  """Returns ``(workdir, preset name, config dict)``; errors name the bad flag."""
+class Rule:
+  """What a setting accepts: ``test(value)`` is True for an accepted value; ``accepted``
+  says so in words (``an integer >= 1``)."""
+
+  def __init__(self, test: Callable[[Any], bool], accepted: str):
+    self.test, self.accepted = test, accepted
+
+  def check(self, key: str, value: Any) -> None:
+    try:
+      ok = bool(self.test(value))
+    except (TypeError, ValueError):
+      ok = False
+    if not ok:
+      shown = ",".join(map(str, value)) if isinstance(value, tuple) else repr(value)
+      raise ValueError(f"--set {key} must be {self.accepted}, got {shown or '(nothing)'}")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def integer(low: int = 1) -> Rule:
+  return Rule(lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
+
+
+def number(low: float, high: float = math.inf, *, low_open: bool = False,
+           high_open: bool = True) -> Rule:
+  """A finite number in the interval, written as ``[low, high)`` etc. in the message."""
+  def test(v):
+    return _is_real(v) and (v > low if low_open else v >= low) and (
+        v < high if high_open else v <= high)
+  if high == math.inf:
+    return Rule(test, f"a finite number {'>' if low_open else '>='} {low:g}")
+  return Rule(test, f"a number in {'(' if low_open else '['}{low:g}, {high:g}"
+                    f"{')' if high_open else ']'}")
+
+
+def fraction(*, low_open: bool = False, high_open: bool = True) -> Rule:
+  return number(0.0, 1.0, low_open=low_open, high_open=high_open)
+
+
+def integers(low: int = 1) -> Rule:
+  return Rule(lambda v: len(v) > 0 and all(_is_int(x) and x >= low for x in v),
+              f"one or more integers >= {low}, comma-separated")
+
+
+def one_of(*options) -> Rule:
+  return Rule(lambda v: v in options, f"one of {', '.join(map(str, options))}")
+
+
+def some_of(*options) -> Rule:
+  return Rule(lambda v: len(v) > 0 and all(x in options for x in v),
+              f"one or more of {', '.join(map(str, options))}, comma-separated")
+
+
+def log_range() -> Rule:
+  return Rule(lambda v: len(v) == 2 and all(map(_is_real, v)) and 0 < v[0] < v[1],
+              "a pair LOW,HIGH with 0 < LOW < HIGH (a log-uniform range)")
+
+
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+
+# The settings that mean the same in every experiment that has them; an experiment adds its
+# own through ``parse_args(..., checks=)``.
+RULES = {
+    **{key: integer(1) for key in (
+        "steps", "batch_size", "eval_batch_size", "search_steps", "search_batch_size",
+        "pretrain_steps", "finetune_steps", "qat_steps", "updates", "epochs", "timing_steps",
+        "micro_batch", "accumulation", "calibration_batches", "prune_every", "rounds",
+        "leaders", "population", "search_epochs", "final_epochs", "checkpoint_every_evals",
+        "num_examples", "block_size", "sample_bytes", "n_layer",
+        "n_head", "n_embd", "hidden_size", "head_size", "nodes", "classifier_width",
+        "final_tokens", "trial_tokens", "evals", "step_size", "base_batch_size", "fsdp",
+        "tensor")},
+    **{key: integer(0) for key in ("seed", "eval_every", "warmup_steps", "finetune_per_class")},
+    **{key: number(0.0, low_open=True) for key in (
+        "learning_rate", "finetune_learning_rate", "head_learning_rate", "width")},
+    **{key: number(0.0) for key in ("l1", "l2", "min_delta")},
+    **{key: fraction() for key in ("momentum", "label_noise", "dropout", "dropout_rate")},
+    "train_fraction": fraction(low_open=True, high_open=False),
+    **{key: integers(1) for key in (
+        "hidden", "batch_sizes", "ranks", "lora_ranks", "layers", "widths", "n_layers")},
+    **{key: log_range() for key in ("lr_range", "weight_decay_range")},
+    "dataset": one_of(*IMAGE_DATASETS),
+    "sampler": one_of("tpe", "random"),
+    "pruner": one_of("none", "median", "hyperband"),
+}
+
+
+def check_settings(config: Mapping[str, Any],
+                   checks: Mapping[str, Rule] | None = None) -> None:
+  """Each setting of ``config`` against its rule (``RULES``, then ``checks``): one
+  ``ValueError`` naming the first bad one, before any work or write."""
+  rules = {**RULES, **(checks or {})}
+  for key, value in config.items():
+    if key in rules:
+      rules[key].check(key, value)
+  if config.get("dataset") == "digits" and config.get("data_dir"):
+    raise ValueError(f"--set data_dir={config['data_dir']}: the digits are bundled and read "
+                     "no files; leave data_dir empty, or pass --set dataset=mnist, "
+                     "fashion_mnist or cifar10 with it")
+
+
+def check_batch_size(key: str, batch_size: int, dataset,
+                     what: str = "training examples") -> None:
+  """``batch_size`` must not exceed the examples of ``dataset`` (no full batch otherwise)."""
+  if batch_size > len(dataset):
+    raise ValueError(f"--set {key} must be at most the number of {what} ({len(dataset)}), "
+                     f"got {batch_size}")
+
+
+def parse_args(argv, presets: Mapping[str, Mapping[str, Any]], description: str,
+               checks: Mapping[str, Rule] | None = None):
+  """Returns ``(workdir, preset name, config dict)``; errors name the bad flag. Every
+  setting is checked (:func:`check_settings` with ``checks``): a bad one is a
+  ``ValueError`` that :func:`run` prints as a usage error."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--workdir", required=True, help="checkpoints, metrics and report")
   parser.add_argument("--preset", default="small", choices=sorted(presets))
@@ -55,6 +174,11 @@ def parse_args(argv, presets: Mapping[str, Mapping[str, Any]], description: str)
   args = parser.parse_args(argv)
   if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
     parser.error(f"--workdir {args.workdir} is a file, not a directory")
+  parent = os.path.dirname(os.path.abspath(args.workdir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    parser.error(f"--workdir {args.workdir}: {parent} is a file, not a directory")
   config = dict(presets[args.preset])
   for item in args.set:
     key, sep, text = item.partition("=")
@@ -66,6 +190,7 @@ def parse_args(argv, presets: Mapping[str, Mapping[str, Any]], description: str)
       config[key] = _parse_value(key, text, config[key])
     except ValueError as error:
       parser.error(str(error))
+  check_settings(config, checks)
   return args.workdir, args.preset, config
 
 
@@ -94,11 +219,14 @@ def run(main: Callable[[], Any]) -> None:
 def load_images(config: Mapping[str, Any], image_size: int) -> dict[str, data.ArrayDataset]:
   """The ``dataset`` of ``config``: the bundled digits at ``image_size``, or the files in
   ``data_dir`` (``mnist``, ``cifar10``, ...; nothing is downloaded), split by ``seed``."""
+  check_settings({k: config[k] for k in ("dataset", "data_dir")})
   if config["dataset"] == "digits":
     return data.load_dataset("digits", seed=config["seed"], image_size=image_size)
   if not config["data_dir"]:
     raise ValueError(f"dataset {config['dataset']!r} is read from its files and nothing is "
                      "downloaded: pass --set data_dir=DIR (or --set dataset=digits)")
+  if not os.path.exists(config["data_dir"]):
+    raise ValueError(f"--set data_dir={config['data_dir']}: no such file or folder")
   return data.load_dataset(config["dataset"], config["data_dir"], seed=config["seed"])
 
 
@@ -112,6 +240,7 @@ def train_and_evaluate(experiment: str, preset: str, model, params, tx, loss_fn,
   and writes ``summary.json``; returns the summary. ``report(final_state)`` may add
   entries computed from the trained state (e.g. a learned slope)."""
   start = time.time()
+  check_batch_size("batch_size", fit_config.batch_size, splits["train"])
   state = train.create_train_state(model, params, tx, seed=fit_config.seed, plateau=plateau,
                                    early_stopping=early_stopping,
                                    keep_best_params=keep_best_params)

@@ -70,6 +70,28 @@ PRESETS = {
 }
 
 
+CHECKS = {
+    "sparsities": common.Rule(lambda v: len(v) > 0 and all(0 < x < 1 for x in v),
+                              "one or more fractions in (0, 1), comma-separated"),
+    "scope": common.one_of("global", "layer"),
+}
+
+
+def check_data(config, splits, model, params) -> None:
+  """The settings that depend on the data and the model, before anything is trained."""
+  common.check_batch_size("batch_size", config["batch_size"], splits["train"])
+  batches = splits["train"].steps_per_epoch(config["batch_size"])
+  if config["calibration_batches"] > batches:
+    raise ValueError(f"--set calibration_batches must be at most {batches} (the batches of "
+                     f"{config['batch_size']} in one pass over the training examples), got "
+                     f"{config['calibration_batches']}")
+  for rank in config["ranks"]:
+    try:  # a rank that factors no layer would leave the model dense
+      compress.factorize(model, params, rank=rank)
+    except ValueError as error:
+      raise ValueError(f"--set ranks={','.join(map(str, config['ranks']))}: {error}") from None
+
+
 def fit(model, params, tx, splits, steps: int, config, workdir: str, progress: bool):
   """``bt.train.fit`` of ``model`` from a copy of ``params`` (fit donates its state)."""
   state = train.create_train_state(model, jax.tree.map(jnp.copy, params), tx,
@@ -128,12 +150,14 @@ def print_table(results: list[dict]) -> None:
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
+                                              checks=CHECKS)
   start = time.time()
   splits = data.load_dataset("digits", seed=config["seed"], image_size=28)
   progress = preset != "tiny"
   model = models.MLP(hidden=config["hidden"], num_classes=10)
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
+  check_data(config, splits, model, params)
   run = lambda m, p, tx, steps, name: fit(m, p, tx, splits, steps, config,
                                           os.path.join(workdir, name), progress).state.params
   calibration = calibration_images(splits, config)

@@ -49,6 +49,9 @@ def main(argv=None) -> dict:
   splits = data.load_dataset("digits", seed=config["seed"], image_size=config["image_size"])
   supernet = models.Supernet(nodes=config["nodes"], width=config["width"], num_classes=10)
   weights_half, arch_half = search_halves(splits["train"], config["seed"])
+  common.check_batch_size("search_batch_size", config["search_batch_size"],
+                          min(weights_half, arch_half, key=len), "examples in a search half")
+  common.check_batch_size("batch_size", config["batch_size"], splits["train"])
   result = darts.darts_search(supernet, weights_half, arch_half, steps=config["search_steps"],
                               batch_size=config["search_batch_size"], seed=config["seed"])
   model = supernet.discrete(result.arch)

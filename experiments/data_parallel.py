@@ -62,11 +62,17 @@ PRESETS = {
 }
 
 
+# Settings of this experiment only (common.RULES checks the shared ones).
+CHECKS = {"data": common.Rule(lambda v: v == -1 or v >= 1,
+                               "-1 (the devices fsdp leaves) or an integer >= 1")}
+
+
 def main(argv=None) -> dict:
   flags, argv = distributed.add_flags(argparse.ArgumentParser(add_help=False)).parse_known_args(
       argv)
   distributed.initialize_from_flags(flags)  # before any JAX computation
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
+                                              checks=CHECKS)
   mesh = train.MeshConfig(data=config["data"], fsdp=config["fsdp"])
   splits = common.load_images(config, image_size=28)
   model = models.MLP(hidden=config["hidden"], num_classes=10)

@@ -108,6 +108,10 @@ def main(argv=None) -> dict:
   old = finetune_basic.task_splits(splits, finetune_basic.OLD_CLASSES)
   new = finetune_basic.task_splits(splits, finetune_basic.NEW_CLASSES,
                                    config["finetune_per_class"])
+  common.check_batch_size("batch_size", config["batch_size"], old["train"],
+                          "pretraining examples")
+  common.check_batch_size("batch_size", config["batch_size"], new["train"],
+                          "fine-tuning examples (finetune_per_class x 5 classes)")
   sample = jnp.asarray(splits["train"]["image"][:1])
   progress, seed = preset != "tiny", config["seed"]
   new_model = models.MLP(hidden=config["hidden"], num_classes=len(finetune_basic.NEW_CLASSES))

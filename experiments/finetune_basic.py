@@ -127,6 +127,10 @@ def main(argv=None) -> dict:
   splits = common.load_images(config, config["image_size"])
   old = task_splits(splits, OLD_CLASSES)
   new = task_splits(splits, NEW_CLASSES, config["finetune_per_class"])
+  common.check_batch_size("batch_size", config["batch_size"], old["train"],
+                          "pretraining examples")
+  common.check_batch_size("batch_size", config["batch_size"], new["train"],
+                          "fine-tuning examples (finetune_per_class x 5 classes)")
   sample = jnp.asarray(splits["train"]["image"][:1])
   tx = bt.adam(config["learning_rate"])
   progress = preset != "tiny"

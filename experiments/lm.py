@@ -38,6 +38,7 @@ same command on each with ``--coordinator_address HOST0:PORT --num_processes N
 
 import argparse
 import math
+import os
 import time
 
 import jax
@@ -68,6 +69,8 @@ FRACTIONS = {"train": 0.90, "validation": 0.05, "test": 0.05}
 
 def load(config) -> dict[str, data.ArrayDataset]:
   """Train / validation / test windows from contiguous parts of the byte stream."""
+  if config["text"] and not os.path.exists(config["text"]):
+    raise ValueError(f"--set text={config['text']}: no such text file or folder")
   tokens = data.read_text(config["text"]) if config["text"] else data.stdlib_corpus()
   cuts = np.cumsum([int(len(tokens) * FRACTIONS[name]) for name in ("train", "validation")])
   parts = dict(zip(FRACTIONS, np.split(tokens, cuts)))

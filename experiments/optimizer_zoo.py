@@ -139,8 +139,10 @@ def run_zoo(workdir: str, steps: int = 600, seed: int = 0, names=tuple(OPTIMIZER
   unknown = sorted(set(names) - set(OPTIMIZERS))
   if unknown:
     raise ValueError(f"unknown optimizer(s) {unknown}; choose from {sorted(OPTIMIZERS)}")
-  if steps < 1:
-    raise ValueError(f"steps must be an integer >= 1, got {steps}")
+  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps (--steps) must be an integer >= 1, got {steps!r}")
+  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    raise ValueError(f"seed (--seed) must be an integer >= 0, got {seed!r}")
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
   splits = data.load_dataset("digits", seed=seed)
@@ -181,6 +183,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS),
                       help=f"subset of {list(OPTIMIZERS)}")
   args = parser.parse_args(argv)
+  if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+    parser.error(f"--workdir {args.workdir} is a file, not a directory")
   summary = run_zoo(args.workdir, steps=args.steps, seed=args.seed, names=args.optimizers)
   print_table(summary)
   print(f"wrote {os.path.join(args.workdir, 'summary.json')} and loss_curves.png")

@@ -73,6 +73,10 @@ PRESETS = {
 }
 
 
+# Settings of this experiment only (common.RULES checks the shared ones).
+CHECKS = {"model": common.one_of("cnn", "vgg16")}
+
+
 def build(config, splits):
   """``(model, params)`` for the configured ``model``."""
   if config["model"] == "vgg16":
@@ -101,7 +105,8 @@ def plot(path, runs) -> None:
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
+                                              checks=CHECKS)
   start = time.time()
   image_size = 32 if config["model"] == "vgg16" else 28
   splits = common.load_images(config, image_size=image_size)

@@ -71,6 +71,7 @@ PRESETS = {
                  leaders=4, population=1, evals=3, sampler="tpe", pruner="median", text="",
                  seed=0),
 }
+CHECKS = {"schedules": common.some_of(*tune.strategy.SCHEDULES)}
 FINAL_LR_FRACTION = 0.1  # every decaying schedule ends at a tenth of the peak, as lm.py
 
 
@@ -171,9 +172,12 @@ def search(splits, config, workdir):
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
+                                              checks=CHECKS)
   start = time.time()
   splits = lm.load(config)
+  common.check_batch_size("batch_sizes", max(config["batch_sizes"]), splits["train"],
+                          f"training windows of block_size {config['block_size']}")
   searcher = search(splits, config, workdir)
   search_wall = time.time() - start
   best = searcher.best

@@ -42,7 +42,7 @@ def test_early_stopping_stops_and_restores_the_best(tmp_path):
 
 
 def test_early_stopping_rejects_bad_label_noise_before_any_work(tmp_path):
-  with pytest.raises(ValueError, match=r"label_noise must lie in \[0, 1\), got 1.5"):
+  with pytest.raises(ValueError, match=r"--set label_noise must be a number in \[0, 1\), got 1.5"):
     early_stopping.main(["--workdir", str(tmp_path / "run"), "--preset", "tiny",
                          "--set", "label_noise=1.5"])
   assert not (tmp_path / "run").exists()

@@ -21,7 +21,7 @@ def test_controls_refuse_a_metric_that_is_not_a_number(bad):
 
 
 def test_fit_config_learning_rate_must_be_a_number_or_schedule():
-  with pytest.raises(ValueError, match="learning_rate must be a number, a schedule"):
+  with pytest.raises(ValueError, match="learning_rate must be a finite number, a schedule"):
     train.FitConfig(steps=1, batch_size=1, learning_rate="fast")
   train.FitConfig(steps=1, batch_size=1, learning_rate=lambda step: 0.1)  # a schedule is fine
 
@@ -90,7 +90,8 @@ def test_factorize_with_a_rank_that_factors_nothing_is_refused():
 
 
 @pytest.mark.parametrize("labels, match", [
-    (lambda y: np.where(y == 9, 12, y), r"labels \('label'\) must lie in \[0, 10\) .* from 0 to 12"),
+    (lambda y: np.where(y == 9, 12, y),
+     r"labels \('label'\) must lie in \[0, 10\) .* from 0 to 12"),
     (lambda y: y - 1, r"must lie in \[0, 10\) .* from -1 to 9"),  # train and validation
     (lambda y: y.astype(np.float32), r"labels \('label'\) must be integer class indices, got "
                                      r"dtype float32"),
@@ -105,3 +106,42 @@ def test_fit_checks_labels_against_the_model_before_training(digits_setup, tmp_p
               workdir=tmp_path / "run", config=train.FitConfig(steps=2, batch_size=8,
                                                                progress=False))
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: data.split_indices(10, [0.5, 0.5], seed=-1), "seed must be an integer >= 0, got -1"),
+    (lambda: data.split_indices(10, [0.5, 0.5], seed=1.5), "seed must be an integer >= 0, got 1.5"),
+    (lambda: data.split_arrays({"x": np.zeros(10)}, {"a": "0.5", "b": 0.5}),
+     "fractions must be a non-empty sequence of numbers"),
+    (lambda: data.split_tokens(np.zeros(10, np.uint8), "0.1"),
+     r"validation_fraction must lie in \[0, 1\), got '0.1'"),
+    (lambda: data.load_dataset("digits", stratify="yes"), "stratify must be True or False"),
+    (lambda: train.FitConfig(steps=1, batch_size=1, learning_rate=float("nan")),
+     "learning_rate must be a finite number"),
+])
+def test_splits_seeds_and_rates_are_checked_by_name(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
+
+
+@pytest.fixture(scope="module")
+def pbt_setup():
+  splits = data.load_dataset("digits")
+  model = models.MLP(hidden=(8,), num_classes=10)
+  return splits, model, train.classification_loss(model)
+
+
+def test_pbt_refuses_out_of_range_members_and_mutation_ends_on_the_host(pbt_setup):
+  from bigtune_jax.tune.population_based import pbt  # pylint: disable=import-outside-toplevel
+  from bigtune_jax.tune.space import Uniform  # pylint: disable=import-outside-toplevel
+  splits, model, loss_fn = pbt_setup
+  make = lambda h: bt.momentum(h["learning_rate"], gamma=h["momentum"])
+  kwargs = dict(steps=2, batch_size=8, perturbation_interval=1)
+  with pytest.raises(ValueError, match=r"member 1 of the population .*'momentum': 1.5\}: "
+                                       r"gamma must be in \[0.0, 1.0\)"):
+    pbt(model, loss_fn, make, {"learning_rate": [0.1, 0.1], "momentum": [0.5, 1.5]},
+        {"momentum": Uniform(0.0, 0.9)}, splits["train"], splits["validation"], **kwargs)
+  with pytest.raises(ValueError, match=r"mutations\['momentum'\] = .* explores up to its ends, "
+                                       r"and momentum=1.2 is refused: gamma must be"):
+    pbt(model, loss_fn, make, {"learning_rate": [0.1, 0.1], "momentum": [0.5, 0.9]},
+        {"momentum": Uniform(0.0, 1.2)}, splits["train"], splits["validation"], **kwargs)
