@@ -15,6 +15,7 @@ stacked parameter beside the arrays already placed. With a ``mesh``, each parame
 straight onto its shards by the logical-axis rules of ``train/sharding.py``.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -57,31 +58,32 @@ def read_config(path: str | os.PathLike) -> dict:
   return config
 
 
-def _weight_files(path: Path) -> dict[str, Path]:
-  """Tensor name -> file, from the index of a sharded checkpoint or the single file."""
+def _stored_tensors(path: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
+  """Every stored tensor's file and shape, from the file headers only (no tensor is read).
+
+  The files are those of the index of a sharded checkpoint, or the single file.
+  """
   if (path / INDEX).is_file():
-    weight_map = json.loads((path / INDEX).read_text()).get("weight_map")
+    try:
+      weight_map = json.loads((path / INDEX).read_text()).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+      weight_map = None
     if not isinstance(weight_map, dict):
-      raise ValueError(f"{path / INDEX} has no weight_map")
-    files = {name: path / file for name, file in weight_map.items()}
-    for file in sorted(set(files.values())):
+      raise ValueError(f"{path / INDEX} is not a safetensors index (no weight_map)")
+    files = sorted({path / file for file in weight_map.values()})
+    for file in files:
       if not file.is_file():
         raise FileNotFoundError(f"shard {file} named in {path / INDEX} is missing")
-    return files
-  if not (path / SINGLE).is_file():
+  elif (path / SINGLE).is_file():
+    files = [path / SINGLE]
+  else:
     raise FileNotFoundError(f"{path} has neither {SINGLE} nor {INDEX}")
-  with safetensors.safe_open(path / SINGLE, framework="np") as f:
-    return {name: path / SINGLE for name in f.keys()}
-
-
-def _headers(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
-  """Every stored tensor's shape, from the file headers only (no tensor data is read)."""
-  shapes = {}
-  for file in sorted(set(files.values())):
+  stored = {}
+  for file in files:
     with safetensors.safe_open(file, framework="np") as f:
       for name in f.keys():
-        shapes[name] = tuple(f.get_slice(name).get_shape())
-  return shapes
+        stored[name] = (file, tuple(f.get_slice(name).get_shape()))
+  return stored
 
 
 def _resolve(name: str, stored: dict) -> str | None:
@@ -105,8 +107,8 @@ def _plan(entries, stored_shapes, n_layer):
       found = _resolve(name, stored_shapes)
       if found is None:
         raise ValueError(f"tensor {name} is missing from the checkpoint")
-      if stored_shapes[found] != entry.hf_shape:
-        raise ValueError(f"tensor {found} has shape {stored_shapes[found]}, the config "
+      if stored_shapes[found][1] != entry.hf_shape:
+        raise ValueError(f"tensor {found} has shape {stored_shapes[found][1]}, the config "
                          f"implies {entry.hf_shape}")
       resolved.append(found)
     names[entry.path] = resolved
@@ -151,19 +153,27 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
   path = Path(path)
   config = read_config(path)
   family = hub_tables.family(config["model_type"])
+  param_dtype = jnp.dtype(param_dtype)
   model = family.model_from_hf(config, dtype=dtype, param_dtype=param_dtype,
                                **config_overrides)
   idx = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), idx))["params"]
   entries = family.entries(model.config)
-  files = _weight_files(path)
-  names = _plan(entries, _headers(files), family.n_layer(model.config))
+  stored = _stored_tensors(path)
+  names = _plan(entries, stored, family.n_layer(model.config))
   shardings = _shardings(mesh, abstract) if mesh is not None else {}
   leaves = {}
   for entry in entries:
-    parts = [entry.to_ours(_read(files[n], n)) for n in names[entry.path]]
-    host = (np.stack(parts) if entry.per_layer else parts[0]).astype(param_dtype)
-    del parts
+    host = None  # the stacked parameter, filled one layer at a time
+    for i, name in enumerate(names[entry.path]):
+      part = entry.to_ours(_read(stored[name][0], name))
+      if not entry.per_layer:
+        host = part.astype(param_dtype)
+        break
+      if host is None:
+        host = np.empty((len(names[entry.path]), *part.shape), param_dtype)
+      host[i] = part
+      del part
     sharding = shardings.get(entry.path)
     leaves[entry.path] = jax.device_put(host, sharding) if sharding is not None else \
         jnp.asarray(host)
@@ -187,25 +197,65 @@ def _fill(abstract, leaves: dict):
                                           is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
-def _shard_files(tensors: dict, max_shard_size: int) -> list[dict]:
-  shards, current, size = [], {}, 0
-  for name, array in tensors.items():
-    if current and size + array.nbytes > max_shard_size:
-      shards.append(current)
-      current, size = {}, 0
-    current[name] = array
-    size += array.nbytes
-  return shards + [current] if current else shards
-
-
 def _parse_size(value) -> int:
   if isinstance(value, str):
     units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
     for unit, factor in sorted(units.items(), key=lambda u: -len(u[0])):
       if value.upper().endswith(unit):
-        return int(float(value[:-len(unit)]) * factor)
+        try:
+          return max(1, int(float(value[:-len(unit)]) * factor))
+        except ValueError:
+          break
+    raise ValueError(f"max_shard_size must be bytes or a size such as '100KB', '5GB', "
+                     f"got {value!r}")
   validation.check_int("max_shard_size", value, 1)
   return value
+
+
+def _save_plan(family, model, params, dtype):
+  """``[(hf_name, leaf, layer or None, entry, nbytes)]`` in transformers' order (layer by
+  layer); checks the tree has every parameter in the model's shapes first."""
+  if isinstance(params, dict) and set(params) == {"params"}:  # model.init's whole tree
+    params = params["params"]
+  leaves = {path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(
+      nn.unbox(params))[0]}
+  idx = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), idx))["params"]
+  for key_path, expected in jax.tree_util.tree_flatten_with_path(nn.unbox(abstract))[0]:
+    name = path_name(key_path)
+    if name not in leaves:
+      raise ValueError(f"params have no {name}; is this {type(model).__name__}'s tree?")
+    if tuple(leaves[name].shape) != expected.shape:
+      raise ValueError(f"params {name} has shape {tuple(leaves[name].shape)}, the model's "
+                       f"config implies {expected.shape}")
+  entries = family.entries(model.config)
+  plan = []
+  for layer in [None, *range(family.n_layer(model.config))]:
+    for entry in entries:
+      if entry.per_layer == (layer is not None):
+        leaf = leaves[entry.path]
+        itemsize = jnp.dtype(dtype or leaf.dtype).itemsize
+        plan.append((entry.hf_name.format(i=layer), leaf, layer, entry,
+                     int(np.prod(entry.hf_shape)) * itemsize))
+  return plan
+
+
+def _host_tensor(leaf, layer, entry, dtype) -> np.ndarray:
+  """One transformers tensor, brought to host memory on its own."""
+  value = np.asarray(leaf if layer is None else leaf[layer])
+  value = entry.to_hf(value if dtype is None else value.astype(dtype))
+  return np.ascontiguousarray(value)
+
+
+def _shards(plan, max_shard_size: int) -> list[list]:
+  shards, size = [[]], 0
+  for item in plan:
+    if shards[-1] and size + item[-1] > max_shard_size:
+      shards.append([])
+      size = 0
+    shards[-1].append(item)
+    size += item[-1]
+  return shards
 
 
 def save_hf(path: str | os.PathLike, model: nn.Module, params, *,
@@ -214,56 +264,66 @@ def save_hf(path: str | os.PathLike, model: nn.Module, params, *,
 
   ``config.json`` plus ``model.safetensors`` or, above ``max_shard_size`` (bytes or
   ``"100KB"``/``"5GB"``), shards with ``model.safetensors.index.json``;
-  ``transformers.AutoModelForCausalLM.from_pretrained(path)`` loads it. ``dtype``: the
-  stored dtype (default: the parameters' own). The files are written to a temporary
-  directory beside ``path`` and moved into place at the end, so a failed save leaves any
-  checkpoint already at ``path`` as it was.
+  ``transformers.AutoModelForCausalLM.from_pretrained(path)`` loads it. ``params``: as
+  ``load_hf`` returns them (or ``model.init``'s ``{"params": ...}``). ``dtype``: the stored
+  dtype (default: the parameters' own). Host memory holds one shard at a time. The files
+  are written to a temporary directory beside ``path`` and moved into place at the end,
+  so a failed save leaves any checkpoint already at ``path`` as it was.
   """
   family = hub_tables.family_of(model)
   size = _parse_size(max_shard_size)
+  dtype = None if dtype is None else jnp.dtype(dtype)
   path = Path(path)
   if path.exists() and not path.is_dir():
     raise ValueError(f"save_hf path {path} exists and is not a directory")
-  flat = {path_name(p): np.asarray(v) for p, v in
-          jax.tree_util.tree_flatten_with_path(nn.unbox(params))[0]}
-  tensors = {}
-  for entry in family.entries(model.config):
-    if entry.path not in flat:
-      raise ValueError(f"params have no {entry.path}; is this {type(model).__name__}'s tree?")
-    value = flat[entry.path]
-    if dtype is not None:
-      value = value.astype(dtype)
-    if entry.per_layer:
-      for i in range(value.shape[0]):
-        tensors[entry.hf_name.format(i=i)] = np.ascontiguousarray(entry.to_hf(value[i]))
-    else:
-      tensors[entry.hf_name] = np.ascontiguousarray(entry.to_hf(value))
+  config = family.config_to_hf(model.config)  # refuses what transformers cannot express
+  plan = _save_plan(family, model, params, dtype)
+  config["dtype"] = config["torch_dtype"] = str(dtype or jnp.dtype(plan[0][1].dtype))
+  shards = _shards(plan, size)
+  with staged_directory(path) as staging:
+    (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    weight_map = {}
+    for i, shard in enumerate(shards):
+      file = SINGLE if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      tensors = {name: _host_tensor(leaf, layer, entry, dtype)
+                 for name, leaf, layer, entry, _ in shard}
+      safetensors.numpy.save_file(tensors, staging / file, metadata={"format": "pt"})
+      del tensors
+      weight_map.update({item[0]: file for item in shard})
+    if len(shards) > 1:
+      total = sum(item[-1] for item in plan)
+      (staging / INDEX).write_text(json.dumps(
+          {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+  return path
+
+
+@contextlib.contextmanager
+def staged_directory(path: Path):
+  """Yields an empty directory beside ``path`` to write into; on success it replaces
+  ``path`` (an old one is restored if the move fails), on an error it is removed and
+  ``path`` is left as it was."""
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"{path} exists and is not a directory")
   path.parent.mkdir(parents=True, exist_ok=True)
   staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
   try:
-    config = family.config_to_hf(model.config)
-    config["torch_dtype"] = str(next(iter(tensors.values())).dtype)
-    (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    shards = _shard_files(tensors, size)
-    if len(shards) == 1:
-      safetensors.numpy.save_file(shards[0], staging / SINGLE, metadata={"format": "pt"})
-    else:
-      weight_map = {}
-      for i, shard in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        safetensors.numpy.save_file(shard, staging / name, metadata={"format": "pt"})
-        weight_map.update({k: name for k in shard})
-      total = sum(a.nbytes for a in tensors.values())
-      (staging / INDEX).write_text(json.dumps(
-          {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    if path.exists():
-      old = path.with_name(f".{path.name}.old")
-      shutil.rmtree(old, ignore_errors=True)
-      path.rename(old)
-      staging.rename(path)
-      shutil.rmtree(old)
-    else:
-      staging.rename(path)
+    yield staging
+    _replace(staging, path)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
-  return path
+
+
+def _replace(staging: Path, path: Path) -> None:
+  """Moves ``staging`` to ``path``; an old ``path`` is restored if the move fails."""
+  if not path.exists():
+    staging.rename(path)
+    return
+  old = path.with_name(f".{path.name}.old")
+  shutil.rmtree(old, ignore_errors=True)
+  path.rename(old)
+  try:
+    staging.rename(path)
+  except BaseException:
+    old.rename(path)
+    raise
+  shutil.rmtree(old)

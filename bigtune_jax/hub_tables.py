@@ -8,7 +8,6 @@ a config that needs something the models do not do is refused with the field nam
 """
 
 import dataclasses
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -147,19 +146,9 @@ class LlamaFamily:
       raise ValueError(f"{self.model_type} hidden_act must be 'silu', got {config['hidden_act']!r}")
     if config.get("mlp_bias", False):
       raise ValueError(f"{self.model_type} mlp_bias=true is not supported")
-    max_positions = config.get("max_position_embeddings", 4096)
-    window = config.get("sliding_window")
-    uses_window = window is not None and (self.model_type == "mistral"
-                                          or config.get("use_sliding_window", False))
-    if uses_window and window < max_positions:
-      # Sequences within the window are computed exactly; longer ones would need it.
-      logging.warning("%s sliding_window=%d < max_position_embeddings=%d: sequences are "
-                      "limited to %d tokens (no sliding-window attention)", self.model_type,
-                      window, max_positions, window)
-      max_positions = window
-    bias = config.get("attention_bias", self.model_type == "qwen2")
-    if self.model_type == "qwen2":
-      bias = True  # Qwen2 always has q/k/v biases (and none on o_proj)
+    bias = bool(config.get("attention_bias", False))
+    if self.model_type == "mistral" and bias:
+      raise ValueError("mistral attention_bias=true is not supported (MistralForCausalLM has none)")
     theta, scaling = _rope(config)
     fields = dict(
         vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
@@ -167,12 +156,34 @@ class LlamaFamily:
         num_hidden_layers=config["num_hidden_layers"],
         num_attention_heads=config["num_attention_heads"],
         num_key_value_heads=config.get("num_key_value_heads"), head_dim=config.get("head_dim"),
-        max_position_embeddings=max_positions, rms_norm_eps=config.get("rms_norm_eps", 1e-6),
-        rope_theta=theta, rope_scaling=scaling, attention_bias=bias,
+        max_position_embeddings=config.get("max_position_embeddings", 4096),
+        rms_norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=scaling,
+        # Qwen2: q/k/v biases always, none on o_proj; Llama: attention_bias on all four.
+        attention_bias=bias or self.model_type == "qwen2",
+        o_proj_bias=bias and self.model_type == "llama",
+        sliding_window=self._sliding_window(config),
         tie_word_embeddings=config.get("tie_word_embeddings", False),
         model_type=self.model_type, dtype=dtype,
         param_dtype=param_dtype)
     return Llama(LlamaConfig(**{**fields, **overrides}))
+
+  def _sliding_window(self, config: dict) -> int | None:
+    """The window any layer attends within, as transformers decides it; None when none.
+
+    Mistral: ``sliding_window`` itself. Qwen2: only with ``use_sliding_window``, and only if
+    some layer is a ``"sliding_attention"`` one (``layer_types``, or the layers from
+    ``max_window_layers`` on). ``models.Llama`` limits sequences to it (exact there).
+    """
+    window = config.get("sliding_window")
+    if window is None or self.model_type == "llama":
+      return None
+    if self.model_type == "qwen2":
+      layers = config.get("layer_types") or [
+          "sliding_attention" if i >= config.get("max_window_layers", 28) else "full_attention"
+          for i in range(config["num_hidden_layers"])]
+      if not config.get("use_sliding_window", False) or "sliding_attention" not in layers:
+        return None
+    return window
 
   @staticmethod
   def n_layer(cfg: LlamaConfig) -> int:
@@ -200,12 +211,21 @@ class LlamaFamily:
                               (heads * hd,), (_reshape((heads, hd)), _reshape((heads * hd,)))))
     entries.append(_entry("layers/self_attn/o_proj/kernel", layer + "self_attn.o_proj.weight",
                           (c, nh * hd), _linear_from_heads((nh, hd), c)))
+    if cfg.o_proj_bias:
+      entries.append(_entry("layers/self_attn/o_proj/bias", layer + "self_attn.o_proj.bias", (c,)))
     for name, shape in (("gate_proj", (ff, c)), ("up_proj", (ff, c)), ("down_proj", (c, ff))):
       entries.append(_entry(f"layers/mlp/{name}/kernel", layer + f"mlp.{name}.weight", shape,
                             (np.transpose, np.transpose)))
     return entries
 
   def config_to_hf(self, cfg: LlamaConfig) -> dict:
+    """transformers' config for ``cfg``; a combination its class cannot express is refused."""
+    biases = {"llama": (cfg.attention_bias, cfg.attention_bias),  # one flag for q/k/v/o
+              "mistral": (False, False), "qwen2": (True, False)}[self.model_type]
+    if (cfg.attention_bias, cfg.o_proj_bias) != biases:
+      raise ValueError(f"{self.ARCHITECTURES[self.model_type]} needs attention_bias="
+                       f"{biases[0]}, o_proj_bias={biases[1]}; got {cfg.attention_bias}, "
+                       f"{cfg.o_proj_bias}")
     rope = {"rope_type": "default", **(cfg.rope_scaling_dict or {})}
     config = dict(
         model_type=self.model_type, architectures=[self.ARCHITECTURES[self.model_type]],
@@ -220,9 +240,10 @@ class LlamaFamily:
     if self.model_type == "llama":
       config.update(attention_bias=cfg.attention_bias, mlp_bias=False)
     elif self.model_type == "mistral":
-      config.update(sliding_window=None)
-    else:
-      config.update(use_sliding_window=False, sliding_window=None)
+      config.update(sliding_window=cfg.sliding_window)
+    else:  # every layer slides: the same as any split for sequences within the window
+      config.update(use_sliding_window=cfg.sliding_window is not None,
+                    sliding_window=cfg.sliding_window, max_window_layers=0)
     return config
 
 

@@ -24,6 +24,19 @@ def _prompt(batch=3, length=5, vocab=64, seed=0):
   return np.random.default_rng(seed).integers(0, vocab, (batch, length))
 
 
+def test_cached_prefill_and_steps_equal_the_full_forward(tiny):
+  model, params = tiny
+  idx = jnp.asarray(_prompt(batch=2, length=12))
+  full = model.apply({"params": params}, idx)
+  cached = jax.jit(lambda piece, cache: model.apply({"params": params}, piece, cache=cache))
+  cache, pieces = model.init_cache(2, 16), []
+  for start, stop in ((0, 5), (5, 6), (6, 7), (7, 8), (8, 12)):  # a prefill, steps, a chunk
+    logits, cache = cached(idx[:, start:stop], cache)
+    pieces.append(logits)
+  assert int(cache.length) == 12
+  np.testing.assert_allclose(np.concatenate(pieces, 1), full, atol=1e-5)
+
+
 def test_greedy_equals_a_decode_without_cache(tiny):
   model, params = tiny
   prompt = _prompt()

@@ -5,6 +5,7 @@ both ways (save_hf -> from_pretrained, save_pretrained with shards -> load_hf); 
 checkpoints are refused by name before any tensor is read.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -29,7 +31,17 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
 
 
 def _hf_model(kind: str):
+  """A tiny transformers model with every parameter perturbed (biases and norms are
+  zeros and ones at init: a swapped or dropped one would go unseen)."""
   torch.manual_seed(0)
+  model = _hf_config_model(kind)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  return model
+
+
+def _hf_config_model(kind: str):
   if kind == "gpt2":
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4,
@@ -41,6 +53,10 @@ def _hf_model(kind: str):
   if kind == "llama_tied":
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(
         **SMALL, num_key_value_heads=4, tie_word_embeddings=True, max_position_embeddings=64))
+  if kind == "llama_bias_head_dim":  # Llama's attention_bias: q, k, v and o_proj biases
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **SMALL, num_key_value_heads=2, head_dim=24, attention_bias=True,
+        max_position_embeddings=64))
   if kind == "qwen2":
     return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
         **SMALL, num_key_value_heads=2, max_position_embeddings=64))
@@ -50,7 +66,7 @@ def _hf_model(kind: str):
   raise AssertionError(kind)
 
 
-KINDS = ("gpt2", "llama_gqa_llama3", "llama_tied", "qwen2", "mistral")
+KINDS = ("gpt2", "llama_gqa_llama3", "llama_tied", "llama_bias_head_dim", "qwen2", "mistral")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +114,7 @@ def test_families_map_to_the_right_models(checkpoints):
   assert qwen.config.attention_bias and qwen.config.model_type == "qwen2"
 
 
-@pytest.mark.parametrize("kind", ("gpt2", "llama_gqa_llama3", "qwen2"))
+@pytest.mark.parametrize("kind", ("gpt2", "llama_gqa_llama3", "llama_bias_head_dim", "qwen2"))
 def test_save_hf_loads_in_transformers_with_equal_logits(checkpoints, tmp_path, kind):
   model, params = hub.load_hf(checkpoints[kind][1], dtype=jnp.float32)
   out = hub.save_hf(tmp_path / "out", model, params, max_shard_size="60KB")
@@ -206,13 +222,56 @@ def test_wrong_shape_and_missing_tensor_are_named(checkpoints, tmp_path, no_read
     hub.load_hf(path)
 
 
-def test_mistral_sliding_window_limits_the_positions(checkpoints, tmp_path, caplog):
+def test_sliding_window_limits_the_positions_and_round_trips(checkpoints, tmp_path):
+  """Mistral with a window shorter than its positions: exact up to the window, refused
+  beyond it by name, and saved back with its window."""
   path = _copy(checkpoints, "mistral", tmp_path)
   _edit_config(path, sliding_window=16)
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
   model, params = hub.load_hf(path, dtype=jnp.float32)
-  assert model.config.max_position_embeddings == 16 and "sliding_window" in caplog.text
-  with pytest.raises(ValueError, match="exceeds max_position_embeddings=16"):
+  assert model.config.sliding_window == 16 and model.config.block_size == 16
+  idx = np.random.default_rng(3).integers(0, 300, (2, 16))
+  np.testing.assert_allclose(_ours(model, params, idx), _torch_logits(hf_model, idx), atol=1e-4)
+  with pytest.raises(ValueError, match="sequence length 17 exceeds sliding_window=16"):
     _ours(model, params, np.zeros((1, 17), np.int32))
+  with pytest.raises(ValueError, match="cache max_len 32 exceeds sliding_window=16"):
+    model.init_cache(1, 32)
+  out = hub.save_hf(tmp_path / "out", model, params)
+  assert json.loads((out / "config.json").read_text())["sliding_window"] == 16
+  back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  np.testing.assert_allclose(_torch_logits(back, idx), _torch_logits(hf_model, idx), atol=1e-5)
+
+
+def test_qwen2_window_counts_only_where_a_layer_slides(checkpoints, tmp_path):
+  path = _copy(checkpoints, "qwen2", tmp_path)
+  _edit_config(path, sliding_window=16, use_sliding_window=False, layer_types=None)
+  assert hub.load_hf(path)[0].config.sliding_window is None
+  _edit_config(path, use_sliding_window=True, max_window_layers=2)  # layers 2.. slide: none
+  assert hub.load_hf(path)[0].config.sliding_window is None
+  _edit_config(path, max_window_layers=1)
+  assert hub.load_hf(path)[0].config.sliding_window == 16
+
+
+def test_mistral_attention_bias_is_refused(checkpoints, tmp_path, no_reads):
+  path = _copy(checkpoints, "mistral", tmp_path)
+  _edit_config(path, attention_bias=True)
+  with pytest.raises(ValueError, match="mistral attention_bias=true is not supported"):
+    hub.load_hf(path)
+
+
+def test_save_hf_refuses_what_it_cannot_write_before_writing(checkpoints, tmp_path):
+  model, params = hub.load_hf(checkpoints["llama_tied"][1], dtype=jnp.float32)
+  with pytest.raises(ValueError, match="needs attention_bias=False, o_proj_bias=False"):
+    hub.save_hf(tmp_path / "a", model.clone(config=dataclasses.replace(
+        model.config, model_type="mistral", attention_bias=True)), params)
+  bad = jax.tree.map(lambda x: x, params)
+  bad["norm"]["scale"] = bad["norm"]["scale"].replace_boxed(jnp.ones(3))
+  with pytest.raises(ValueError, match=r"params norm/scale has shape \(3,\), the model's "
+                                       r"config implies \(64,\)"):
+    hub.save_hf(tmp_path / "b", model, bad)
+  with pytest.raises(ValueError, match="max_shard_size must be bytes or a size"):
+    hub.save_hf(tmp_path / "c", model, params, max_shard_size="lots")
+  assert list(tmp_path.iterdir()) == []
 
 
 def test_loads_onto_8_devices_fsdp_times_tensor(checkpoints, tmp_path):

@@ -16,7 +16,11 @@ pre-norm blocks computes::
 * Grouped-query attention (Ainslie et al., "GQA", 2023): ``num_key_value_heads`` key/value
   heads, each shared by ``num_attention_heads / num_key_value_heads`` query heads.
 * SwiGLU MLP (Shazeer, "GLU Variants Improve Transformer", 2020); Qwen2 adds biases to
-  q/k/v (``attention_bias``); the head is tied to the embedding or separate.
+  q/k/v (``attention_bias``), Llama's ``attention_bias`` also to o_proj (``o_proj_bias``);
+  the head is tied to the embedding or separate.
+* Sliding-window attention (Mistral, Qwen2) is not implemented: with ``sliding_window`` set,
+  sequences and caches are limited to the window, where full causal attention is exact
+  (a query at distance < window from every key it sees).
 
 Built like ``GPT``: layers stacked under ``nn.scan`` (compile time flat in depth), logical
 axis names on every parameter (``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``, ``layers``)
@@ -69,7 +73,9 @@ class LlamaConfig:
   rms_norm_eps: float = 1e-6
   rope_theta: float = 10000.0
   rope_scaling: Any = None
-  attention_bias: bool = False  # biases on q/k/v (Qwen2)
+  attention_bias: bool = False  # biases on q/k/v (Qwen2; Llama's attention_bias)
+  o_proj_bias: bool = False  # a bias on o_proj too (Llama's attention_bias)
+  sliding_window: int | None = None  # Mistral/Qwen2: positions are limited to the window
   tie_word_embeddings: bool = False
   model_type: str = "llama"  # "llama", "mistral" or "qwen2": what save_hf writes
   dtype: Any = jnp.bfloat16  # compute dtype
@@ -84,7 +90,7 @@ class LlamaConfig:
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                  "num_attention_heads", "max_position_embeddings", "scan_unroll"):
       validation.check_int(name, getattr(self, name), 1)
-    for name in ("num_key_value_heads", "head_dim", "head_chunk"):
+    for name in ("num_key_value_heads", "head_dim", "head_chunk", "sliding_window"):
       if getattr(self, name) is not None:
         validation.check_int(name, getattr(self, name), 1)
     if self.num_attention_heads % self.kv_heads:
@@ -102,6 +108,12 @@ class LlamaConfig:
     if self.attention is not None:
       validation.check_choice("attention", self.attention, ("xla", "cudnn"))
     validation.check_choice("model_type", self.model_type, MODEL_TYPES)
+    for name in ("attention_bias", "o_proj_bias", "tie_word_embeddings"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+    if self.sliding_window is not None and self.model_type == "llama":
+      raise ValueError(f"sliding_window is for model_type 'mistral' or 'qwen2'; Llama "
+                       f"attends to every position, got sliding_window={self.sliding_window}")
     if isinstance(self.rope_scaling, dict):
       object.__setattr__(self, "rope_scaling", _freeze(self.rope_scaling))
     _check_rope_scaling(self.rope_scaling_dict)
@@ -120,7 +132,18 @@ class LlamaConfig:
 
   @property
   def block_size(self) -> int:
-    return self.max_position_embeddings
+    """The most positions a sequence or cache may hold: the window, when it is shorter."""
+    return min(self.max_position_embeddings, self.sliding_window or self.max_position_embeddings)
+
+  def check_positions(self, n: int, what: str) -> None:
+    """Refuses ``n`` positions beyond ``block_size``, naming the field that limits them."""
+    if n <= self.block_size:
+      return
+    if self.block_size < self.max_position_embeddings:
+      raise ValueError(f"{what} {n} exceeds sliding_window={self.sliding_window}: "
+                       f"sliding-window attention is not implemented, so sequences are "
+                       f"limited to the window (where full attention is exact)")
+    raise ValueError(f"{what} {n} exceeds max_position_embeddings={self.max_position_embeddings}")
 
   @property
   def rope_scaling_dict(self) -> dict | None:
@@ -231,9 +254,10 @@ class Attention(nn.Module):
       cache_key, cache_value, length = layer_cache
       y, cache_key, cache_value = cached_attention(q, k, v, cache_key, cache_value, length)
       layer_cache = (cache_key, cache_value)
-    y = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=cfg.dtype,
-                        param_dtype=cfg.param_dtype, kernel_init=_init(("heads", "kv", "embed")),
-                        name="o_proj")(y)  # (B, T, C)
+    y = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_proj_bias,
+                        dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                        kernel_init=_init(("heads", "kv", "embed")),
+                        bias_init=_init(("embed",), None), name="o_proj")(y)  # (B, T, C)
     return y, layer_cache
 
 
@@ -287,9 +311,10 @@ class Llama(nn.Module):
                        f"of shape {idx.shape}")
     if targets is not None and targets.shape != idx.shape:
       raise ValueError(f"targets must have idx's shape {idx.shape}, got {targets.shape}")
-    if cache is None and idx.shape[1] > cfg.max_position_embeddings:
-      raise ValueError(f"sequence length {idx.shape[1]} exceeds max_position_embeddings="
-                       f"{cfg.max_position_embeddings}")
+    if cache is None:
+      cfg.check_positions(idx.shape[1], "sequence length")
+    else:  # static: positions past the cache's end would be dropped silently
+      cfg.check_positions(cache.max_len, "cache max_len")
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype,
                      param_dtype=cfg.param_dtype, embedding_init=_init(("vocab", "embed")),
                      name="embed_tokens")
@@ -319,8 +344,11 @@ class Llama(nn.Module):
     return logits, cache.replace(key=key, value=value, length=length + idx.shape[1])
 
   def init_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-    """An empty cache for ``batch_size`` sequences of up to ``max_len`` positions."""
+    """An empty cache for ``batch_size`` sequences of up to ``max_len`` positions
+    (default and most: ``config.block_size``)."""
     cfg = self.config
-    max_len = cfg.max_position_embeddings if max_len is None else max_len
+    max_len = cfg.block_size if max_len is None else max_len
+    validation.check_int("max_len", max_len, 1)
+    cfg.check_positions(max_len, "cache max_len")
     return KVCache.zeros(n_layer=cfg.num_hidden_layers, batch_size=batch_size, max_len=max_len,
                          n_kv_heads=cfg.kv_heads, head_size=cfg.head_size, dtype=cfg.dtype)
