@@ -146,6 +146,12 @@ class TokenBlocks(ArrayDataset):
     self._windows = np.lib.stride_tricks.sliding_window_view(tokens, block_size + 1)[
         ::block_size]  # (num_blocks, T + 1), a view
 
+  def materialize(self) -> ArrayDataset:
+    """The blocks as in-memory ``inputs`` / ``targets`` arrays ``(blocks, T)`` int32 (to
+    hold a small corpus on the device, as population training does)."""
+    rows = self._windows[self.arrays["block"]].astype(np.int32)
+    return ArrayDataset({"inputs": rows[:, :-1], "targets": rows[:, 1:]})
+
   def __repr__(self) -> str:
     return f"TokenBlocks({self.num_examples} blocks of {self.block_size} + 1 tokens)"
 

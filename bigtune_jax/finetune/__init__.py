@@ -7,12 +7,18 @@ Seed 001 §3.2's steps, each a piece here:
 2. define the new loss: any ``bt.train`` loss of the new model (a new head, a new target);
 3. update the parameters with an optimizer: all of them, only some (``freeze``), each group
    at its own rate (``param_groups``), or through low-rank adapters (``lora_init``,
-   ``lora_merge``, ``lora_loss``); ``trainable_parameter_count`` says how many train;
+   ``lora_merge``, ``lora_loss``) -- for language models and any Dense/DenseGeneral layer,
+   ``LoRA`` (adapters in the forward pass, stacked layers, PEFT export with ``save_peft``
+   / ``load_peft``); ``trainable_parameter_count`` says how many train;
 4. evaluate and adjust: ``bt.train.fit`` / ``evaluate``.
 
 Parameters are chosen by path (``hidden_0/kernel``) with prefixes or predicates (``paths``).
 """
 
+from bigtune_jax.finetune.adapters import LinearLayer
+from bigtune_jax.finetune.adapters import LoRA
+from bigtune_jax.finetune.adapters import adapter_parameter_count
+from bigtune_jax.finetune.adapters import linear_layers
 from bigtune_jax.finetune.groups import freeze
 from bigtune_jax.finetune.groups import param_groups
 from bigtune_jax.finetune.groups import trainable_parameter_count
@@ -20,17 +26,25 @@ from bigtune_jax.finetune.lora import lora_init
 from bigtune_jax.finetune.lora import lora_loss
 from bigtune_jax.finetune.lora import lora_merge
 from bigtune_jax.finetune.paths import Selection
+from bigtune_jax.finetune.peft_io import load_peft
+from bigtune_jax.finetune.peft_io import save_peft
 from bigtune_jax.finetune.pretrained import load_pretrained
 from bigtune_jax.tree_paths import path_name
 
 __all__ = (
+    "LinearLayer",
+    "LoRA",
     "Selection",
+    "adapter_parameter_count",
     "freeze",
+    "linear_layers",
+    "load_peft",
     "load_pretrained",
     "lora_init",
     "lora_loss",
     "lora_merge",
     "param_groups",
     "path_name",
+    "save_peft",
     "trainable_parameter_count",
 )

@@ -5,6 +5,7 @@ random and Optuna (TPE + median / Hyperband pruning, in-memory / journal / RDB s
 search, all behind one ask / report / tell protocol; builders turning a sampled config
 into a training strategy (optimizer, schedule, batch, accumulation, hypergradient) or an
 MLP structure; many trials trained at once under ``jax.vmap`` (:func:`train_population`),
+LoRA adapters over one frozen base (:func:`train_adapter_population`),
 population-based training (:func:`pbt`) and differentiable architecture search
 (:func:`darts_search`). Optuna is imported lazily, so this package imports without it.
 """
@@ -31,6 +32,8 @@ from bigtune_jax.tune.structure import build_structure
 from bigtune_jax.tune.structure import structure_space
 from bigtune_jax.tune.population import PopulationResult
 from bigtune_jax.tune.population import train_population
+from bigtune_jax.tune.adapter_population import AdapterPopulationResult
+from bigtune_jax.tune.adapter_population import train_adapter_population
 from bigtune_jax.tune.population_based import exploit_and_explore
 from bigtune_jax.tune.population_based import pbt
 from bigtune_jax.tune.darts import DartsResult
@@ -41,6 +44,7 @@ from bigtune_jax.tune.darts import make_darts_step
 from bigtune_jax.tune.darts import weight_optimizer
 
 __all__ = (
+    "AdapterPopulationResult",
     "Choice",
     "Conditional",
     "DartsResult",
@@ -69,6 +73,7 @@ __all__ = (
     "scaled_learning_rate",
     "strategy_space",
     "structure_space",
+    "train_adapter_population",
     "train_population",
     "weight_optimizer",
 )

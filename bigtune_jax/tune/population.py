@@ -120,8 +120,15 @@ def init_members(model: nn.Module, make_optimizer: MakeOptimizer, sample: jax.Ar
   return jax.vmap(lambda hp, seed: state(hp, init(seed), seed))(hparams, seeds)
 
 
+def _member_loss(loss_fn, frozen, hp) -> LossFn:
+  """``loss_fn`` itself, or with frozen weights shared by all members (adapter
+  populations) ``loss_fn(frozen, hp)``: the member's loss over its own trainable tree."""
+  return loss_fn if frozen is None else loss_fn(frozen, hp)
+
+
 def train_members(loss_fn: LossFn, make_optimizer: MakeOptimizer, states, hparams, active,
-                  data: Mapping[str, jax.Array], rows: jax.Array, chunk: int | None = None):
+                  data: Mapping[str, jax.Array], rows: jax.Array, chunk: int | None = None,
+                  frozen=None):
   """``len(rows)`` steps of every member on the shared batches ``data[rows[t]]``; members
   whose ``active`` is False keep their state (``active=None``: all train). Returns
   ``(states, train_loss (N,))``, the loss averaged over the steps.
@@ -129,10 +136,14 @@ def train_members(loss_fn: LossFn, make_optimizer: MakeOptimizer, states, hparam
   ``chunk`` (a divisor of N; None: N) members are vmapped together through all the steps,
   and ``lax.map`` runs the N / chunk chunks one after another: the same arithmetic, but a
   CPU keeps a small chunk's parameters and optimizer state in its caches over the steps.
+
+  ``frozen``: weights every member shares and none trains (a pretrained base under
+  adapters), held once and broadcast, not vmapped; ``loss_fn(frozen, hp)`` is then member
+  ``hp``'s loss.
   """
-  train_step = make_train_step(loss_fn)
 
   def member_step(state, hp, live, batch):
+    train_step = make_train_step(_member_loss(loss_fn, frozen, hp))
     new, metrics = train_step(state.replace(tx=make_optimizer(hp)), batch)
     new = new.replace(tx=None)
     if live is not None:
@@ -186,16 +197,18 @@ def choose_chunk(params) -> int:
   return max(d for d in range(1, n + 1) if n % d == 0 and d <= fits)
 
 
-def evaluate_members(loss_fn: LossFn, params, val_batches: Mapping[str, jax.Array]) -> dict:
+def evaluate_members(loss_fn: LossFn, params, val_batches: Mapping[str, jax.Array],
+                     frozen=None, hparams=None) -> dict:
   """Every member's summed eval metrics (``loss_sum``, ``count``, ``correct``; (N,) each)
-  over the stacked, padded validation batches ``(num_batches, batch, ...)``."""
-  eval_step = make_eval_step(loss_fn)
+  over the stacked, padded validation batches ``(num_batches, batch, ...)``; ``frozen`` and
+  ``hparams`` as in :func:`train_members`."""
 
-  def member(p):
+  def member(p, hp):
+    eval_step = make_eval_step(_member_loss(loss_fn, frozen, hp))
     sums = jax.lax.map(lambda batch: eval_step(p, batch), val_batches)
     return jax.tree.map(lambda s: s.sum(axis=0), sums)
 
-  return jax.vmap(member)(params)
+  return jax.vmap(member, in_axes=(0, None if hparams is None else 0))(params, hparams)
 
 
 def mean_metrics(sums: Mapping[str, Any]) -> dict[str, np.ndarray]:

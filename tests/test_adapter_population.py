@@ -1,0 +1,107 @@
+"""Adapter populations (tune.train_adapter_population): every member equals its adapter
+trained alone; pruned members leave the program (compaction) with the same results as
+masking them, at fewer member-steps."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import bigtune_jax as bt
+from bigtune_jax import data
+from bigtune_jax import models
+from bigtune_jax import train
+from bigtune_jax.finetune import LoRA
+from bigtune_jax.tune import train_adapter_population
+
+MODEL = models.Llama(models.LlamaConfig.tiny())
+PARAMS = MODEL.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+LOSS = train.language_model_loss(MODEL)
+LORA = LoRA(MODEL, targets=("q_proj", "v_proj", "down_proj"), rank=4, alpha=8.0)
+_TOKENS = np.random.default_rng(0).integers(0, 64, (80, 17)).astype(np.int32)
+TRAIN = data.ArrayDataset({"inputs": _TOKENS[:64, :-1], "targets": _TOKENS[:64, 1:]})
+VAL = data.ArrayDataset({"inputs": _TOKENS[64:, :-1], "targets": _TOKENS[64:, 1:]})
+HPARAMS = {"learning_rate": [1e-2, 3e-3, 3e-2, 1e-2], "weight_decay": [0.0, 0.1, 0.0, 0.01],
+           "alpha": [8.0, 16.0, 4.0, 2.0], "rank": [4, 2, 1, 3]}
+
+
+def make_optimizer(h):
+  return optax.adamw(h["learning_rate"], weight_decay=h["weight_decay"])
+
+
+def _alone(i, steps, eval_every):
+  """Member i's adapter trained by itself: a LoRA of its own rank and alpha, fit's batches."""
+  h = {k: v[i] for k, v in HPARAMS.items()}
+  lora = LoRA(MODEL, targets=LORA.targets, rank=h["rank"], alpha=h["alpha"])
+  state = train.create_train_state(MODEL, lora.init(jax.random.key(0), PARAMS),
+                                   make_optimizer(h), seed=0)
+  loss = lora.loss(LOSS, PARAMS)
+  step = jax.jit(train.make_train_step(loss))
+  evaluate = jax.jit(lambda p, b: loss(p, b, jax.random.key(0), False)[0])
+  batches = itertools.chain.from_iterable(TRAIN.batches(8, seed=0, epoch=e)
+                                          for e in itertools.count())
+  val = {k: jnp.asarray(a) for k, a in VAL.arrays.items()} | {"mask": jnp.ones(len(VAL), bool)}
+  curve, losses = [], []
+  for t in range(steps):
+    batch = {k: jnp.asarray(a) for k, a in next(batches).items()}
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+    if (t + 1) % eval_every == 0:
+      curve.append((np.mean(losses), float(evaluate(state.params, val))))
+      losses = []
+  return np.asarray(curve), state.params
+
+
+def test_every_member_equals_its_adapter_trained_alone():
+  result = train_adapter_population(LORA, LOSS, PARAMS, make_optimizer, HPARAMS, TRAIN, VAL,
+                                    steps=12, batch_size=8, eval_every=4)
+  assert result.program_sizes == [4, 4, 4] and result.member_steps == 48
+  for i in range(4):
+    curve, params = _alone(i, 12, 4)
+    ours = np.asarray([(row["train_loss"][i], row["val_loss"][i]) for row in result.history])
+    np.testing.assert_allclose(ours, curve, rtol=1e-5)
+    rank = HPARAMS["rank"][i]
+    member = result.member(i)
+    for name, leaf in params["layers"]["self_attn"]["q_proj"].items():
+      live = member["layers"]["self_attn"]["q_proj"][name]
+      live = live[..., :rank] if name == "lora_a" else live[..., :rank, :]
+      np.testing.assert_allclose(live, leaf, rtol=1e-4, atol=1e-6)
+
+
+def test_pruned_members_leave_the_program_with_the_results_of_masking():
+  def prune_two(step, metrics):
+    assert metrics["val_loss"].shape == (4,)
+    return np.asarray([False, True, False, True]) if step == 4 else None
+
+  runs = {compact: train_adapter_population(
+      LORA, LOSS, PARAMS, make_optimizer, HPARAMS, TRAIN, VAL, steps=12, batch_size=8,
+      eval_every=4, on_eval=prune_two, compact=compact) for compact in (True, False)}
+  compacted, masked = runs[True], runs[False]
+  assert compacted.program_sizes == [4, 2, 2] and compacted.member_steps == 16 + 2 * 8
+  assert masked.program_sizes == [4, 4, 4] and masked.member_steps == 48
+  np.testing.assert_array_equal(compacted.stopped, [False, True, False, True])
+  np.testing.assert_allclose(compacted.final["val_loss"], masked.final["val_loss"], rtol=1e-5)
+  for row in compacted.history[1:]:
+    assert np.isnan(row["val_loss"][[1, 3]]).all() and np.isfinite(row["val_loss"][[0, 2]]).all()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               compacted.lora_params, masked.lora_params)
+
+
+def test_bad_population_settings_are_named_before_any_work():
+  run = lambda **kw: train_adapter_population(
+      LORA, LOSS, PARAMS, make_optimizer, {**HPARAMS, **kw}, TRAIN, VAL, steps=2,
+      batch_size=8)
+  with pytest.raises(ValueError, match=r"hparams\['rank'\] must be integers in \[1, 4\]"):
+    run(rank=[4, 5, 1, 1])
+  with pytest.raises(ValueError, match=r"hparams\['rank'\] must be integers"):
+    run(rank=[1.5, 2, 1, 1])
+  with pytest.raises(ValueError, match=r"hparams\['alpha'\] must be > 0"):
+    run(alpha=[1.0, 0.0, 1.0, 1.0])
+  with pytest.raises(ValueError, match="member 1 of the population"):
+    train_adapter_population(
+        LORA, LOSS, PARAMS, lambda h: bt.momentum(h["learning_rate"], h["momentum"]),
+        {"learning_rate": [0.1, 0.1], "momentum": [0.9, 1.5]}, TRAIN, VAL, steps=2,
+        batch_size=8)
