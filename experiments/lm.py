@@ -72,14 +72,20 @@ def load(config) -> dict[str, data.ArrayDataset]:
   if config["text"] and not os.path.exists(config["text"]):
     raise ValueError(f"--set text={config['text']}: no such text file or folder")
   tokens = data.read_text(config["text"]) if config["text"] else data.stdlib_corpus()
+  return split_windows(tokens, config["block_size"], "text")
+
+
+def split_windows(tokens: np.ndarray, block_size: int, what: str) -> dict[str, data.ArrayDataset]:
+  """Windows of ``block_size`` tokens from contiguous train / validation / test parts
+  (``FRACTIONS``), so that no window of one part overlaps another."""
   cuts = np.cumsum([int(len(tokens) * FRACTIONS[name]) for name in ("train", "validation")])
   parts = dict(zip(FRACTIONS, np.split(tokens, cuts)))
-  splits = {name: data.ArrayDataset(data.lm_windows(part, config["block_size"]))
+  splits = {name: data.ArrayDataset(data.lm_windows(part, block_size))
             for name, part in parts.items()}
   for name, split in splits.items():
     if len(split) == 0:
-      raise ValueError(f"text: its {name} part ({len(parts[name])} bytes) is shorter than one "
-                       f"window of block_size + 1 = {config['block_size'] + 1} bytes")
+      raise ValueError(f"{what}: its {name} part ({len(parts[name])} tokens) is shorter than "
+                       f"one window of block_size + 1 = {block_size + 1} tokens")
   return splits
 
 

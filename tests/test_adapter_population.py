@@ -59,7 +59,7 @@ def test_every_member_equals_its_adapter_trained_alone():
   result = train_adapter_population(LORA, LOSS, PARAMS, make_optimizer, HPARAMS, TRAIN, VAL,
                                     steps=12, batch_size=8, eval_every=4)
   assert result.program_sizes == [4, 4, 4] and result.member_steps == 48
-  for i in range(4):
+  for i in (1, 3):  # ranks 2 and 3 of a stored 4, each with its own alpha and weight decay
     curve, params = _alone(i, 12, 4)
     ours = np.asarray([(row["train_loss"][i], row["val_loss"][i]) for row in result.history])
     np.testing.assert_allclose(ours, curve, rtol=1e-5)
@@ -105,3 +105,26 @@ def test_bad_population_settings_are_named_before_any_work():
         LORA, LOSS, PARAMS, lambda h: bt.momentum(h["learning_rate"], h["momentum"]),
         {"learning_rate": [0.1, 0.1], "momentum": [0.9, 1.5]}, TRAIN, VAL, steps=2,
         batch_size=8)
+
+
+def test_pbt_explores_adapter_populations_over_the_frozen_base():
+  rates = {"learning_rate": [1e-5, 1e-5, 1e-5, 3e-2], "weight_decay": [0.0] * 4,
+           "alpha": [8.0] * 4, "rank": [4, 4, 2, 2]}
+  mutations = {"learning_rate": bt.tune.LogUniform(1e-5, 1e-1)}
+  run = lambda steps: bt.tune.pbt(
+      LORA, LOSS, make_optimizer, rates, mutations, TRAIN, VAL, steps=steps, batch_size=8,
+      perturbation_interval=4, metric="val_loss", quantile_fraction=0.5,
+      resample_probability=0.0, base_params=PARAMS)
+  result = run(8)
+  source = result.history[0]["source"]
+  assert source[3] == 3 and (source != np.arange(4)).sum() == 2  # the best is kept, 2 copy
+  from_best = np.flatnonzero((source == 3) & (np.arange(4) != 3))
+  assert len(from_best) >= 1
+  np.testing.assert_allclose(result.hparams["learning_rate"][from_best] / 3e-2, 1.0, atol=0.21)
+  assert (result.final["val_loss"][from_best] < result.history[0]["val_loss"][from_best]).all()
+  assert jax.tree.structure(result.params) == jax.tree.structure(
+      LORA.init(jax.random.key(0), PARAMS))
+  with pytest.raises(ValueError, match="'rank' cannot explore"):
+    bt.tune.pbt(LORA, LOSS, make_optimizer, rates, {"rank": bt.tune.Uniform(1, 4)}, TRAIN,
+                VAL, steps=4, batch_size=8, perturbation_interval=2, metric="val_loss",
+                base_params=PARAMS)

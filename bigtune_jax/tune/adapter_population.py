@@ -83,7 +83,7 @@ def check_adapter_hparams(lora: LoRA, values: Mapping[str, np.ndarray]) -> None:
                        f"stored rank), got {rank}")
 
 
-def _init_states(lora: LoRA, make_optimizer, base, hparams, seeds: np.ndarray):
+def init_states(lora: LoRA, make_optimizer, base, hparams, seeds: np.ndarray):
   """Stacked train states of the members' adapters (``tx=None``, rebuilt each step)."""
   keys = [int(s) for s in np.atleast_1d(seeds)]
   adapters = [lora.init(jax.random.key(s), base) for s in keys]
@@ -99,7 +99,7 @@ def _init_states(lora: LoRA, make_optimizer, base, hparams, seeds: np.ndarray):
   return jax.jit(jax.vmap(state))(hparams, stacked, jnp.asarray(seeds))
 
 
-def _arrays(dataset, name: str) -> ArrayDataset:
+def as_arrays(dataset, name: str) -> ArrayDataset:
   """``dataset`` as arrays the device holds: token blocks become inputs/targets."""
   if hasattr(dataset, "materialize"):
     return dataset.materialize()
@@ -150,13 +150,13 @@ def train_adapter_population(lora: LoRA, loss_fn: LossFn, params,
   if not isinstance(compact, bool):
     raise ValueError(f"compact must be True or False, got {compact!r}")
   lora.layers(params)  # targets and rank against the model, before any work
-  data = population.PopulationData(_arrays(train_data, "train_data"),
-                                   _arrays(val_data, "val_data"), batch_size, seed,
+  data = population.PopulationData(as_arrays(train_data, "train_data"),
+                                   as_arrays(val_data, "val_data"), batch_size, seed,
                                    eval_batch_size)
   make_loss = member_loss(lora, loss_fn)
   _, train_jit, eval_jit = population.jitted()
   hp = {name: jnp.asarray(v) for name, v in values.items()}
-  states = _init_states(lora, make_optimizer, params, hp, seeds)
+  states = init_states(lora, make_optimizer, params, hp, seeds)
   slots = np.arange(n)  # the member in each slot of the program
   active = np.ones(n, bool)
   stopped_params: dict[int, Any] = {}

@@ -37,8 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigtune_jax.data.pipeline import ArrayDataset
+from bigtune_jax.finetune.adapters import LoRA
 from bigtune_jax.train.step import LossFn
 from bigtune_jax.transforms import validation
+from bigtune_jax.tune import adapter_population
 from bigtune_jax.tune import population
 from bigtune_jax.tune.space import LogUniform
 from bigtune_jax.tune.space import Space
@@ -120,12 +122,13 @@ def exploit_and_explore(members: Any, hparams: Mapping[str, jax.Array], scores: 
 
 
 def _interval(loss_fn, make_optimizer, settings, chunk, states, hparams, rng, data, val,
-              rows, perturb):
+              rows, perturb, frozen=None):
   """Trains one interval, evaluates, and (if ``perturb``) exploits and explores."""
   metric, mutations, quantile_fraction, resample_probability, factors, mode = settings
   states, train_loss = population.train_members(loss_fn, make_optimizer, states, hparams,
-                                                None, data, rows, chunk)
-  sums = population.evaluate_members(loss_fn, states.params, val)
+                                                None, data, rows, chunk, frozen=frozen)
+  sums = population.evaluate_members(loss_fn, states.params, val, frozen=frozen,
+                                     hparams=None if frozen is None else hparams)
   if metric == "val_accuracy" and "correct" not in sums:
     raise ValueError("metric='val_accuracy' needs a classifier's loss_fn (it counts correct "
                      "rows); use metric='val_loss', mode='min'")
@@ -189,12 +192,16 @@ def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimi
         quantile_fraction: float = 0.25, resample_probability: float = 0.25,
         perturbation_factors: Sequence[float] = (0.8, 1.2), seed: int = 0,
         member_seeds: Sequence[int] | None = None, eval_batch_size: int = 512,
-        input_key: str | None = None,
-        member_chunk: int | None = None) -> population.PopulationResult:
+        input_key: str | None = None, member_chunk: int | None = None,
+        base_params=None) -> population.PopulationResult:
   """Population-based training of N members (see the module docstring).
 
   Args:
-    model, loss_fn, make_optimizer, hparams, train_data, val_data, batch_size, seed,
+    model: the flax module every member shares; or a ``finetune.LoRA``, whose members are
+      adapters over the frozen ``base_params`` (held once; ``alpha`` and ``rank`` in
+      ``hparams`` set each adapter, as in ``train_adapter_population``; ``rank`` does not
+      explore). The result's ``params`` are then the stacked adapters.
+    loss_fn, make_optimizer, hparams, train_data, val_data, batch_size, seed,
       member_seeds, eval_batch_size, input_key, member_chunk: as ``train_population``.
     mutations: ``{name: Uniform | LogUniform}`` (or a ``Space``: its continuous axes
       found in ``hparams``), the hyperparameters that explore.
@@ -229,9 +236,26 @@ def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimi
   if not factors or not all(math.isfinite(c) and c > 0 for c in factors):
     raise ValueError(f"perturbation_factors must be a non-empty list of positive numbers, "
                      f"got {perturbation_factors!r}")
-  data = population.PopulationData(train_data, val_data, batch_size, seed, eval_batch_size)
   hp = {name: jnp.asarray(v) for name, v in values.items()}
-  states = population.init_states(model, make_optimizer, data, hp, seeds, input_key)
+  if isinstance(model, LoRA):
+    lora = model
+    adapter_population.check_adapter_hparams(lora, values)
+    if "rank" in dict(mutation_items):
+      raise ValueError("mutations: 'rank' cannot explore (a perturbed rank is not an "
+                       "integer); give it in hparams only")
+    if base_params is None:
+      raise ValueError("base_params: the frozen parameters the LoRA adapters train over")
+    lora.layers(base_params)
+    loss_fn = adapter_population.member_loss(lora, loss_fn)
+    train_data = adapter_population.as_arrays(train_data, "train_data")
+    val_data = adapter_population.as_arrays(val_data, "val_data")
+    data = population.PopulationData(train_data, val_data, batch_size, seed, eval_batch_size)
+    states = adapter_population.init_states(lora, make_optimizer, base_params, hp, seeds)
+  else:
+    if base_params is not None:
+      raise ValueError("base_params is for a finetune.LoRA model (adapter populations)")
+    data = population.PopulationData(train_data, val_data, batch_size, seed, eval_batch_size)
+    states = population.init_states(model, make_optimizer, data, hp, seeds, input_key)
   chunk = member_chunk or population.choose_chunk(states.params)
   settings = (metric, mutation_items, float(quantile_fraction), float(resample_probability),
               factors, mode)
@@ -243,7 +267,8 @@ def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimi
     perturb = step + count < steps
     states, hp, train_loss, sums, source = _interval_jit(
         loss_fn, make_optimizer, settings, chunk, states, hp, key, data.train, val=data.val,
-        rows=jnp.asarray(data.rows(step, count)), perturb=jnp.asarray(perturb))
+        rows=jnp.asarray(data.rows(step, count)), perturb=jnp.asarray(perturb),
+        frozen=base_params)
     step += count
     history.append({"step": step, "train_loss": np.asarray(train_loss),
                     **population.mean_metrics(sums),

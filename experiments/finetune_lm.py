@@ -1,0 +1,328 @@
+"""Fine-tune a pretrained language model to a new domain, and tune the fine-tuning itself
+(seed 001 §4.2, fine-tuning a pretrained model on new data; §6.2-6.4, which layers to
+train and at what rate; seed 003 §4.1, tuning a large language model).
+
+Seed 001 §4.2's snippet fine-tunes a torchvision classifier with an undefined data loader;
+its steps (load the pretrained model, choose what trains, train on the new data, evaluate)
+are run here on a real pretrained language model, with the comparisons §6.2 asks for:
+
+* **base**: the pretrained model, untouched;
+* **full**: every weight trained (Adam, warmup + cosine);
+* **head**: all frozen but the output head (``bt.finetune.freeze``);
+* **lora**: LoRA adapters on q_proj / v_proj at PEFT's usual rank 8, alpha 16;
+* **lora_search**: the best adapter of an Optuna search (TPE, median pruning) over the
+  learning rate, alpha, rank, weight decay and the target modules, each round's trials
+  trained as adapter populations over the one frozen base (``tune.train_adapter_population``;
+  ranks share a program through masks, pruned members leave it).
+
+For each: the target domain's test perplexity, wall time and trainable parameters, in
+``report.md`` (table and validation curves) and ``summary.json``. The best adapter is
+exported twice: merged into a Hugging Face checkpoint (``merged/``, ``save_hf``) and as a
+PEFT adapter (``adapter/``) that ``peft.PeftModel.from_pretrained`` loads on the base.
+
+**Data and model.** ``--set checkpoint=DIR`` takes any supported Hugging Face checkpoint
+directory (GPT-2, Llama, Mistral, Qwen2, with its tokenizer) and ``--set train_text=PATH``
+a text file or folder. With no checkpoint it runs offline: it pretrains a small Llama on
+Python's own pydoc help topics (English prose, byte-level), saves it as a Hugging Face
+checkpoint (``base/``), loads it back with ``bt.hub.load_hf`` as a user loads GPT-2, and
+fine-tunes it to a second domain that ships with Python: the standard library's own
+source files (code).
+
+  python -m experiments.finetune_lm --workdir runs/finetune_lm [--preset small|tiny]
+"""
+
+import glob
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import bigtune_jax as bt
+from bigtune_jax import data
+from bigtune_jax import finetune
+from bigtune_jax import hub
+from bigtune_jax import models
+from bigtune_jax import train
+from bigtune_jax import tune
+from experiments import common
+from experiments import lm
+
+PRESETS = {
+    "tiny": dict(hidden_size=32, n_layer=1, n_head=2, block_size=32, pretrain_steps=40,
+                 finetune_steps=20, batch_size=8, learning_rate=3e-3,
+                 finetune_learning_rate=1e-3, head_learning_rate=3e-3, lora_rank=4,
+                 population=4, rounds=1, eval_every=10, source_kb=48, seed=0,
+                 checkpoint="", train_text=""),
+    "small": dict(hidden_size=96, n_layer=3, n_head=4, block_size=64, pretrain_steps=400,
+                  finetune_steps=100, batch_size=16, learning_rate=3e-3,
+                  finetune_learning_rate=1e-3, head_learning_rate=3e-3, lora_rank=8,
+                  population=6, rounds=2, eval_every=20, source_kb=256, seed=0,
+                  checkpoint="", train_text=""),
+}
+CHECKS = {"n_head": common.integer(1)}
+TARGETS = {"qv": ("q_proj", "v_proj"), "all": "all-linear"}  # GPT-2: c_attn, all-linear
+
+
+def source_domain(kilobytes: int) -> np.ndarray:
+  """The standard library's own ``.py`` files (sorted by path) as bytes, the first KB."""
+  files = sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "*.py")))
+  text = b"".join(open(f, "rb").read() for f in files)[:kilobytes * 1024]
+  return np.frombuffer(text, np.uint8).astype(np.int32)
+
+
+def pretrain(config, workdir):
+  """A small Llama pretrained on the pydoc topics, saved as a Hugging Face checkpoint."""
+  cfg = models.LlamaConfig(
+      vocab_size=data.VOCAB_SIZE, hidden_size=config["hidden_size"],
+      intermediate_size=4 * config["hidden_size"], num_hidden_layers=config["n_layer"],
+      num_attention_heads=config["n_head"], num_key_value_heads=max(config["n_head"] // 2, 1),
+      max_position_embeddings=config["block_size"], tie_word_embeddings=False,
+      dtype=jnp.float32)
+  model = models.Llama(cfg)
+  splits = lm.split_windows(data.stdlib_corpus(), config["block_size"], "pydoc topics")
+  params = train.init_params(model, jnp.asarray(splits["train"]["inputs"][:1]), config["seed"])
+  steps = config["pretrain_steps"]
+  tx = optax.chain(optax.clip_by_global_norm(1.0), bt.adam(bt.warmup_cosine_decay(
+      config["learning_rate"], steps // 10, steps, end_lr=config["learning_rate"] / 10)))
+  result = train.fit(train.create_train_state(model, params, tx, seed=config["seed"]),
+                     train.language_model_loss(model), splits["train"], splits["validation"],
+                     config=train.FitConfig(steps=steps, batch_size=config["batch_size"],
+                                            eval_every=steps, seed=config["seed"],
+                                            progress=False),
+                     workdir=os.path.join(workdir, "pretrain"))
+  return hub.save_hf(os.path.join(workdir, "base"), model, result.state.params)
+
+
+def target_splits(config, workdir):
+  """The fine-tuning domain's train / validation / test windows, and the model's vocab."""
+  text = config["train_text"]
+  if text and (not os.path.exists(text) or (os.path.isfile(text) and not os.path.getsize(text))):
+    raise ValueError(f"--set train_text={text}: no such file or folder, or it is empty")
+  if config["checkpoint"]:
+    if not text:
+      raise ValueError("--set checkpoint=DIR needs --set train_text=PATH (the new domain)")
+    tokenizer = data.load_tokenizer(config["checkpoint"])
+    blocks = data.load_token_dataset(config["train_text"], tokenizer,
+                                     block_size=config["block_size"],
+                                     cache_dir=os.path.join(workdir, "tokens"),
+                                     seed=config["seed"])
+    return {"train": blocks["train"].materialize(),
+            "validation": blocks["validation"].materialize(),
+            "test": blocks["test"].materialize()}
+  if config["train_text"]:
+    return lm.split_windows(data.read_text(config["train_text"]), config["block_size"],
+                            "train_text")
+  return lm.split_windows(source_domain(config["source_kb"]), config["block_size"],
+                          "standard library source")
+
+
+def adapter_optimizer(steps: int):
+  """``hparams -> AdamW`` with linear warmup over ``warmup_fraction`` of the steps (default
+  0.1), then cosine decay to a tenth of the peak ``learning_rate``; every value may be
+  traced (a population member's)."""
+  def make(h):
+    warmup = jnp.round(h.get("warmup_fraction", 0.1) * steps).astype(jnp.int32)
+    schedule = bt.warmup_cosine_decay(h["learning_rate"], warmup, steps,
+                                      end_lr=h["learning_rate"] / 10)
+    return optax.adamw(schedule, weight_decay=h["weight_decay"])
+  return make
+
+
+class Runner:
+  """The methods, on one loaded base model and the target domain's splits."""
+
+  def __init__(self, model, params, splits, config, workdir):
+    self.model, self.params, self.splits = model, params, splits
+    self.config, self.workdir = config, workdir
+    self.loss_fn = train.language_model_loss(model)
+    self.eval_step = jax.jit(train.make_eval_step(self.loss_fn))
+    self.curves: dict[str, list[tuple[int, float]]] = {}
+
+  def test_loss(self, params) -> float:
+    return float(train.evaluate(self.eval_step, params, self.splits["test"],
+                                self.config["batch_size"] * 4)["loss"])
+
+  def fit(self, name, tx, trainable=None):
+    """Full or partial fine-tuning through ``bt.train.fit``."""
+    steps = self.config["finetune_steps"]
+    params = jax.tree.map(jnp.copy, self.params)  # fit donates its state
+    state = train.create_train_state(self.model, params, tx, seed=self.config["seed"])
+    result = train.fit(state, self.loss_fn, self.splits["train"], self.splits["validation"],
+                       config=train.FitConfig(steps=steps, batch_size=self.config["batch_size"],
+                                              eval_every=self.config["eval_every"],
+                                              seed=self.config["seed"], progress=False),
+                       workdir=os.path.join(self.workdir, name))
+    self.curves[name] = [(row["step"], row["val_loss"]) for row in result.history
+                         if "val_loss" in row]
+    return result.state.params, finetune.trainable_parameter_count(self.params, trainable)
+
+  def adapters(self, lora, hparams, on_eval=None):
+    return tune.train_adapter_population(
+        lora, self.loss_fn, self.params, adapter_optimizer(self.config["finetune_steps"]),
+        hparams, self.splits["train"], self.splits["validation"],
+        steps=self.config["finetune_steps"], batch_size=self.config["batch_size"],
+        eval_every=self.config["eval_every"], seed=self.config["seed"], on_eval=on_eval)
+
+
+def lora_targets(model, key: str):
+  if isinstance(model, models.GPT):
+    return {"qv": ("c_attn",), "all": "all-linear"}[key]
+  return TARGETS[key]
+
+
+def search_adapters(runner: Runner, config, workdir):
+  """Rounds of ``population`` Optuna trials; each round's trials grouped by target modules,
+  each group one adapter population (ranks masked, pruned members compacted away)."""
+  space = tune.Space({"learning_rate": tune.LogUniform(1e-4, 3e-2),
+                      "alpha": tune.Uniform(2.0, 64.0), "weight_decay": tune.Uniform(0.0, 0.1),
+                      "warmup_fraction": tune.Uniform(0.0, 0.3),
+                      "rank": tune.Int(1, config["lora_rank"]),
+                      "targets": tune.Choice(sorted(TARGETS))})
+  searcher = tune.OptunaSearch(space, seed=config["seed"], direction="minimize",
+                               pruner="median",
+                               storage=f"journal:{os.path.join(workdir, 'study.journal')}")
+  best = None
+  member_steps = {"trained": 0, "all_members": 0}
+  while len(searcher.results) < config["rounds"] * config["population"]:
+    trials = searcher.ask(config["population"])
+    for key in sorted({t.params["targets"] for t in trials}):
+      group = [t for t in trials if t.params["targets"] == key]
+      lora = finetune.LoRA(runner.model, targets=lora_targets(runner.model, key),
+                           rank=config["lora_rank"])
+      hparams = {name: [t.params[name] for t in group]
+                 for name in ("learning_rate", "alpha", "weight_decay", "warmup_fraction",
+                              "rank")}
+
+      def on_eval(step, metrics, group=group):
+        return [bool(np.isfinite(v)) and searcher.report(t, step, float(v))
+                for t, v in zip(group, metrics["val_loss"])]
+
+      result = runner.adapters(lora, hparams, on_eval)
+      member_steps["trained"] += result.member_steps
+      member_steps["all_members"] += len(group) * config["finetune_steps"]
+      for i, trial in enumerate(group):
+        value = float(result.final["val_loss"][i])
+        if result.stopped[i]:
+          searcher.tell(trial, None, state="pruned")
+          continue
+        searcher.tell(trial, value if math.isfinite(value) else None,
+                      state="complete" if math.isfinite(value) else "failed")
+        if math.isfinite(value) and (best is None or value < best["val_loss"]):
+          best = {"val_loss": value, "trial": trial.number, "params": dict(trial.params),
+                  "lora": lora, "adapters": result.member(i),
+                  "curve": [(row["step"], row["val_loss"][i]) for row in result.history]}
+  if best is None:
+    raise RuntimeError("finetune_lm: every adapter trial was pruned or diverged")
+  return best, searcher, member_steps
+
+
+def main(argv=None) -> dict:
+  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
+                                              checks=CHECKS)
+  start = time.time()
+  if config["checkpoint"]:
+    base_dir = config["checkpoint"]
+    hub.read_config(base_dir)  # a clear error before any work
+  else:
+    base_dir = pretrain(config, workdir)
+  model, params = hub.load_hf(base_dir, dtype=jnp.float32)  # as a user loads GPT-2
+  if config["block_size"] > model.config.block_size:
+    raise ValueError(f"--set block_size must be at most the model's positions "
+                     f"({model.config.block_size}), got {config['block_size']}")
+  splits = target_splits(config, workdir)
+  common.check_batch_size("batch_size", config["batch_size"], splits["train"])
+  runner = Runner(model, params, splits, config, workdir)
+  rows = {"base": {"test_loss": runner.test_loss(params), "trainable": 0, "wall_s": 0.0}}
+  total = finetune.trainable_parameter_count(params)
+
+  def timed(name, run):
+    began = time.time()
+    trained, count = run()
+    rows[name] = {"test_loss": runner.test_loss(trained), "trainable": count,
+                  "wall_s": round(time.time() - began, 2)}
+
+  lr = config["finetune_learning_rate"]
+  timed("full", lambda: runner.fit("full", bt.adam(lr)))
+  head = ("lm_head",) if "lm_head" in params else ("wte",)
+  timed("head", lambda: runner.fit("head", finetune.freeze(bt.adam(
+      config["head_learning_rate"]), head), head))
+
+  def default_lora():
+    lora = finetune.LoRA(model, targets=lora_targets(model, "qv"), rank=8 if preset != "tiny"
+                         else config["lora_rank"], alpha=16.0)
+    result = runner.adapters(lora, {"learning_rate": [lr], "weight_decay": [0.0]})
+    runner.curves["lora"] = [(row["step"], row["val_loss"][0]) for row in result.history]
+    adapters = result.member(0)
+    return lora.merge(params, adapters), finetune.adapter_parameter_count(adapters)
+
+  timed("lora", default_lora)
+  searched = {}
+
+  def best_lora():
+    best, searcher, member_steps = search_adapters(runner, config, workdir)
+    searched.update(best=best, searcher=searcher, member_steps=member_steps)
+    runner.curves["lora_search"] = best["curve"]
+    lora, p = best["lora"], best["params"]
+    merged = lora.merge(params, best["adapters"], alpha=p["alpha"], rank=p["rank"])
+    hub.save_hf(os.path.join(workdir, "merged"), model, merged)
+    finetune.save_peft(os.path.join(workdir, "adapter"), lora, best["adapters"],
+                       alpha=p["alpha"], rank=p["rank"], base_model_name_or_path=str(base_dir))
+    count = sum(layer.n_in * p["rank"] * math.prod(layer.stack) + p["rank"] * layer.n_out
+                * math.prod(layer.stack) for layer in lora.layers(params))
+    return merged, count
+
+  timed("lora_search", best_lora)
+  for row in rows.values():
+    row["test_perplexity"] = round(math.exp(row["test_loss"]), 3)
+  best = searched["best"]
+  summary = {
+      "experiment": "finetune_lm", "preset": preset, "base_checkpoint": str(base_dir),
+      "model": type(model).__name__, "model_params": total, "methods": rows,
+      "best_lora": {k: best["params"][k] for k in best["params"]} | {
+          "val_loss": best["val_loss"], "trial": best["trial"]},
+      "search_trials": len(searched["searcher"].results),
+      "search_member_steps": searched["member_steps"],
+      "test_loss": rows["lora_search"]["test_loss"], "config": config}
+  write_report(workdir, summary, runner.curves)
+  return common.finish(workdir, summary, start, hide=("config",))
+
+
+def write_report(workdir, summary, curves) -> None:
+  """``report.md``: the table of methods and a plot of their validation curves."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  figure, axes = plt.subplots(figsize=(6, 4))
+  for name, curve in curves.items():
+    if curve:
+      steps, losses = zip(*curve)
+      axes.plot(steps, losses, marker="o", label=name)
+  axes.axhline(summary["methods"]["base"]["test_loss"], color="gray", ls="--", label="base (test)")
+  axes.set(xlabel="fine-tuning step", ylabel="validation loss (nats/token)",
+           title="Fine-tuning to the new domain")
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(os.path.join(workdir, "curves.png"), dpi=100)
+  plt.close(figure)
+  lines = [f"# finetune_lm ({summary['preset']})", "",
+           f"Base: {summary['base_checkpoint']} ({summary['model']}, "
+           f"{summary['model_params']:,} parameters).", "",
+           "| method | test loss | test perplexity | trainable params | wall s |",
+           "|---|---:|---:|---:|---:|"]
+  for name, row in summary["methods"].items():
+    lines.append(f"| {name} | {row['test_loss']:.4f} | {row['test_perplexity']:.3f} | "
+                 f"{row['trainable']:,} | {row['wall_s']} |")
+  steps = summary["search_member_steps"]
+  lines += ["", f"Best adapter: {summary['best_lora']}.",
+            f"Search: {summary['search_trials']} trials, {steps['trained']} member-steps "
+            f"computed of {steps['all_members']} without pruning.", "", "![curves](curves.png)"]
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  common.run(main)
