@@ -41,12 +41,17 @@ IDX = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 9)), jnp.int32)
 def test_init_leaves_logits_unchanged_and_merge_equals_the_adapted_model(kind):
   model, params, lora = _setup(kind)
   lora_params = lora.init(jax.random.key(2), params)
-  base = model.apply({"params": params}, IDX)
-  np.testing.assert_array_equal(lora.apply(params, lora_params, IDX), base)
   trained = _perturbed(lora_params)
-  adapted = lora.apply(params, trained, IDX)
+
+  @jax.jit  # one compilation for the four forward passes
+  def logits(params, lora_params, trained):
+    return (model.apply({"params": params}, IDX), lora.apply(params, lora_params, IDX),
+            lora.apply(params, trained, IDX),
+            model.apply({"params": lora.merge(params, trained)}, IDX))
+
+  base, at_init, adapted, merged = logits(params, lora_params, trained)
+  np.testing.assert_array_equal(at_init, base)
   assert float(jnp.abs(adapted - base).max()) > 0.1
-  merged = model.apply({"params": lora.merge(params, trained)}, IDX)
   np.testing.assert_allclose(adapted, merged, atol=2e-5, rtol=0)
 
 
