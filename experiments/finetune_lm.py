@@ -13,7 +13,9 @@ are run here on a real pretrained language model, with the comparisons §6.2 ask
 * **lora_search**: the best adapter of an Optuna search (TPE, median pruning) over the
   learning rate, alpha, rank, weight decay and the target modules, each round's trials
   trained as adapter populations over the one frozen base (``tune.train_adapter_population``;
-  ranks share a program through masks, pruned members leave it).
+  ranks share a program through masks, pruned members leave it). Warmup is continuous;
+  the target modules and the schedule (cosine or constant after warmup) are discrete
+  axes: each round's trials are grouped by them, one population per group.
 
 For each: the target domain's test perplexity, wall time and trainable parameters, in
 ``report.md`` (table and validation curves) and ``summary.json``. The best adapter is
@@ -120,16 +122,19 @@ def target_splits(config, workdir):
                           "standard library source")
 
 
-def adapter_optimizer(steps: int):
+def adapter_optimizer(steps: int, schedule: str = "cosine"):
   """``hparams -> AdamW`` with linear warmup over ``warmup_fraction`` of the steps (default
-  0.1), then cosine decay to a tenth of the peak ``learning_rate``; every value may be
-  traced (a population member's)."""
+  0.1), then ``"cosine"`` decay to a tenth of the peak ``learning_rate`` or ``"constant"``
+  at the peak; every value may be traced (a population member's)."""
   def make(h):
     warmup = jnp.round(h.get("warmup_fraction", 0.1) * steps).astype(jnp.int32)
-    schedule = bt.warmup_cosine_decay(h["learning_rate"], warmup, steps,
-                                      end_lr=h["learning_rate"] / 10)
-    return optax.adamw(schedule, weight_decay=h["weight_decay"])
+    end = h["learning_rate"] / 10 if schedule == "cosine" else h["learning_rate"]
+    return optax.adamw(bt.warmup_cosine_decay(h["learning_rate"], warmup, steps, end_lr=end),
+                       weight_decay=h["weight_decay"])
   return make
+
+
+SCHEDULES = ("constant", "cosine")
 
 
 class Runner:
@@ -141,6 +146,9 @@ class Runner:
     self.loss_fn = train.language_model_loss(model)
     self.eval_step = jax.jit(train.make_eval_step(self.loss_fn))
     self.curves: dict[str, list[tuple[int, float]]] = {}
+    # one object per schedule: the compiled population programs are reused across groups
+    self.optimizers = {name: adapter_optimizer(config["finetune_steps"], name)
+                       for name in SCHEDULES}
 
   def test_loss(self, params) -> float:
     return float(train.evaluate(self.eval_step, params, self.splits["test"],
@@ -160,9 +168,9 @@ class Runner:
                          if "val_loss" in row]
     return result.state.params, finetune.trainable_parameter_count(self.params, trainable)
 
-  def adapters(self, lora, hparams, on_eval=None):
+  def adapters(self, lora, hparams, on_eval=None, schedule="cosine"):
     return tune.train_adapter_population(
-        lora, self.loss_fn, self.params, adapter_optimizer(self.config["finetune_steps"]),
+        lora, self.loss_fn, self.params, self.optimizers[schedule],
         hparams, self.splits["train"], self.splits["validation"],
         steps=self.config["finetune_steps"], batch_size=self.config["batch_size"],
         eval_every=self.config["eval_every"], seed=self.config["seed"], on_eval=on_eval)
@@ -175,13 +183,15 @@ def lora_targets(model, key: str):
 
 
 def search_adapters(runner: Runner, config, workdir):
-  """Rounds of ``population`` Optuna trials; each round's trials grouped by target modules,
-  each group one adapter population (ranks masked, pruned members compacted away)."""
+  """Rounds of ``population`` Optuna trials; each round's trials grouped by target modules
+  and schedule, each group one adapter population (ranks masked, pruned members compacted
+  away)."""
   space = tune.Space({"learning_rate": tune.LogUniform(1e-4, 3e-2),
                       "alpha": tune.Uniform(2.0, 64.0), "weight_decay": tune.Uniform(0.0, 0.1),
                       "warmup_fraction": tune.Uniform(0.0, 0.3),
                       "rank": tune.Int(1, config["lora_rank"]),
-                      "targets": tune.Choice(sorted(TARGETS))})
+                      "targets": tune.Choice(sorted(TARGETS)),
+                      "schedule": tune.Choice(SCHEDULES)})
   searcher = tune.OptunaSearch(space, seed=config["seed"], direction="minimize",
                                pruner="median",
                                storage=f"journal:{os.path.join(workdir, 'study.journal')}")
@@ -189,8 +199,8 @@ def search_adapters(runner: Runner, config, workdir):
   member_steps = {"trained": 0, "all_members": 0}
   while len(searcher.results) < config["rounds"] * config["population"]:
     trials = searcher.ask(config["population"])
-    for key in sorted({t.params["targets"] for t in trials}):
-      group = [t for t in trials if t.params["targets"] == key]
+    for key, schedule in sorted({(t.params["targets"], t.params["schedule"]) for t in trials}):
+      group = [t for t in trials if (t.params["targets"], t.params["schedule"]) == (key, schedule)]
       lora = finetune.LoRA(runner.model, targets=lora_targets(runner.model, key),
                            rank=config["lora_rank"])
       hparams = {name: [t.params[name] for t in group]
@@ -201,7 +211,7 @@ def search_adapters(runner: Runner, config, workdir):
         return [bool(np.isfinite(v)) and searcher.report(t, step, float(v))
                 for t, v in zip(group, metrics["val_loss"])]
 
-      result = runner.adapters(lora, hparams, on_eval)
+      result = runner.adapters(lora, hparams, on_eval, schedule)
       member_steps["trained"] += result.member_steps
       member_steps["all_members"] += len(group) * config["finetune_steps"]
       for i, trial in enumerate(group):
