@@ -199,6 +199,10 @@ def factorize(model: nn.Module, params, *, rank: int | None = None,
       ranks.append(int(factors[0].shape[1]))
       new_params[name] = {"down": {"kernel": factors[0]},
                           "up": {"kernel": factors[1], "bias": params[name]["bias"]}}
+  if all(r is None for r in ranks):
+    raise ValueError(f"energy {energy} keeps, in every layer, a rank at which the factors "
+                     "are no smaller than the kernel (r (m + n) >= m n): the model would stay "
+                     "dense; lower the energy or name the layers")
   low_rank = LowRankMLP(hidden=tuple(model.hidden), num_classes=model.num_classes,
                         ranks=tuple(ranks), activation=model.activation,
                         dropout_rate=model.dropout_rate)

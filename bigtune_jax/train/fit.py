@@ -116,6 +116,10 @@ def evaluate(eval_step: Callable, params, dataset: ArrayDataset, batch_size: int
   With a ``mesh`` (by default the one ``params`` are placed on, if any) each batch is
   split by rows over it, each host loading its own rows.
   """
+  validation.check_int("batch_size", batch_size, 1)
+  if len(dataset) == 0:
+    raise ValueError("evaluate: the dataset has no examples (an empty split, e.g. "
+                     "validation_fraction=0?); there is nothing to evaluate")
   mesh = mesh if mesh is not None else sharding_lib.mesh_of(params)
   wait_each_batch = sharding_lib.cpu_collectives_need_sync()
   outs = []  # every batch is dispatched before the first result is read
