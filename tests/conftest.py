@@ -15,6 +15,7 @@ def x64():
     jax.config.update("jax_enable_x64", previous)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
   """Tests that share an expensive module- or session-scoped fixture of this suite (an
   8-device subprocess, a set of transformers checkpoints) run on one xdist worker
