@@ -12,7 +12,7 @@ import pytest
 
 import bigtune_jax as bt
 
-adam_module = importlib.import_module("bigtune_jax.transforms.adam")
+adam_module = importlib.import_module("bigtune_jax.transforms.adaptive_moments")
 
 
 def test_stochastic_rounding_is_unbiased_and_picks_a_neighbour():

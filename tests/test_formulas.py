@@ -53,7 +53,7 @@ def test_hypergradient_state_exposes_the_learned_rate():
 
 @pytest.mark.usefixtures("x64")
 def test_ema_momentum_is_heavy_ball_with_a_rescaled_rate():
-  """ema_momentum(a, b) == momentum(a (1 - b), b) for constant rates (momentum.py)."""
+  """ema_momentum(a, b) == momentum(a (1 - b), b) for constant rates (momentum_forms.py)."""
   params, curvature, noise = registry.quadratic_problem(seed=9, steps=STEPS)
   ema = registry.run_jax(bt.ema_momentum(0.3, beta=0.8), params, curvature, noise)
   heavy_ball = registry.run_jax(bt.momentum(0.3 * (1 - 0.8), gamma=0.8), params, curvature, noise)

@@ -33,3 +33,25 @@ def test_the_names_docstrings_use_resolve():
 def test_unknown_attribute_is_an_attribute_error():
   with pytest.raises(AttributeError, match="no attribute 'trian'"):
     bt.trian  # pylint: disable=pointless-statement
+
+
+def _submodules():
+  import pkgutil  # pylint: disable=g-import-not-at-top
+  return [m.name for m in pkgutil.walk_packages(bt.__path__, "bigtune_jax.")]
+
+
+def test_no_module_is_shadowed_by_a_name_of_its_package():
+  """``import bigtune_jax.a.b`` gives module ``b`` and ``bigtune_jax.a.b`` is that module:
+  no package exports a function or class under the name of one of its modules (``fit``
+  the function lives in ``train/loop.py``, ``adam`` in ``transforms/adaptive_moments.py``)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  shadowed = []
+  for name in _submodules():
+    module = importlib.import_module(name)
+    parent, _, leaf = name.rpartition(".")
+    if getattr(importlib.import_module(parent), leaf) is not module:
+      shadowed.append(name)
+    assert isinstance(module, types.ModuleType)
+  assert not shadowed, f"modules shadowed by a name of their package: {shadowed}"
+  assert callable(bt.train.fit) and callable(bt.transforms.adam) and callable(bt.sgd)

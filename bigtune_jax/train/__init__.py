@@ -5,10 +5,10 @@ from bigtune_jax.train.checkpoint import Checkpointer
 from bigtune_jax.train.checkpoint import abstract_like
 from bigtune_jax.train.distributed import global_batch
 from bigtune_jax.train.distributed import maybe_initialize
-from bigtune_jax.train.fit import FitConfig
-from bigtune_jax.train.fit import FitResult
-from bigtune_jax.train.fit import evaluate
-from bigtune_jax.train.fit import fit
+from bigtune_jax.train.loop import FitConfig
+from bigtune_jax.train.loop import FitResult
+from bigtune_jax.train.loop import evaluate
+from bigtune_jax.train.loop import fit
 from bigtune_jax.train.metrics import MetricsLog
 from bigtune_jax.train.workdir import WorkdirInUseError
 from bigtune_jax.train.workdir import WorkdirLock

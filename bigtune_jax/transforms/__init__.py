@@ -1,20 +1,20 @@
 """Optimizer formulas of the seeds as optax transforms."""
 
-from bigtune_jax.transforms.accumulate import accumulate
-from bigtune_jax.transforms.adam import adam
-from bigtune_jax.transforms.adam import scale_by_low_precision_adam
-from bigtune_jax.transforms.adam import stochastic_round_to_bfloat16
+from bigtune_jax.transforms.accumulation import accumulate
 from bigtune_jax.transforms.adaptive import adaptive_sgd
 from bigtune_jax.transforms.adaptive import scale_by_accumulated_norm
+from bigtune_jax.transforms.adaptive_moments import adam
+from bigtune_jax.transforms.adaptive_moments import scale_by_low_precision_adam
+from bigtune_jax.transforms.adaptive_moments import stochastic_round_to_bfloat16
+from bigtune_jax.transforms.gradient_descent import sgd
 from bigtune_jax.transforms.hypergradient import HypergradientState
 from bigtune_jax.transforms.hypergradient import hypergradient_adam
 from bigtune_jax.transforms.hypergradient import hypergradient_descent
 from bigtune_jax.transforms.hypergradient import hypergradient_sgd
-from bigtune_jax.transforms.momentum import ema_momentum
-from bigtune_jax.transforms.momentum import momentum
+from bigtune_jax.transforms.momentum_forms import ema_momentum
+from bigtune_jax.transforms.momentum_forms import momentum
 from bigtune_jax.transforms.regularize import l1
 from bigtune_jax.transforms.regularize import l2
-from bigtune_jax.transforms.sgd import sgd
 
 __all__ = (
     "HypergradientState",

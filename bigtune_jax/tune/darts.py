@@ -45,7 +45,7 @@ from bigtune_jax.models.supernet import Architecture
 from bigtune_jax.models.supernet import Supernet
 from bigtune_jax.models.supernet import merge_arch
 from bigtune_jax.models.supernet import split_arch
-from bigtune_jax.train.fit import evaluate
+from bigtune_jax.train.loop import evaluate
 from bigtune_jax.train.state import init_params
 from bigtune_jax.train.step import LossFn
 from bigtune_jax.train.step import classification_loss
