@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from bigtune_jax.transforms import dtypes
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 _MODES = ("min", "max")
 

@@ -34,7 +34,7 @@ import safetensors.numpy
 from bigtune_jax import hub_tables
 from bigtune_jax.hub_tables import SUPPORTED_MODEL_TYPES
 from bigtune_jax.tree_paths import path_name
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"

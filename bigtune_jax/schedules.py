@@ -27,7 +27,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
 

@@ -192,7 +192,7 @@ def search_adapters(runner: Runner, config, workdir):
                       "rank": tune.Int(1, config["lora_rank"]),
                       "targets": tune.Choice(sorted(TARGETS)),
                       "schedule": tune.Choice(SCHEDULES)})
-  searcher = tune.OptunaSearch(space, seed=config["seed"], direction="minimize",
+  searcher = tune.OptunaSearch(space, seed=config["seed"], mode="min",
                                pruner="median",
                                storage=f"journal:{os.path.join(workdir, 'study.journal')}")
   best = None

@@ -122,12 +122,12 @@ def make_searcher(space, config, workdir):
   try:
     import optuna  # pylint: disable=g-import-not-at-top
   except ImportError:
-    return tune.RandomSearch(space, seed=config["seed"], direction="minimize")
+    return tune.RandomSearch(space, seed=config["seed"], mode="min")
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   os.makedirs(workdir, exist_ok=True)
   return tune.OptunaSearch(space, seed=config["seed"], sampler=config["sampler"],
                            pruner=config["pruner"], storage=f"journal:{workdir}/study.log",
-                           study_name="tune_lm", direction="minimize")
+                           study_name="tune_lm", mode="min")
 
 
 def train_trials(searcher, trials, splits, config) -> None:

@@ -117,7 +117,7 @@ def test_keeps_the_last_two_and_the_best(tmp_path):
 
 @pytest.mark.parametrize("mode, best", [("min", 3), ("max", 2)])
 def test_best_step_by_mode(tmp_path, mode, best):
-  with Checkpointer(tmp_path, keep_last=10, best_metric="score", best_mode=mode) as ckpt:
+  with Checkpointer(tmp_path, keep_last=10, best_metric="score", mode=mode) as ckpt:
     assert ckpt.best_step() is None
     for step, score in [(1, 0.5), (2, 0.9), (3, 0.1), (4, float("nan"))]:
       ckpt.save(step, _small(step), {"score": score})
@@ -253,7 +253,7 @@ def test_metrics_without_the_best_metric_write_nothing(tmp_path):
 @pytest.mark.parametrize("kwargs, name", [
     ({"keep_last": 0}, "keep_last"),
     ({"keep_best": -1}, "keep_best"),
-    ({"best_mode": "lowest", "best_metric": "loss"}, "best_mode"),
+    ({"mode": "lowest", "best_metric": "loss"}, "mode"),
     ({"keep_best": 1}, "best_metric"),
 ])
 def test_bad_arguments(tmp_path, kwargs, name):

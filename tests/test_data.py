@@ -247,12 +247,14 @@ def test_split_tokens_and_load_dataset_text(tmp_path):
   assert user["train"]["inputs"][0].tobytes() == expected[:4]
 
 
-def test_integral_floats_pass_and_other_sizes_raise_value_error():
+def test_sizes_are_integers_by_the_library_wide_rule():
+  """bigtune_jax.validation's one rule, as for FitConfig: integers (NumPy's too) pass;
+  integral floats are refused like every other non-integer."""
   tokens = np.arange(10, dtype=np.uint8)
-  np.testing.assert_array_equal(data.lm_windows(tokens, 4.0, stride=2.0)["inputs"],
+  np.testing.assert_array_equal(data.lm_windows(tokens, np.int64(4), stride=2)["inputs"],
                                 data.lm_windows(tokens, 4, stride=2)["inputs"])
-  assert len(list(indexed_dataset(10).batches(4.0))) == 2
-  for bad in (float("inf"), float("nan"), None, "4", True, 2.5):
+  assert len(list(indexed_dataset(10).batches(np.int32(4)))) == 2
+  for bad in (4.0, float("inf"), float("nan"), None, "4", True, 2.5):
     with pytest.raises(ValueError, match="block_size"):
       data.lm_windows(tokens, bad)
     with pytest.raises(ValueError, match="num_examples"):

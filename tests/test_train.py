@@ -120,7 +120,7 @@ def test_early_stopping_stops_and_restores_the_best_params(splits):
                             keep_best_params=True)  # lr 5: unstable, accuracy drops
   result = train.fit(state, loss_fn, splits["train"], splits["validation"],
                      config=config(steps=400, eval_every=10, monitor="val_accuracy",
-                                   monitor_mode="max"), early_stopping=stopper)
+                                   mode="max"), early_stopping=stopper)
   assert result.stopped_early and int(result.state.step) < 400
   best = max(r["val_accuracy"] for r in result.history)
   assert_trees_close(result.state.params, result.state.best_params, rtol=0, atol=0)
@@ -158,7 +158,7 @@ def test_controls_must_be_given_to_both_state_and_fit(splits):
 
 
 @pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", 0), ("eval_every", -1),
-                                         ("monitor_mode", "avg"), ("keep_checkpoints", 0)])
+                                         ("mode", "avg"), ("keep_checkpoints", 0)])
 def test_bad_fit_config_names_the_field(field, value):
   with pytest.raises(ValueError, match=field):
     config(**{field: value})

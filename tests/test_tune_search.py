@@ -136,7 +136,7 @@ def test_validate_names_the_bad_hyperparameter(config, match):
 # --- the ask / report / tell protocol --------------------------------------------------------
 
 def test_tell_records_results_best_and_pruned_values():
-  search = tune.RandomSearch(mixed_space(), seed=0, direction="minimize")
+  search = tune.RandomSearch(mixed_space(), seed=0, mode="min")
   a, b, c, d = search.ask(4)
   search.tell(b, 0.3)
   search.tell(a, 0.7)
@@ -185,9 +185,9 @@ def test_tpe_beats_random_search_at_equal_budget():
   best = {}
   for sampler in ("tpe", "random"):
     best[sampler] = np.array([
-        tune.OptunaSearch(space, seed=seed, sampler=sampler, direction="minimize").run(
+        tune.OptunaSearch(space, seed=seed, sampler=sampler, mode="min").run(
             lambda t: regret(t.params), n_trials=40).value for seed in range(5)])
-  best["ours"] = np.array([tune.RandomSearch(space, seed=s, direction="minimize").run(
+  best["ours"] = np.array([tune.RandomSearch(space, seed=s, mode="min").run(
       lambda t: regret(t.params), n_trials=40).value for s in range(5)])
   assert np.mean(best["tpe"]) < 0.5 * np.mean(best["random"])
   assert np.mean(best["tpe"]) < 0.5 * np.mean(best["ours"])
@@ -304,9 +304,9 @@ def test_unreachable_storage_and_bad_names_raise_before_any_work(tmp_path):
   assert not os.path.exists(f"{tmp_path}/never.db")  # nothing written
   tune.OptunaSearch(space, storage=f"journal:{tmp_path}/j.log", study_name="s").run(
       lambda t: t.params["x"], 2)
-  with pytest.raises(ValueError, match="direction='minimize' differs from the stored study"):
+  with pytest.raises(ValueError, match="mode='min' differs from the stored study"):
     tune.OptunaSearch(space, storage=f"journal:{tmp_path}/j.log", study_name="s",
-                      direction="minimize")
+                      mode="min")
   with pytest.raises(ValueError, match="points_per_axis"):
     tune.GridSearch(space, points_per_axis=0)
   with pytest.raises(ValueError, match="space must be a bigtune_jax.tune.Space"):

@@ -31,7 +31,7 @@ import numpy as np
 
 from bigtune_jax.models.mlp import MLP
 from bigtune_jax.models.mlp import resolve_activation
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 def rank_for_energy(singular_values, energy) -> int:

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 from bigtune_jax.tree_paths import path_name
 
 Prunable = Callable[[str, jax.Array], bool]

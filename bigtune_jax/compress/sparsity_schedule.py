@@ -24,7 +24,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 SparsitySchedule = Callable[[jax.Array | int], jax.Array]
 

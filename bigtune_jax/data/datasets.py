@@ -34,7 +34,7 @@ from bigtune_jax.data import splits
 from bigtune_jax.data import text
 from bigtune_jax.data import toy
 from bigtune_jax.data.pipeline import ArrayDataset
-from bigtune_jax.data.checks import check_int
+from bigtune_jax.validation import check_int
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "linear_toy", "text")
 _EMBEDDED = ("digits", "linear_toy", "text")

@@ -21,7 +21,7 @@ Choices:
 
 import numpy as np
 
-from bigtune_jax.data.checks import check_int
+from bigtune_jax.validation import check_int
 
 NUM_CLASSES = 10
 NATIVE_SIZE = 8

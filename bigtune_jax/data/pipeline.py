@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping
 import jax
 import numpy as np
 
-from bigtune_jax.data.checks import check_int
+from bigtune_jax.validation import check_int
 
 REMAINDERS = ("drop", "pad")
 

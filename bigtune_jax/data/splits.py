@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from bigtune_jax.data.checks import check_int
+from bigtune_jax.validation import check_int
 
 _FRACTION_TOLERANCE = 1e-6
 

@@ -24,7 +24,7 @@ import pathlib
 
 import numpy as np
 
-from bigtune_jax.data.checks import check_int
+from bigtune_jax.validation import check_int
 
 VOCAB_SIZE = 256  # byte values
 

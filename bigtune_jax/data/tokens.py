@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigtune_jax.data.checks import check_int
+from bigtune_jax.validation import check_int
 from bigtune_jax.data.pipeline import ArrayDataset
 from bigtune_jax.data.splits import split_indices
 

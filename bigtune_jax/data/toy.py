@@ -14,7 +14,7 @@ data are reproducible without PyTorch's generator (which numpy cannot replay).
 
 import numpy as np
 
-from bigtune_jax.data.checks import check_int
+from bigtune_jax.validation import check_int
 
 
 def linear_regression_toy(num_examples: int = 100, *, slope: float = 2.0,

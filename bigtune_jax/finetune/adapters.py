@@ -46,7 +46,7 @@ import jax.numpy as jnp
 
 from bigtune_jax import tree_paths
 from bigtune_jax.train.step import LossFn
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 LORA_A, LORA_B = "lora_a", "lora_b"
 ALL_LINEAR = "all-linear"

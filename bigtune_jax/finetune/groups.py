@@ -29,7 +29,7 @@ import optax
 from bigtune_jax import transforms
 from bigtune_jax import tree_paths
 from bigtune_jax.finetune import paths
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 _TRAIN, _FROZEN = "train", "frozen"
 

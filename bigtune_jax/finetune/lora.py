@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from bigtune_jax import tree_paths
 from bigtune_jax.finetune import paths
 from bigtune_jax.train.step import LossFn
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 _A, _B = "lora_a", "lora_b"
 

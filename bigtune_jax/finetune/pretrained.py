@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from bigtune_jax import tree_paths
 from bigtune_jax.finetune import paths
 from bigtune_jax.train import checkpoint as checkpoint_lib
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 def _checkpoint_directory(directory: str | os.PathLike) -> Path:

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 class SimpleCNN(nn.Module):

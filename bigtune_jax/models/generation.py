@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 def filter_logits(logits: jax.Array, top_k: int | None = None,

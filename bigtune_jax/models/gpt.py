@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from bigtune_jax.models.counting import count_params
 from bigtune_jax.models.kv_cache import KVCache, cached_attention
 from bigtune_jax.models.tied_head import tied_softmax_cross_entropy
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")

@@ -17,7 +17,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 class KVCache(flax.struct.PyTreeNode):

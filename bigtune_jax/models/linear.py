@@ -10,7 +10,7 @@ as in the seed). Train it with a mean squared error, as the seed does.
 import flax.linen as nn
 import jax
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 class LinearRegression(nn.Module):

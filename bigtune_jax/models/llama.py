@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from bigtune_jax.models.gpt import FLOAT_DTYPES, attention_implementation, _dtype_name
 from bigtune_jax.models.kv_cache import KVCache, cached_attention
 from bigtune_jax.models.tied_head import tied_softmax_cross_entropy
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 ROPE_TYPES = ("default", "linear", "llama3")

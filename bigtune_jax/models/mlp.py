@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 # "gelu" is the exact erf form, as torch.nn.GELU(); jax.nn.gelu defaults to the tanh form.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {

@@ -25,7 +25,7 @@ digit is 28 steps of 28 pixels.
 import flax.linen as nn
 import jax
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 class LSTMClassifier(nn.Module):

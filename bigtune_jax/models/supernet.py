@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigtune_jax.models.mlp import ACTIVATIONS
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 ARCH = "arch"  # the name of the architecture parameters in the params tree
 ZERO, SKIP = "zero", "skip"

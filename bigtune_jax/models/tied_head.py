@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 def _split(x: jax.Array, targets: jax.Array, chunk_size: int):

@@ -47,6 +47,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from bigtune_jax import validation
 from bigtune_jax.train import sharding as sharding_lib
 from bigtune_jax.tree_paths import path_name
 
@@ -155,7 +156,7 @@ class Checkpointer:
       None (default): 1 with a ``best_metric``, else 0.
     best_metric: the key of the ``metrics`` dict that ranks checkpoints (e.g. ``"val_loss"``);
       required when ``keep_best > 0``.
-    best_mode: ``"min"`` (lower is better) or ``"max"``.
+    mode: ``"min"`` (a lower ``best_metric`` is better) or ``"max"``.
     async_save: write in a background thread (see ``wait``); None (default): yes, except
       where ``sharding.cpu_collectives_need_sync()`` (several CPU devices in this process,
       whose collectives can deadlock beside a background write): there saves finish
@@ -170,31 +171,28 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike, *, keep_last: int = 2,
                keep_best: int | None = None,
-               best_metric: str | None = None, best_mode: str = "min",
+               best_metric: str | None = None, mode: str = "min",
                async_save: bool | None = None):
-    if not isinstance(keep_last, int) or keep_last < 1:
-      raise ValueError(f"keep_last must be an integer >= 1, got {keep_last!r}")
+    keep_last = validation.check_int("keep_last", keep_last, 1)
     if keep_best is None:
       keep_best = 0 if best_metric is None else 1
-    if not isinstance(keep_best, int) or keep_best < 0:
-      raise ValueError(f"keep_best must be an integer >= 0, got {keep_best!r}")
-    if best_mode not in ("min", "max"):
-      raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+    keep_best = validation.check_int("keep_best", keep_best, 0)
+    validation.check_choice("mode", mode, ("min", "max"))
     if keep_best > 0 and best_metric is None:
       raise ValueError(f"keep_best={keep_best} needs best_metric (the metric that ranks "
                        "checkpoints), got best_metric=None; or set keep_best=0")
     self.directory = Path(directory).absolute()
     _check_directory(self.directory)
     self.best_metric = best_metric
-    self.best_mode = best_mode
+    self.mode = mode
     kept = [policies.LatestN(n=keep_last)]
     if keep_best > 0:
-      kept.append(policies.BestN(get_metric_fn=self._rank, reverse=best_mode == "min",
+      kept.append(policies.BestN(get_metric_fn=self._rank, reverse=mode == "min",
                                  n=keep_best, keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(kept),
         # Orbax writes metrics only when a best_fn is set; ours also ranks best_step().
-        best_fn=self._rank, best_mode=best_mode,
+        best_fn=self._rank, best_mode=mode,
         enable_async_checkpointing=_resolve_async(async_save), create=False)
     registry = ocp.handlers.create_default_handler_registry(
         **{ITEM: ocp.StandardCheckpointHandler()})
@@ -208,7 +206,7 @@ class Checkpointer:
     """The metric value Orbax ranks checkpoints by; a NaN or missing value ranks worst."""
     value = float(metrics.get(self.best_metric, math.nan)) if self.best_metric else 0.0
     if math.isnan(value):
-      return math.inf if self.best_mode == "min" else -math.inf
+      return math.inf if self.mode == "min" else -math.inf
     return value
 
   def save(self, step: int, state, metrics: dict[str, float] | None = None) -> bool:

@@ -24,6 +24,7 @@ import os
 import jax
 import numpy as np
 
+from bigtune_jax import validation
 from bigtune_jax.train import sharding as sharding_lib
 
 ENVIRONMENT = {"coordinator_address": "JAX_COORDINATOR_ADDRESS",
@@ -61,8 +62,10 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
   process_id = _from_environment("process_id", process_id)
   if not cluster and (coordinator_address, num_processes, process_id) == (None, None, None):
     return False
-  if num_processes is not None and (isinstance(num_processes, bool) or num_processes < 1):
-    raise ValueError(f"num_processes must be an integer >= 1, got {num_processes!r}")
+  if num_processes is not None:
+    num_processes = validation.check_int("num_processes", num_processes, 1)
+  if process_id is not None:
+    process_id = validation.check_int("process_id", process_id, 0)
   if process_id is not None and num_processes is not None and not (
       0 <= process_id < num_processes):
     raise ValueError(f"process_id must be an integer in [0, {num_processes}), "

@@ -50,7 +50,7 @@ from bigtune_jax.train import sharding as sharding_lib
 from bigtune_jax.train import workdir as workdir_lib
 from bigtune_jax.train.state import TrainState
 from bigtune_jax.train.step import LossFn
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ class FitConfig:
   eval_batch_size: int = 512
   seed: int = 0  # data order
   monitor: str = "val_loss"  # metric fed to plateau / early stopping ("train_loss" w/o val)
-  monitor_mode: str = "min"
+  mode: str = "min"  # "min" or "max": which way `monitor` improves
   checkpoint_every_evals: int = 1
   keep_checkpoints: int = 2  # the latest N are kept, plus the best by `monitor`
   learning_rate: float | Callable | None = None  # for the logs: a number or schedule(step)
@@ -75,7 +75,7 @@ class FitConfig:
     validation.check_int("eval_every", self.eval_every, 0)
     validation.check_int("eval_batch_size", self.eval_batch_size, 1)
     validation.check_int("seed", self.seed, 0)
-    validation.check_choice("monitor_mode", self.monitor_mode, ("min", "max"))
+    validation.check_choice("mode", self.mode, ("min", "max"))
     validation.check_int("checkpoint_every_evals", self.checkpoint_every_evals, 1)
     validation.check_int("keep_checkpoints", self.keep_checkpoints, 1)
     rate = self.learning_rate
@@ -234,7 +234,7 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
       checkpoints = checkpoint_lib.Checkpointer(
           os.path.join(os.path.abspath(workdir), "checkpoints"),
           keep_last=config.keep_checkpoints, keep_best=1, best_metric=monitor,
-          best_mode=config.monitor_mode)
+          mode=config.mode)
       resumed_from = checkpoints.latest_step()
       if resumed_from is not None:
         state = checkpoints.restore(checkpoint_lib.abstract_like(state, shardings),

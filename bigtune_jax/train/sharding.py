@@ -48,7 +48,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bigtune_jax.train import step as step_lib
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 MESH_AXES = ("data", "fsdp", "tensor")  # outermost (across hosts) to innermost (fastest links)
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from bigtune_jax.transforms import dtypes
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 def accumulate(optimizer: optax.GradientTransformation, k: int, *,

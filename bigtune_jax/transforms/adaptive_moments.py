@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from bigtune_jax.transforms import dtypes
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 class ScaleByLowPrecisionAdamState(NamedTuple):

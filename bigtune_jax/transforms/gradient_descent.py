@@ -11,7 +11,7 @@ equals ``torch.optim.SGD(lr)``.
 
 import optax
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:

@@ -24,7 +24,7 @@ are about :math:`1/(1-\\gamma)` times larger. Both are compositions of optax pri
 
 import optax
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 def momentum(learning_rate: optax.ScalarOrSchedule,

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 
 def l2(weight_decay: float, mask: Any = None) -> optax.GradientTransformation:

@@ -39,7 +39,7 @@ from bigtune_jax.data.pipeline import ArrayDataset
 from bigtune_jax.finetune.adapters import LoRA
 from bigtune_jax.train.state import create_train_state
 from bigtune_jax.train.step import LossFn
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 from bigtune_jax.tune import population
 
 

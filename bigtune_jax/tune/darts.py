@@ -52,7 +52,7 @@ from bigtune_jax.train.step import classification_loss
 from bigtune_jax.train.step import make_eval_step
 from bigtune_jax.transforms import adam
 from bigtune_jax.transforms import l2
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 from bigtune_jax.tune.population import PopulationData
 from bigtune_jax.tune.population import model_input
 

@@ -32,7 +32,7 @@ import warnings
 
 import numpy as np
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 from bigtune_jax.tune.search import Searcher
 from bigtune_jax.tune.search import Trial
 from bigtune_jax.tune.search import TrialResult
@@ -180,7 +180,7 @@ class OptunaSearch(Searcher):
     storage: ``None`` (memory), ``"journal:/path/file.log"``, an RDB URL or an optuna
       storage.
     study_name: the study to create, or to resume when it exists in ``storage``.
-    direction: ``"maximize"`` or ``"minimize"``.
+    mode: ``"max"`` or ``"min"`` (the study's ``"maximize"`` / ``"minimize"``).
     heartbeat_interval: seconds between heartbeats of a running trial (RDB storage).
     grace_period: seconds without heartbeat before a trial is failed (default: twice
       ``heartbeat_interval``).
@@ -192,9 +192,10 @@ class OptunaSearch(Searcher):
 
   def __init__(self, space: Space, seed: int | None = 0, sampler: Any = "tpe",
                pruner: Any = None, storage: Any = None, study_name: str = "bigtune",
-               direction: str = "maximize", heartbeat_interval: int = 60,
+               mode: str = "max", heartbeat_interval: int = 60,
                grace_period: int | None = None, connect_timeout: int = 10):
-    super().__init__(space, direction)
+    super().__init__(space, mode)
+    direction = {"max": "maximize", "min": "minimize"}[mode]  # Optuna's words, here only
     import optuna  # pylint: disable=g-import-not-at-top
     if seed is not None:
       validation.check_int("seed", seed, 0)
@@ -217,8 +218,8 @@ class OptunaSearch(Searcher):
         storage=storage, sampler=_make_sampler(sampler, seed), pruner=_make_pruner(pruner),
         study_name=study_name, direction=direction, load_if_exists=True)
     if self.study.direction.name.lower() != direction:
-      raise ValueError(f"direction={direction!r} differs from the stored study "
-                       f"{study_name!r} ({self.study.direction.name.lower()})")
+      raise ValueError(f"mode={mode!r} differs from the stored study {study_name!r} "
+                       f"({self.study.direction.name.lower()})")
     # Choices whose values Optuna cannot store (tuples, objects) are stored as indices.
     self._by_index = {name for name in space.names if isinstance(space.base(name), Choice) and
                       not all(type(v) in _OPTUNA_CATEGORICAL for v in space.base(name).values)}

@@ -41,7 +41,7 @@ from bigtune_jax.train.state import create_train_state
 from bigtune_jax.train.step import LossFn
 from bigtune_jax.train.step import make_eval_step
 from bigtune_jax.train.step import make_train_step
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 
 MakeOptimizer = Callable[[Mapping[str, jax.Array]], optax.GradientTransformation]
 

@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 from bigtune_jax.tune.space import Space
 
 STATES = ("complete", "pruned", "failed")
@@ -58,15 +58,16 @@ class Searcher:
 
   Args:
     space: the search space.
-    direction: ``"maximize"`` (accuracy) or ``"minimize"`` (loss): which value is best.
+    mode: ``"max"`` (accuracy) or ``"min"`` (loss): which value is best (the library's
+      one word for it, as ``FitConfig``, ``EarlyStopping`` and ``Checkpointer`` use).
   """
 
-  def __init__(self, space: Space, direction: str = "maximize"):
+  def __init__(self, space: Space, mode: str = "max"):
     if not isinstance(space, Space):
       raise ValueError(f"space must be a bigtune_jax.tune.Space, got {space!r}")
-    validation.check_choice("direction", direction, ("maximize", "minimize"))
+    validation.check_choice("mode", mode, ("max", "min"))
     self.space = space
-    self.direction = direction
+    self.mode = mode
     self._pending: dict[int, Trial] = {}
     self._intermediate: dict[int, dict[int, float]] = {}
     self._finished: list[TrialResult] = []
@@ -168,11 +169,11 @@ class Searcher:
 
   @property
   def best(self) -> TrialResult | None:
-    """The best complete trial by ``direction`` (None before the first one)."""
+    """The best complete trial by ``mode`` (None before the first one)."""
     complete = [r for r in self.results if r.state == "complete"]
     if not complete:
       return None
-    pick = max if self.direction == "maximize" else min
+    pick = max if self.mode == "max" else min
     return pick(complete, key=lambda r: r.value)
 
   @property
@@ -214,11 +215,11 @@ class GridSearch(Searcher):
   Args:
     space: the search space.
     points_per_axis: points per continuous axis (and per log-scale ``Int``).
-    direction: ``"maximize"`` or ``"minimize"``.
+    mode: ``"max"`` or ``"min"``.
   """
 
-  def __init__(self, space: Space, points_per_axis: int = 3, direction: str = "maximize"):
-    super().__init__(space, direction)
+  def __init__(self, space: Space, points_per_axis: int = 3, mode: str = "max"):
+    super().__init__(space, mode)
     self.points = space.grid(points_per_axis)
 
   def _propose(self):
@@ -238,11 +239,11 @@ class RandomSearch(Searcher):
   Args:
     space: the search space.
     seed: integer seed >= 0.
-    direction: ``"maximize"`` or ``"minimize"``.
+    mode: ``"max"`` or ``"min"``.
   """
 
-  def __init__(self, space: Space, seed: int = 0, direction: str = "maximize"):
-    super().__init__(space, direction)
+  def __init__(self, space: Space, seed: int = 0, mode: str = "max"):
+    super().__init__(space, mode)
     validation.check_int("seed", seed, 0)
     self._rng = np.random.default_rng(seed)
     self._pinned: dict[str, Any] | None = None

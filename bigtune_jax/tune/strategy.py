@@ -47,7 +47,7 @@ from bigtune_jax.transforms import hypergradient
 from bigtune_jax.transforms import l2
 from bigtune_jax.transforms import momentum
 from bigtune_jax.transforms import sgd
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 from bigtune_jax.tune.space import Choice
 from bigtune_jax.tune.space import Conditional
 from bigtune_jax.tune.space import Int

@@ -18,7 +18,7 @@ from typing import Any
 
 from bigtune_jax.models.mlp import ACTIVATIONS
 from bigtune_jax.models.mlp import MLP
-from bigtune_jax.transforms import validation
+from bigtune_jax import validation
 from bigtune_jax.tune.space import Choice
 from bigtune_jax.tune.space import Int
 from bigtune_jax.tune.space import Space

@@ -1,4 +1,10 @@
-"""Hyperparameter checks shared by transforms, schedules and control.
+"""The argument checks of the whole library, at the bottom of its import graph (it imports
+only JAX and NumPy, so models, data and the engine check arguments without importing the
+optimizer package).
+
+One rule for counts (sizes, steps, seeds): a Python or NumPy integer (or a 0-d integer
+array) passes; ``True``, integral floats such as ``32.0``, ``inf``, ``nan``, ``None`` and
+strings are refused, as ``range`` and ``numpy.zeros`` refuse them.
 
 Every check runs at construction, before any work, and raises one ``ValueError``
 that names the argument, the accepted range and the value received. Traced
@@ -63,19 +69,21 @@ def check_non_negative(name: str, value: Any) -> None:
     raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def check_int(name: str, value: Any, minimum: Any) -> None:
-  """An integer >= ``minimum`` (counts: patience, steps, k).
+def check_int(name: str, value: Any, minimum: Any, note: str = "") -> Any:
+  """An integer >= ``minimum`` (counts: patience, steps, k, sizes, seeds); returns it
+  (a Python ``int`` when concrete). ``note`` is added to the error.
 
   Integer-valued 0-d arrays pass too (``optax.inject_hyperparams`` turns ints into int32
   arrays), and traced values are not inspected.
   """
   if isinstance(value, jax.core.Tracer) or isinstance(minimum, jax.core.Tracer):
-    return
+    return value
   integral = isinstance(value, (int, np.integer)) or (
       isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0
       and np.issubdtype(value.dtype, np.integer))
   if isinstance(value, bool) or not integral or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    raise ValueError(f"{name} must be an integer >= {minimum}{note}, got {value!r}")
+  return int(value)
 
 
 def check_choice(name: str, value: Any, choices: Collection[str]) -> None:
