@@ -297,7 +297,7 @@ def test_unreachable_storage_and_bad_names_raise_before_any_work(tmp_path):
       tune.OptunaSearch(space, storage=storage)
   for kwargs, match in [({"sampler": "cmaes"}, "sampler must be one of 'tpe', 'random'"),
                         ({"pruner": "asha"}, "pruner must be one of"),
-                        ({"direction": "up"}, "direction"), ({"seed": -1}, "seed"),
+                        ({"mode": "up"}, "mode must be one of"), ({"seed": -1}, "seed"),
                         ({"heartbeat_interval": 0}, "heartbeat_interval")]:
     with pytest.raises(ValueError, match=match):
       tune.OptunaSearch(space, storage=f"sqlite:///{tmp_path}/never.db", **kwargs)
