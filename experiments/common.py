@@ -247,7 +247,7 @@ def train_and_evaluate(experiment: str, preset: str, model, params, tx, loss_fn,
   result = train.fit(state, loss_fn, splits["train"], splits.get("validation"),
                      config=fit_config, workdir=workdir, plateau=plateau,
                      early_stopping=early_stopping)
-  test = train.evaluate(jax.jit(train.make_eval_step(loss_fn)), result.state.params,
+  test = train.evaluate(loss_fn, result.state.params,
                         splits["test"], fit_config.eval_batch_size)
   last = result.history[-1] if result.history else {}
   summary = {

@@ -144,14 +144,13 @@ class Runner:
     self.model, self.params, self.splits = model, params, splits
     self.config, self.workdir = config, workdir
     self.loss_fn = train.language_model_loss(model)
-    self.eval_step = jax.jit(train.make_eval_step(self.loss_fn))
     self.curves: dict[str, list[tuple[int, float]]] = {}
     # one object per schedule: the compiled population programs are reused across groups
     self.optimizers = {name: adapter_optimizer(config["finetune_steps"], name)
                        for name in SCHEDULES}
 
   def test_loss(self, params) -> float:
-    return float(train.evaluate(self.eval_step, params, self.splits["test"],
+    return float(train.evaluate(self.loss_fn, params, self.splits["test"],
                                 self.config["batch_size"] * 4)["loss"])
 
   def fit(self, name, tx, trainable=None):

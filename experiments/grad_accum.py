@@ -140,13 +140,13 @@ def whole_windows(dataset: data.ArrayDataset, examples_per_update: int) -> data.
   return data.ArrayDataset({name: array[:keep] for name, array in dataset.arrays.items()})
 
 
-def _train(model, params, tx, loss_fn, eval_step, splits, fit_config, workdir):
+def _train(model, params, tx, loss_fn, splits, fit_config, workdir):
   """``fit`` from a copy of ``params`` (fit donates its state), then the test metrics."""
   state = train.create_train_state(model, jax.tree.map(jnp.copy, params), tx,
                                    seed=fit_config.seed)
   result = train.fit(state, loss_fn, splits["train"], splits["validation"],
                      config=fit_config, workdir=workdir)
-  test = train.evaluate(eval_step, result.state.params, splits["test"],
+  test = train.evaluate(loss_fn, result.state.params, splits["test"],
                         fit_config.eval_batch_size)
   return result, test
 
@@ -167,7 +167,6 @@ def main(argv=None) -> dict:
   splits["train"] = whole_windows(splits["train"], k * micro)
   model, params = vgg16(config, splits["train"]["image"][:1])
   loss_fn = train.classification_loss(model)
-  eval_step = jax.jit(train.make_eval_step(loss_fn))  # one compile for both test evaluations
   initial = jax.device_get(params)
   progress = preset != "tiny"
   runs = {}
@@ -178,7 +177,7 @@ def main(argv=None) -> dict:
                                  eval_every=config["eval_every"] * per_update,
                                  eval_batch_size=256, seed=config["seed"],
                                  learning_rate=config["learning_rate"], progress=progress)
-    runs[name] = _train(model, params, tx, loss_fn, eval_step, splits, fit_config,
+    runs[name] = _train(model, params, tx, loss_fn, splits, fit_config,
                         os.path.join(workdir, name))
 
   (acc, acc_test), (big, big_test) = runs["accumulated"], runs["large_batch"]

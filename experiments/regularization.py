@@ -156,8 +156,7 @@ def run_variant(name: str, config, splits, params, fit_config: train.FitConfig, 
                                    seed=config["seed"])
   result = train.fit(state, loss_fn, splits["train"], splits["validation"], config=fit_config,
                      workdir=os.path.join(workdir, "variants", name))
-  eval_step = jax.jit(train.make_eval_step(loss_fn))
-  scores = {split: train.evaluate(eval_step, result.state.params, splits[split],
+  scores = {split: train.evaluate(loss_fn, result.state.params, splits[split],
                                   fit_config.eval_batch_size)
             for split in ("train", "train_clean", "test")}
   row = {

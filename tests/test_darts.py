@@ -151,7 +151,7 @@ def test_darts_picks_tanh_for_tanh_targets_and_the_derived_net_retrains():
   model = net.discrete(result.arch)  # retrained from scratch
   params = train.init_params(model, train_data["x"][:1], 1)
   loss_fn = train.regression_loss(model)
-  before = train.evaluate(jax.jit(train.make_eval_step(loss_fn)), params, val_data, 512)
+  before = train.evaluate(loss_fn, params, val_data, 512)
   fitted = train.fit(train.create_train_state(model, params, optax.adam(1e-2)), loss_fn,
                      train_data, val_data, config=train.FitConfig(
                          steps=300, batch_size=64, eval_every=300, progress=False))

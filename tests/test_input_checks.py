@@ -1,7 +1,6 @@
 """Every setting is checked before work or writes, naming the setting (issue: nothing
 confusing). Each case failed late, or with another library's error, before."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -96,13 +95,13 @@ def test_factorize_with_a_rank_that_factors_nothing_is_refused():
 def test_evaluate_on_an_empty_split_is_named():
   model = models.MLP(hidden=(8,), num_classes=2)
   params = train.init_params(model, jnp.zeros((1, 4)))
-  step = jax.jit(train.make_eval_step(train.classification_loss(model)))
+  loss_fn = train.classification_loss(model)
   empty = data.ArrayDataset({"image": np.zeros((0, 4), np.float32),
                              "label": np.zeros((0,), np.int32)})
   with pytest.raises(ValueError, match="dataset has no examples"):
-    train.evaluate(step, params, empty, 8)
+    train.evaluate(loss_fn, params, empty, 8)
   with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
-    train.evaluate(step, params, empty, 0)
+    train.evaluate(loss_fn, params, empty, 0)
 
 
 @pytest.mark.parametrize("labels, match", [

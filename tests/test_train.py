@@ -124,8 +124,7 @@ def test_early_stopping_stops_and_restores_the_best_params(splits):
   assert result.stopped_early and int(result.state.step) < 400
   best = max(r["val_accuracy"] for r in result.history)
   assert_trees_close(result.state.params, result.state.best_params, rtol=0, atol=0)
-  evaluated = train.evaluate(jax.jit(train.make_eval_step(loss_fn)), result.state.params,
-                             splits["validation"], 512)
+  evaluated = train.evaluate(loss_fn, result.state.params, splits["validation"], 512)
   assert evaluated["accuracy"] == pytest.approx(best)
 
 
@@ -144,9 +143,8 @@ def test_accumulation_in_fit_equals_the_larger_batch_step(splits):
 
 def test_evaluation_counts_every_example_once_with_padding(splits):
   model, state, loss_fn = setup(splits)
-  eval_step = jax.jit(train.make_eval_step(loss_fn))
-  whole = train.evaluate(eval_step, state.params, splits["test"], len(splits["test"]))
-  padded = train.evaluate(eval_step, state.params, splits["test"], 64)  # 359 = 5*64 + 39
+  whole = train.evaluate(loss_fn, state.params, splits["test"], len(splits["test"]))
+  padded = train.evaluate(loss_fn, state.params, splits["test"], 64)  # 359 = 5*64 + 39
   assert padded["loss"] == pytest.approx(whole["loss"], rel=1e-6)
   assert padded["accuracy"] == pytest.approx(whole["accuracy"])
 
@@ -176,3 +174,18 @@ def test_init_params_compiles_once_per_model_configuration():
   assert not np.allclose(first["head"]["kernel"], other["head"]["kernel"])
   listed = train.init_params(models.MLP(hidden=[7], num_classes=3), x, seed=0)  # unhashable
   assert_trees_close(listed, first, rtol=0, atol=0)
+
+
+def test_evaluate_is_the_one_entry_point_and_compiles_once_per_loss(splits):
+  model, state, loss_fn = setup(splits)
+  traces = []
+
+  def counted(params, batch, rng, train_flag):
+    traces.append(1)
+    return loss_fn(params, batch, rng, train_flag)
+
+  first = train.evaluate(counted, state.params, splits["test"], 64)
+  again = train.evaluate(counted, state.params, splits["test"], 64)
+  assert first == again and len(traces) == 1
+  with pytest.raises(ValueError, match="loss_fn must be a bt.train loss"):
+    train.evaluate(None, state.params, splits["test"], 64)

@@ -36,21 +36,23 @@ import dataclasses
 import math
 import os
 import time
+import weakref
 from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from bigtune_jax import control
+from bigtune_jax import validation
 from bigtune_jax.data.pipeline import ArrayDataset
 from bigtune_jax.train import checkpoint as checkpoint_lib
 from bigtune_jax.train import distributed
 from bigtune_jax.train import metrics as metrics_lib
 from bigtune_jax.train import sharding as sharding_lib
+from bigtune_jax.train import step as step_lib
 from bigtune_jax.train import workdir as workdir_lib
 from bigtune_jax.train.state import TrainState
 from bigtune_jax.train.step import LossFn
-from bigtune_jax import validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,18 +111,50 @@ def _eval_batches(dataset: ArrayDataset, batch_size: int, mesh):
     yield distributed.global_batch(batch, mesh)
 
 
-def evaluate(eval_step: Callable, params, dataset: ArrayDataset, batch_size: int, *,
+def evaluate(loss_fn: LossFn, params, dataset: ArrayDataset, batch_size: int = 512, *,
              mesh: jax.sharding.Mesh | None = None) -> dict:
-  """Mean loss (and accuracy) over every example of ``dataset`` exactly once.
+  """Mean loss (and accuracy) of ``params`` under ``loss_fn`` (a ``bt.train`` loss) over
+  every example of ``dataset`` exactly once: ``{"loss": ..., "accuracy": ...}``.
 
-  With a ``mesh`` (by default the one ``params`` are placed on, if any) each batch is
-  split by rows over it, each host loading its own rows.
+  The evaluation's one entry point. Its jitted step is built once per ``loss_fn`` (and mesh
+  and parameter shardings) and reused by later calls. With a ``mesh`` (by default the one
+  ``params`` are placed on, if any) each batch is split by rows over it, each host loading
+  its own rows.
   """
   validation.check_int("batch_size", batch_size, 1)
   if len(dataset) == 0:
     raise ValueError("evaluate: the dataset has no examples (an empty split, e.g. "
                      "validation_fraction=0?); there is nothing to evaluate")
+  if not callable(loss_fn):
+    raise ValueError(f"loss_fn must be a bt.train loss (params, batch, rng, train) -> "
+                     f"(loss, sums), got {loss_fn!r}")
   mesh = mesh if mesh is not None else sharding_lib.mesh_of(params)
+  return _evaluate_with(_cached_eval_step(loss_fn, params, mesh), params, dataset,
+                        batch_size, mesh)
+
+
+_EVAL_STEPS: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
+
+
+def _cached_eval_step(loss_fn: LossFn, params, mesh) -> Callable:
+  """The jitted eval step of ``loss_fn`` for ``params``' placement, built on first use."""
+  key = None
+  if mesh is not None:
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    key = (mesh, jax.tree.structure(shardings), tuple(jax.tree.leaves(shardings)))
+  try:
+    steps = _EVAL_STEPS.setdefault(loss_fn, {})
+  except TypeError:  # not weakly referable: built for this call only
+    steps = {}
+  if key not in steps:
+    steps[key] = (jax.jit(step_lib.make_eval_step(loss_fn)) if mesh is None else
+                  sharding_lib.jit_eval_step(loss_fn, shardings, mesh))
+  return steps[key]
+
+
+def _evaluate_with(eval_step: Callable, params, dataset: ArrayDataset, batch_size: int,
+                   mesh) -> dict:
+  """:func:`evaluate` with a given jitted ``eval_step`` (``fit``'s own)."""
   wait_each_batch = sharding_lib.cpu_collectives_need_sync()
   outs = []  # every batch is dispatched before the first result is read
   for batch in _eval_batches(dataset, batch_size, mesh):
@@ -278,8 +312,8 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
                "skipped_steps": int(state.skipped_steps)}
         losses, grad_norms = [], []
         if val_data is not None:
-          row.update({f"val_{k}": v for k, v in evaluate(
-              eval_step, state.params, val_data, config.eval_batch_size, mesh=mesh).items()})
+          row.update({f"val_{k}": v for k, v in _evaluate_with(
+              eval_step, state.params, val_data, config.eval_batch_size, mesh).items()})
         lr = _learning_rate(schedule, state)
         if lr is not None:
           row["lr"] = lr

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bigtune_jax import validation
 from bigtune_jax.data.pipeline import ArrayDataset
 from bigtune_jax.models.supernet import Architecture
 from bigtune_jax.models.supernet import Supernet
@@ -49,10 +50,8 @@ from bigtune_jax.train.loop import evaluate
 from bigtune_jax.train.state import init_params
 from bigtune_jax.train.step import LossFn
 from bigtune_jax.train.step import classification_loss
-from bigtune_jax.train.step import make_eval_step
 from bigtune_jax.transforms import adam
 from bigtune_jax.transforms import l2
-from bigtune_jax import validation
 from bigtune_jax.tune.population import PopulationData
 from bigtune_jax.tune.population import model_input
 
@@ -198,7 +197,7 @@ def darts_search(supernet: Supernet, train_data: ArrayDataset, val_data: ArrayDa
     records.append(np.asarray(supernet.arch_weights(state.alphas)))
     history.append({"step": done, **{k: float(v) for k, v in metrics.items()}})
   params = merge_arch(state.weights, state.alphas)
-  val_metrics = evaluate(jax.jit(make_eval_step(loss_fn)), params, val_data, 512)
+  val_metrics = evaluate(loss_fn, params, val_data, 512)
   return DartsResult(arch=supernet.derive(params), alphas=np.stack(records),
                      alpha_steps=np.asarray([0] + [r["step"] for r in history]),
                      history=history, params=params, val=val_metrics, steps=done,
