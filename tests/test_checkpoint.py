@@ -274,3 +274,24 @@ def test_bad_directories(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=f"{tmp_path} is not writable"):
     Checkpointer(tmp_path / "new")
   assert a_file.read_text() == "not a directory"
+
+
+def test_restore_params_reads_only_the_kept_parameters_read_only(tmp_path):
+  state = _make_state(seed=3)
+  with Checkpointer(tmp_path, async_save=False) as ckpt:
+    ckpt.save(1, state)
+  fresh = _make_state(seed=9).params
+  with Checkpointer(tmp_path, read_only=True) as ckpt:
+    assert set(ckpt.param_metadata()) == {"Dense_0/bias", "Dense_0/kernel", "Dense_1/bias",
+                                          "Dense_1/kernel"}
+    loaded = ckpt.restore_params(fresh, skip=lambda path: path.startswith("Dense_1/"))
+    with pytest.raises(ValueError, match="is read_only: nothing is saved"):
+      ckpt.save(2, state)
+  _assert_same_bits(loaded["Dense_0"], state.params["Dense_0"])  # read from the checkpoint
+  _assert_same_bits(loaded["Dense_1"], fresh["Dense_1"])  # kept from the target
+  wider = _make_state(seed=9, hidden=16).params
+  with Checkpointer(tmp_path, read_only=True) as ckpt:
+    with pytest.raises(ValueError, match=r"Dense_0/bias: stored \(32,\) float32, target \(16,\)"):
+      ckpt.restore_params(wider)
+  with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+    Checkpointer(tmp_path / "none", read_only=True)

@@ -318,12 +318,11 @@ def test_finetuning_from_the_checkpoint_beats_scratch_in_few_steps(pretrained_ru
   fresh["head"] = jax.tree.map(jnp.zeros_like, fresh["head"])
   pretrained = ft.load_pretrained(workdir, fresh)
   loss_fn = train.classification_loss(model)
-  evaluate = jax.jit(train.make_eval_step(loss_fn))
   task, test = _pairs(splits["train"]), _pairs(splits["test"])
   batches = list(task.batches(32, seed=0, epoch=0))[:20]
   step, losses = jax.jit(train.make_train_step(loss_fn)), {}
   for name, params in (("pretrained", pretrained), ("scratch", fresh)):
     state = train.create_train_state(model, jax.tree.map(jnp.copy, params), optax.adam(3e-3))
     state = _train(state, step, batches)
-    losses[name] = train.evaluate(evaluate, state.params, test, 512)["loss"]
+    losses[name] = train.evaluate(loss_fn, state.params, test, 512)["loss"]
   assert losses["pretrained"] < losses["scratch"] - 0.1, losses

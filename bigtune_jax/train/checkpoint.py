@@ -39,11 +39,13 @@ import logging
 import math
 import operator
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -125,6 +127,14 @@ def first_mismatch(stored_tree, abstract_target) -> str | None:
   return f"{extra[0]}: in the checkpoint, not in the target" if extra else None
 
 
+def _stored_params(tree):
+  """``(parameters, where)``: a training state's ``params`` (``("params",)``), else the
+  whole tree (``()``)."""
+  if isinstance(tree, dict) and "params" in tree and "opt_state" in tree:
+    return tree["params"], ("params",)
+  return tree, ()
+
+
 def _check_directory(path: Path) -> None:
   """Raises ValueError unless ``path`` is, or can be created as, a writable directory."""
   if path.exists() and not path.is_dir():
@@ -161,6 +171,8 @@ class Checkpointer:
       where ``sharding.cpu_collectives_need_sync()`` (several CPU devices in this process,
       whose collectives can deadlock beside a background write): there saves finish
       before ``save`` returns.
+    read_only: only read (``restore``, ``restore_params``): the directory must exist and
+      need not be writable; ``save`` is refused.
 
   Example::
 
@@ -172,7 +184,7 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, *, keep_last: int = 2,
                keep_best: int | None = None,
                best_metric: str | None = None, mode: str = "min",
-               async_save: bool | None = None):
+               async_save: bool | None = None, read_only: bool = False):
     keep_last = validation.check_int("keep_last", keep_last, 1)
     if keep_best is None:
       keep_best = 0 if best_metric is None else 1
@@ -182,7 +194,13 @@ class Checkpointer:
       raise ValueError(f"keep_best={keep_best} needs best_metric (the metric that ranks "
                        "checkpoints), got best_metric=None; or set keep_best=0")
     self.directory = Path(directory).absolute()
-    _check_directory(self.directory)
+    if not isinstance(read_only, bool):
+      raise ValueError(f"read_only must be True or False, got {read_only!r}")
+    self.read_only = read_only
+    if read_only and not self.directory.is_dir():
+      raise FileNotFoundError(f"no checkpoint directory at {self.directory}")
+    if not read_only:
+      _check_directory(self.directory)
     self.best_metric = best_metric
     self.mode = mode
     kept = [policies.LatestN(n=keep_last)]
@@ -193,7 +211,8 @@ class Checkpointer:
         preservation_policy=policies.AnyPreservationPolicy(kept),
         # Orbax writes metrics only when a best_fn is set; ours also ranks best_step().
         best_fn=self._rank, best_mode=mode,
-        enable_async_checkpointing=_resolve_async(async_save), create=False)
+        enable_async_checkpointing=_resolve_async(async_save), create=False,
+        read_only=read_only)
     registry = ocp.handlers.create_default_handler_registry(
         **{ITEM: ocp.StandardCheckpointHandler()})
     try:
@@ -215,6 +234,8 @@ class Checkpointer:
     ``metrics`` (name -> number) are stored with it and rank it for ``keep_best`` and
     ``best_step``. Returns ``False`` and writes nothing when ``step <= latest_step()``.
     """
+    if self.read_only:
+      raise ValueError(f"this Checkpointer of {self.directory} is read_only: nothing is saved")
     given = step
     try:
       step = None if isinstance(step, bool) else operator.index(step)  # int, NumPy or JAX scalar
@@ -259,6 +280,29 @@ class Checkpointer:
   def _step_path(self, step: int) -> Path:
     return self.directory / str(step)
 
+  def _existing_step(self, step: int | None) -> int:
+    """``step``, or the latest when None; FileNotFoundError naming the available ones."""
+    self.wait()
+    steps = self.all_steps()
+    if step is None and steps:
+      step = steps[-1]
+    if step is None or step not in steps:
+      wanted = "no checkpoint" if step is None else f"no checkpoint for step {step}"
+      raise FileNotFoundError(f"{wanted} in {self.directory}; available steps: {steps}")
+    return step
+
+  def _stored(self, step: int):
+    """The stored tree's metadata (shapes and dtypes) of checkpoint ``step``."""
+    try:
+      metadata = self._manager.item_metadata(step)
+      stored = getattr(metadata, "tree", metadata)  # TreeMetadata in recent Orbax
+      if stored is None:
+        raise ValueError("no item metadata")
+    except Exception as err:
+      raise ValueError(f"corrupt checkpoint {self._step_path(step)}: cannot read its "
+                       f"metadata: {err}") from err
+    return stored
+
   def restore(self, target, step: int | None = None):
     """The checkpoint at ``step`` (the latest when None), restored into ``target``'s form.
 
@@ -271,23 +315,10 @@ class Checkpointer:
       ValueError: the target does not match the checkpoint (the first differing path is
         named), or the checkpoint is unreadable (its path is named).
     """
-    self.wait()
-    steps = self.all_steps()
-    if step is None and steps:
-      step = steps[-1]
-    if step is None or step not in steps:
-      wanted = "no checkpoint" if step is None else f"no checkpoint for step {step}"
-      raise FileNotFoundError(f"{wanted} in {self.directory}; available steps: {steps}")
+    step = self._existing_step(step)
     path = self._step_path(step)
     abstract = abstract_like(target)
-    try:
-      metadata = self._manager.item_metadata(step)
-      stored = getattr(metadata, "tree", metadata)  # TreeMetadata in recent Orbax
-      if stored is None:
-        raise ValueError("no item metadata")
-    except Exception as err:
-      raise ValueError(f"corrupt checkpoint {path}: cannot read its metadata: {err}") from err
-    mismatch = first_mismatch(stored, abstract)
+    mismatch = first_mismatch(self._stored(step), abstract)
     if mismatch is not None:
       raise ValueError(f"checkpoint {path} does not fit the target: {mismatch}")
     try:
@@ -295,6 +326,67 @@ class Checkpointer:
     except Exception as err:
       raise ValueError(f"corrupt checkpoint {path}: {type(err).__name__}: {err}") from err
     return restored  # the abstract target's tree: target's structure and static fields
+
+  def param_metadata(self, step: int | None = None) -> dict:
+    """``{path: metadata}`` of the stored parameters: a training state's ``params``, or the
+    whole tree when the checkpoint holds bare parameters."""
+    stored, _ = _stored_params(self._stored(self._existing_step(step)))
+    return {path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]}
+
+  def restore_params(self, target, *, step: int | None = None,
+                     skip: Callable[[str], bool] = lambda path: False):
+    """``target``'s parameters with every entry that ``skip(path)`` does not name read from
+    the checkpoint's parameters (an Orbax partial restore: the optimizer state, whatever
+    optimizer wrote it, is never read); skipped entries keep ``target``'s values.
+
+    The kept entries are checked against the stored metadata before anything is read (the
+    first mismatching path is named); a skipped entry must be an array in ``target``.
+    Returns a tree of ``target``'s structure (copies: ``fit`` may donate it).
+    """
+    step = self._existing_step(step)
+    path = self._step_path(step)
+    stored, prefix = _stored_params(self._stored(step))
+    initial = {path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(target)}
+    wanted = {path_name(p): leaf for p, leaf in
+              jax.tree_util.tree_leaves_with_path(abstract_like(target))}
+    stored_flat = {path_name(p): leaf for p, leaf in
+                   jax.tree_util.tree_flatten_with_path(stored)[0]}
+    kept = {name: leaf for name, leaf in wanted.items() if not skip(name)}
+    mismatch = first_mismatch({name: meta for name, meta in stored_flat.items()
+                               if not skip(name)}, kept)
+    if mismatch is not None:
+      raise ValueError(f"checkpoint {path} does not fit the target: {mismatch}")
+    for name, leaf in initial.items():
+      if skip(name) and isinstance(leaf, jax.ShapeDtypeStruct):
+        raise ValueError(f"target: skipped entry {name!r} needs an initial value (an array), "
+                         f"got {leaf!r}")
+    restored = {}
+    if kept:
+      restored = self._partial_restore(step, kept, prefix)
+
+    def value(key_path, leaf):
+      name = path_name(key_path)
+      return restored[name] if name in restored else jnp.copy(leaf)  # a copy: fit donates
+
+    return jax.tree_util.tree_map_with_path(value, target)
+
+  def _partial_restore(self, step: int, kept: dict, prefix: tuple[str, ...]) -> dict:
+    """The ``kept`` entries (path -> abstract leaf) of checkpoint ``step``, read alone."""
+    item = traverse_util.unflatten_dict(
+        {tuple(prefix) + tuple(name.split("/")): leaf for name, leaf in kept.items()})
+    args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(item))
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    try:  # the PyTree handler reads what the Standard one wrote, a subset of it
+      with ocp.CheckpointManager(self.directory, options=options,
+                                 item_handlers={ITEM: ocp.PyTreeCheckpointHandler()}) as reader:
+        restored = reader.restore(step, args=ocp.args.Composite(**{ITEM: args}))[ITEM]
+    except Exception as err:
+      raise ValueError(f"corrupt checkpoint {self._step_path(step)}: {type(err).__name__}: "
+                       f"{err}") from err
+    for key in prefix:
+      restored = restored[key]
+    return {path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(restored)}
 
   def close(self) -> None:
     """Waits for pending saves and deletions, then releases Orbax's resources."""
