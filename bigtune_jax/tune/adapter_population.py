@@ -154,7 +154,7 @@ def train_adapter_population(lora: LoRA, loss_fn: LossFn, params,
                                    as_arrays(val_data, "val_data"), batch_size, seed,
                                    eval_batch_size)
   make_loss = member_loss(lora, loss_fn)
-  _, train_jit, eval_jit = population.jitted()
+  programs = population.jitted()
   hp = {name: jnp.asarray(v) for name, v in values.items()}
   states = init_states(lora, make_optimizer, params, hp, seeds)
   slots = np.arange(n)  # the member in each slot of the program
@@ -165,13 +165,13 @@ def train_adapter_population(lora: LoRA, loss_fn: LossFn, params,
   while step < steps and active.any():
     count = min(eval_every, steps - step)
     live = None if active[slots].all() else jnp.asarray(active[slots])
-    states, train_loss = train_jit(make_loss, make_optimizer, states, hp, live, data.train,
-                                   jnp.asarray(data.rows(step, count)), chunk=None,
-                                   frozen=params)
+    states, train_loss = programs.train(make_loss, make_optimizer, states, hp, live,
+                                        data.train, jnp.asarray(data.rows(step, count)),
+                                        chunk=None, frozen=params)
     step += count
     member_steps += count * len(slots)
     sizes.append(len(slots))
-    sums = eval_jit(make_loss, states.params, data.val, frozen=params, hparams=hp)
+    sums = programs.evaluate(make_loss, states.params, data.val, frozen=params, hparams=hp)
     row = {"step": step, "train_loss": np.full(n, np.nan), "val_loss": np.full(n, np.nan)}
     trained = active[slots]
     row["train_loss"][slots[trained]] = np.asarray(train_loss)[trained]

@@ -178,8 +178,8 @@ def darts_search(supernet: Supernet, train_data: ArrayDataset, val_data: ArrayDa
     if not isinstance(dataset, ArrayDataset) or len(dataset) < batch_size:
       raise ValueError(f"{name} must be a bigtune_jax.data.ArrayDataset of at least "
                        f"batch_size={batch_size} examples, got {dataset!r}")
-  train = PopulationData(train_data, val_data, batch_size, seed)
-  val = PopulationData(val_data, val_data, batch_size, seed + 1)  # val.train: val_data
+  train = PopulationData(train_data, None, batch_size, seed)  # the weights' steps
+  val = PopulationData(val_data, None, batch_size, seed + 1)  # the architecture's steps
   loss_fn = classification_loss(supernet) if loss_fn is None else loss_fn
   weight_tx = weight_optimizer(steps) if weight_tx is None else weight_tx
   arch_tx = arch_optimizer() if arch_tx is None else arch_tx

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import functools
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -221,9 +221,16 @@ def mean_metrics(sums: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return metrics
 
 
+class Programs(NamedTuple):
+  """The jit-compiled population functions (see :func:`jitted`)."""
+  init: Callable  # init_members
+  train: Callable  # train_members
+  evaluate: Callable  # evaluate_members
+
+
 @functools.cache
-def jitted() -> tuple[Callable, Callable, Callable]:
-  """The jit-compiled ``(init_members, train_members, evaluate_members)``.
+def jitted() -> Programs:
+  """The jit-compiled ``init_members``, ``train_members`` and ``evaluate_members``.
 
   Initialization and evaluation run rarely; on a CPU they are compiled at XLA's backend
   optimization level 0, which compiles flax's init (threefry, truncated normals) about
@@ -231,20 +238,21 @@ def jitted() -> tuple[Callable, Callable, Callable]:
   runs. The training scan keeps the full optimization (it runs 3 times slower at level 0).
   """
   quick = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-  return (jax.jit(init_members, static_argnames=("model", "make_optimizer"),
-                  compiler_options=quick),
-          jax.jit(train_members, static_argnames=("loss_fn", "make_optimizer", "chunk"),
-                  donate_argnames=("states",)),
-          jax.jit(evaluate_members, static_argnames=("loss_fn",), compiler_options=quick))
+  return Programs(
+      init=jax.jit(init_members, static_argnames=("model", "make_optimizer"),
+                   compiler_options=quick),
+      train=jax.jit(train_members, static_argnames=("loss_fn", "make_optimizer", "chunk"),
+                    donate_argnames=("states",)),
+      evaluate=jax.jit(evaluate_members, static_argnames=("loss_fn",), compiler_options=quick))
 
 
 class PopulationData:
   """A dataset's arrays on the device and the row indices of any run of steps."""
 
-  def __init__(self, train_data: ArrayDataset, val_data: ArrayDataset, batch_size: int,
-               seed: int, eval_batch_size: int = 512):
+  def __init__(self, train_data: ArrayDataset, val_data: ArrayDataset | None,
+               batch_size: int, seed: int, eval_batch_size: int = 512):
     for name, dataset in (("train_data", train_data), ("val_data", val_data)):
-      if not isinstance(dataset, ArrayDataset):
+      if not isinstance(dataset, ArrayDataset) and (name == "train_data" or dataset is not None):
         raise ValueError(f"{name} must be a bigtune_jax.data.ArrayDataset, got {dataset!r}")
     validation.check_int("batch_size", batch_size, 1)
     validation.check_int("eval_batch_size", eval_batch_size, 1)
@@ -261,6 +269,8 @@ class PopulationData:
   def val(self) -> dict[str, jax.Array]:
     """The validation set as padded batches ``(num_batches, batch, ...)`` on the device,
     built on first use (DARTS and a bare ``init_states`` never evaluate through it)."""
+    if self._val_data is None:
+      raise ValueError("this PopulationData has no validation set (val_data=None)")
     size = min(self._eval_batch_size, max(len(self._val_data), 1))
     batches = list(self._val_data.batches(size, shuffle=False, remainder="pad",
                                           process_index=0, process_count=1))
@@ -295,7 +305,7 @@ def model_input(data: PopulationData, input_key: str | None) -> jax.Array:
 def init_states(model: nn.Module, make_optimizer: MakeOptimizer, data: PopulationData,
                 hparams: Mapping[str, jax.Array], seeds: np.ndarray, input_key: str | None):
   """The jit-compiled :func:`init_members` on ``data``'s first training example."""
-  return jitted()[0](model, make_optimizer, model_input(data, input_key), hparams,
+  return jitted().init(model, make_optimizer, model_input(data, input_key), hparams,
                    jnp.asarray(seeds))
 
 
@@ -353,10 +363,10 @@ def train_population(model: nn.Module, loss_fn: LossFn, make_optimizer: MakeOpti
   while step < steps and active.any():
     count = min(eval_every, steps - step)
     live = None if active.all() else jnp.asarray(active)  # no per-step select until a stop
-    states, train_loss = jitted()[1](loss_fn, make_optimizer, states, hp, live, data.train,
+    states, train_loss = jitted().train(loss_fn, make_optimizer, states, hp, live, data.train,
                                     jnp.asarray(data.rows(step, count)), chunk=chunk)
     step += count
-    metrics = mean_metrics(jitted()[2](loss_fn, states.params, data.val))
+    metrics = mean_metrics(jitted().evaluate(loss_fn, states.params, data.val))
     history.append({"step": step, "train_loss": np.asarray(train_loss), **metrics})
     if on_eval is not None:
       stop = on_eval(step, dict(metrics))

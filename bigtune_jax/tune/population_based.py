@@ -27,6 +27,7 @@ evaluates and perturbs, so the whole run compiles once.
 """
 
 from collections.abc import Mapping, Sequence
+import dataclasses
 import math
 import time
 from typing import Any
@@ -121,10 +122,21 @@ def exploit_and_explore(members: Any, hparams: Mapping[str, jax.Array], scores: 
   return members, hparams, source
 
 
-def _interval(loss_fn, make_optimizer, settings, chunk, states, hparams, rng, data, val,
-              rows, perturb, frozen=None):
+@dataclasses.dataclass(frozen=True)
+class Exploration:
+  """How PBT ranks, exploits and explores (hashable: a static argument of the program)."""
+  metric: str
+  mutations: tuple[tuple[str, Uniform], ...]
+  quantile_fraction: float
+  resample_probability: float
+  perturbation_factors: tuple[float, ...]
+  mode: str
+
+
+def _interval(loss_fn, make_optimizer, settings: Exploration, chunk, states, hparams, rng,
+              data, val, rows, perturb, frozen=None):
   """Trains one interval, evaluates, and (if ``perturb``) exploits and explores."""
-  metric, mutations, quantile_fraction, resample_probability, factors, mode = settings
+  metric, mode = settings.metric, settings.mode
   states, train_loss = population.train_members(loss_fn, make_optimizer, states, hparams,
                                                 None, data, rows, chunk, frozen=frozen)
   sums = population.evaluate_members(loss_fn, states.params, val, frozen=frozen,
@@ -135,9 +147,10 @@ def _interval(loss_fn, make_optimizer, settings, chunk, states, hparams, rng, da
   count = jnp.maximum(sums["count"], 1.0)
   scores = (sums["correct"] if metric == "val_accuracy" else sums["loss_sum"]) / count
   _, new_hparams, source = exploit_and_explore(
-      (), hparams, scores, rng, mutations=dict(mutations),
-      quantile_fraction=quantile_fraction, resample_probability=resample_probability,
-      perturbation_factors=factors, mode=mode)
+      (), hparams, scores, rng, mutations=dict(settings.mutations),
+      quantile_fraction=settings.quantile_fraction,
+      resample_probability=settings.resample_probability,
+      perturbation_factors=settings.perturbation_factors, mode=mode)
   # Without a perturbation every member keeps its own state: one gather by `source` either
   # way, rather than a gather and then a select over every weight and optimizer state.
   source = jnp.where(perturb, source, jnp.arange(source.shape[0]))
@@ -257,8 +270,8 @@ def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimi
     data = population.PopulationData(train_data, val_data, batch_size, seed, eval_batch_size)
     states = population.init_states(model, make_optimizer, data, hp, seeds, input_key)
   chunk = member_chunk or population.choose_chunk(states.params)
-  settings = (metric, mutation_items, float(quantile_fraction), float(resample_probability),
-              factors, mode)
+  settings = Exploration(metric, mutation_items, float(quantile_fraction),
+                         float(resample_probability), factors, mode)
   rng = jax.random.key(seed)
   history, step = [], 0
   while step < steps:
