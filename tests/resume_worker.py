@@ -14,7 +14,6 @@ import numpy as np
 import optax
 
 from bigtune_jax import data, models, train
-from bigtune_jax.train import checkpoint as checkpoint_lib
 from bigtune_jax.train import metrics as metrics_lib
 
 
@@ -30,11 +29,14 @@ def main(workdir: str, mode: str) -> None:
       _die()
     metrics_lib.MetricsLog.append = append_then_die
   elif mode == "during_first_save":  # the step's *.orbax-checkpoint-tmp* exists, uncommitted
-    save = checkpoint_lib.Checkpointer.save
-    def save_then_die(self, step, state, metrics=None):
-      save(self, step, state, metrics)  # asynchronous: returns before the commit
+    # Killed at the commit itself: Orbax has written the temporary directory and is about
+    # to rename it. (Killing when `save` returns raced Orbax's background directory
+    # creation on a loaded machine: sometimes there was no temporary directory yet.)
+    from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
+    async def die_at_commit(self, *args, **kwargs):
+      del self, args, kwargs
       _die()
-    checkpoint_lib.Checkpointer.save = save_then_die
+    atomicity.AtomicRenameTemporaryPath.finalize = die_at_commit
   rng = np.random.default_rng(0)
   x = rng.standard_normal((256, 8)).astype(np.float32)
   y = (x[:, 0] > 0).astype(np.int32)
