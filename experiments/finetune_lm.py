@@ -280,8 +280,8 @@ def main(argv=None) -> dict:
     hub.save_hf(os.path.join(workdir, "merged"), model, merged)
     finetune.save_peft(os.path.join(workdir, "adapter"), lora, best["adapters"],
                        alpha=p["alpha"], rank=p["rank"], base_model_name_or_path=str(base_dir))
-    count = sum(layer.n_in * p["rank"] * math.prod(layer.stack) + p["rank"] * layer.n_out
-                * math.prod(layer.stack) for layer in lora.layers(params))
+    # r (in + out) per adapted layer: the stored rank's count, scaled to the member's rank
+    count = finetune.adapter_parameter_count(best["adapters"]) * p["rank"] // lora.rank
     return merged, count
 
   timed("lora_search", best_lora)

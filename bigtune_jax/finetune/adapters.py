@@ -249,12 +249,17 @@ class LoRA:
 
     return intercept
 
+  def _adapted(self, call, params, lora_params, alpha, rank, train: bool):
+    """``call(params with the adapters added)`` with the low-rank paths switched on."""
+    scale, mask = self.scale_and_mask(alpha, rank, _stored_rank(lora_params))
+    with nn.intercept_methods(self._interceptor(scale, mask, train)):
+      return call(_union(params, lora_params))
+
   def apply(self, params, lora_params, *args, alpha=None, rank=None, train: bool = False,
             **kwargs):
     """``model.apply`` of the pretrained ``params`` with the adapters ``lora_params``."""
-    scale, mask = self.scale_and_mask(alpha, rank, _stored_rank(lora_params))
-    with nn.intercept_methods(self._interceptor(scale, mask, train)):
-      return self.model.apply({"params": _union(params, lora_params)}, *args, **kwargs)
+    return self._adapted(lambda p: self.model.apply({"params": p}, *args, **kwargs), params,
+                         lora_params, alpha, rank, train)
 
   def loss(self, loss_fn: LossFn, params, *, alpha=None, rank=None) -> LossFn:
     """``loss_fn`` (a ``bt.train`` loss of ``model``) as a function of the adapters, the
@@ -262,9 +267,8 @@ class LoRA:
     as an argument of the jitted caller (not a Python constant) for large models."""
 
     def loss(lora_params, batch, rng, train):
-      scale, mask = self.scale_and_mask(alpha, rank, _stored_rank(lora_params))
-      with nn.intercept_methods(self._interceptor(scale, mask, train)):
-        return loss_fn(_union(params, lora_params), batch, rng, train)
+      return self._adapted(lambda p: loss_fn(p, batch, rng, train), params, lora_params,
+                           alpha, rank, train)
 
     return loss
 
