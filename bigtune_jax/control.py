@@ -1,9 +1,14 @@
 """Reduce-on-plateau and early stopping as pure, jittable state machines (seed 000 §3.4,
 seed 004 §4.3).
 
-``reduce_on_plateau`` is an optax transform: each ``update(updates, state, value=metric)``
-consumes one metric (e.g. the validation loss of an epoch) and multiplies the updates by
-``state.scale``. Its decision rule is PyTorch's ``ReduceLROnPlateau``, transcribed:
+``reduce_on_plateau`` is an optax transform, chained like any other
+(``optax.chain(bt.adam(1e-3), bt.reduce_on_plateau())``): each
+``update(updates, state, value=metric)`` consumes one metric (e.g. the validation loss of an
+epoch) and multiplies the updates by ``state.scale``. A training loop that calls ``update``
+every step but evaluates only now and then also passes ``value_count=`` (the number of
+evaluations so far; ``bt.train`` does): the metric is then consumed once, on the first
+update that sees a new count, and the updates in between are scaled by the current scale.
+Its decision rule is PyTorch's ``ReduceLROnPlateau``, transcribed:
 
 * better: ``a < best (1 - threshold)`` (min, rel), ``a < best - threshold`` (min, abs),
   ``a > best (1 + threshold)`` (max, rel), ``a > best + threshold`` (max, abs); ``best``
@@ -63,7 +68,7 @@ class ReduceOnPlateauState(NamedTuple):
   best: jax.Array  # shape=(), float: best metric so far
   num_bad: jax.Array  # shape=(), int32: metrics since the last improvement
   cooldown_counter: jax.Array  # shape=(), int32: metrics left in the cooldown
-  count: jax.Array  # shape=(), int32: metrics seen
+  count: jax.Array  # shape=(), int32: metrics seen (the last `value_count` consumed)
 
 
 def reduce_on_plateau(factor: float = 0.1, patience: int = 10, mode: str = "min",
@@ -83,8 +88,19 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, mode: str = "min"
     eps: smallest reduction of the scale that is applied (PyTorch's ``eps / lr``).
 
   Returns:
-    A transform whose update takes the metric as ``value=``; ``state.scale`` is the
-    current ``lr / lr0`` and equals PyTorch's learning-rate ratio for the same metrics.
+    A transform whose update takes the metric as ``value=`` (and optionally
+    ``value_count=``, module docstring); ``state.scale`` is the current ``lr / lr0`` and
+    equals PyTorch's learning-rate ratio for the same metrics.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> tx = optax.chain(optax.sgd(0.1), reduce_on_plateau(factor=0.5, patience=0))
+    >>> params = {"w": jnp.ones(2)}
+    >>> state = tx.init(params)
+    >>> for metric in [1.0, 2.0]:  # one update per evaluation
+    ...   updates, state = tx.update(params, state, params, value=metric)
+    >>> float(state[1].scale)  # 2.0 did not improve on 1.0: halved
+    0.5
   """
   validation.check_interval("factor", factor, 0.0, 1.0, low_closed=False)
   validation.check_int("patience", patience, 0)
@@ -102,9 +118,20 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, mode: str = "min"
     return ReduceOnPlateauState(scale=jnp.ones([], dtype), best=jnp.asarray(worst, dtype),
                                 num_bad=zero(), cooldown_counter=zero(), count=zero())
 
-  def update_fn(updates, state, params=None, *, value=None, **extra_args):
+  def update_fn(updates, state, params=None, *, value=None, value_count=None, **extra_args):
     del params, extra_args
     value = _scalar_metric("value", value, state.best.dtype)
+    if value_count is None:  # every update brings a metric
+      new_state = _consume(state, value, optax.safe_increment(state.count))
+    else:
+      value_count = jnp.asarray(value_count, jnp.int32)
+      new_state = jax.tree.map(lambda new, old: jnp.where(value_count > state.count, new, old),
+                               _consume(state, value, value_count), state)
+    updates = jax.tree.map(lambda u: (new_state.scale * u).astype(u.dtype), updates)
+    return updates, new_state
+
+  def _consume(state, value, count) -> ReduceOnPlateauState:
+    """The state after PyTorch's rule has seen ``value``, the ``count``-th metric."""
     better = _improves(value, state.best, mode, threshold, relative=threshold_mode == "rel")
     best = jnp.where(better, value, state.best)
     num_bad = jnp.where(better, 0, state.num_bad + 1)
@@ -116,11 +143,9 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, mode: str = "min"
     scale = jnp.where(reduce & (state.scale - reduced > eps), reduced, state.scale)
     cooldown_counter = jnp.where(reduce, cooldown, cooldown_counter)
     num_bad = jnp.where(reduce, 0, num_bad)
-    updates = jax.tree.map(lambda u: (scale * u).astype(u.dtype), updates)
-    new_state = ReduceOnPlateauState(scale, best, num_bad.astype(jnp.int32),
-                                     cooldown_counter.astype(jnp.int32),
-                                     optax.safe_increment(state.count))
-    return updates, new_state
+    return ReduceOnPlateauState(scale, best, num_bad.astype(jnp.int32),
+                                cooldown_counter.astype(jnp.int32),
+                                jnp.asarray(count, jnp.int32))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -152,16 +177,21 @@ class EarlyStopping:
     >>> bool(state.should_stop), float(state.best), int(state.best_step)
     (True, 0.5, 1)
 
-  To restore the best parameters, keep a copy with :meth:`select_best` after each update.
+  To restore the best parameters, keep a copy with :meth:`select_best` after each update;
+  ``bt.train.fit`` does so when ``restore_best`` is set (Keras' ``restore_best_weights``)
+  and puts them back when training ends.
   """
   patience: int
   min_delta: float = 0.0
   mode: str = "min"
+  restore_best: bool = False  # for bt.train.fit: keep and restore the best parameters
 
   def __post_init__(self):
     validation.check_int("patience", self.patience, 0)
     validation.check_non_negative("min_delta", self.min_delta)
     validation.check_choice("mode", self.mode, _MODES)
+    if not isinstance(self.restore_best, bool):
+      raise ValueError(f"restore_best must be True or False, got {self.restore_best!r}")
 
   def init(self, dtype=None) -> EarlyStoppingState:
     """A fresh state; ``dtype`` of ``best`` defaults to JAX's default float."""

@@ -72,19 +72,20 @@ def step_decay(learning_rate: float, step_size: int, gamma: float = 0.1) -> Sche
   return exponential_decay(learning_rate, gamma, every=step_size)
 
 
-def warmup_cosine_decay(peak_lr: float, warmup_steps: int, total_steps: int,
+def warmup_cosine_decay(learning_rate: float, warmup_steps: int, total_steps: int,
                         init_lr: float = 0.0, end_lr: float = 0.0) -> Schedule:
-  """Linear warmup from ``init_lr`` to ``peak_lr`` over ``warmup_steps``, then cosine decay
-  to ``end_lr`` at ``total_steps``, constant after.
+  """Linear warmup from ``init_lr`` to ``learning_rate`` (the peak) over ``warmup_steps``,
+  then cosine decay to ``end_lr`` at ``total_steps``, constant after. (The rate is named
+  ``learning_rate``, as in every schedule here and in the optimizers.)
 
   Args:
-    peak_lr: the rate reached at the end of warmup, >= 0.
+    learning_rate: the peak rate, reached at the end of warmup, >= 0.
     warmup_steps: integer >= 0.
     total_steps: integer > ``warmup_steps`` (warmup included).
     init_lr: rate at step 0, >= 0.
     end_lr: final rate, >= 0.
   """
-  validation.check_learning_rate("peak_lr", peak_lr, allow_schedule=False)
+  validation.check_learning_rate("learning_rate", learning_rate, allow_schedule=False)
   validation.check_learning_rate("init_lr", init_lr, allow_schedule=False)
   validation.check_learning_rate("end_lr", end_lr, allow_schedule=False)
   validation.check_int("warmup_steps", warmup_steps, 0)
@@ -92,9 +93,9 @@ def warmup_cosine_decay(peak_lr: float, warmup_steps: int, total_steps: int,
 
   def schedule(step):
     step = jnp.asarray(step)
-    warm = init_lr + (peak_lr - init_lr) * step / jnp.maximum(warmup_steps, 1)
+    warm = init_lr + (learning_rate - init_lr) * step / jnp.maximum(warmup_steps, 1)
     progress = jnp.clip((step - warmup_steps) / (total_steps - warmup_steps), 0.0, 1.0)
-    cosine = end_lr + (peak_lr - end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    cosine = end_lr + (learning_rate - end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
     return jnp.where(step < warmup_steps, warm, cosine)
 
   return schedule

@@ -86,6 +86,13 @@ def check_int(name: str, value: Any, minimum: Any, note: str = "") -> Any:
   return int(value)
 
 
+def check_eval_every(eval_every: Any) -> None:
+  """Steps between evaluations, an integer >= 1, or None: once per epoch. The one meaning
+  ``eval_every`` has in ``bt.train.FitConfig`` and the population trainers."""
+  if eval_every is not None:
+    check_int("eval_every", eval_every, 1, " or None (once per epoch)")
+
+
 def check_choice(name: str, value: Any, choices: Collection[str]) -> None:
   """One of a fixed set of strings."""
   if value not in choices:

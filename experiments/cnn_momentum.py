@@ -31,6 +31,7 @@ accuracy near the 0.95 bar; ``full`` is the seed's 10 epochs of MNIST's 60k at b
 """
 
 import jax.numpy as jnp
+import optax
 
 import bigtune_jax as bt
 from bigtune_jax import models
@@ -55,10 +56,11 @@ def main(argv=None) -> dict:
   splits = common.load_images(config, image_size=28)  # digits at 28x28, or MNIST files
   model = models.SimpleCNN(num_classes=10)
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
-  tx = bt.momentum(config["learning_rate"], gamma=config["momentum"])
+  tx = optax.inject_hyperparams(bt.momentum)(  # the rate in the state: fit logs it
+      learning_rate=config["learning_rate"], gamma=config["momentum"])
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
                                eval_every=config["eval_every"], seed=config["seed"],
-                               learning_rate=config["learning_rate"], progress=preset != "tiny")
+                               progress=preset != "tiny")
   summary = common.train_and_evaluate(
       "cnn_momentum", preset, model, params, tx, train.classification_loss(model), splits,
       fit_config, workdir,

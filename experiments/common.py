@@ -30,8 +30,10 @@ PRESETS = ("tiny", "small", "full")
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:
-  """``text`` as the type of ``default``."""
+  """``text`` as the type of ``default`` (``eval_every``: an integer, or ``epoch``)."""
   try:
+    if key == "eval_every":
+      return None if text.lower() in ("epoch", "none") else int(text)
     if isinstance(default, bool):
       if text.lower() not in ("true", "false", "1", "0"):
         raise ValueError(text)
@@ -124,7 +126,9 @@ RULES = {
         "n_head", "n_embd", "hidden_size", "head_size", "nodes", "classifier_width",
         "final_tokens", "trial_tokens", "evals", "step_size", "base_batch_size", "fsdp",
         "tensor")},
-    **{key: integer(0) for key in ("seed", "eval_every", "warmup_steps", "finetune_per_class")},
+    **{key: integer(0) for key in ("seed", "warmup_steps", "finetune_per_class")},
+    "eval_every": Rule(lambda v: v is None or (_is_int(v) and v >= 1),
+                       "an integer >= 1 (steps), or epoch (once per epoch)"),
     **{key: number(0.0, low_open=True) for key in (
         "learning_rate", "finetune_learning_rate", "head_learning_rate", "width")},
     **{key: number(0.0) for key in ("l1", "l2", "min_delta")},
@@ -231,8 +235,7 @@ def load_images(config: Mapping[str, Any], image_size: int) -> dict[str, data.Ar
 
 
 def train_and_evaluate(experiment: str, preset: str, model, params, tx, loss_fn, splits,
-                       fit_config: train.FitConfig, workdir: str, *, plateau=None,
-                       early_stopping=None, keep_best_params: bool = False,
+                       fit_config: train.FitConfig, workdir: str, *, early_stopping=None,
                        extra: Mapping[str, Any] | None = None,
                        report: Callable[[train.TrainState], Mapping[str, Any]] | None = None
                        ) -> dict:
@@ -241,12 +244,9 @@ def train_and_evaluate(experiment: str, preset: str, model, params, tx, loss_fn,
   entries computed from the trained state (e.g. a learned slope)."""
   start = time.time()
   check_batch_size("batch_size", fit_config.batch_size, splits["train"])
-  state = train.create_train_state(model, params, tx, seed=fit_config.seed, plateau=plateau,
-                                   early_stopping=early_stopping,
-                                   keep_best_params=keep_best_params)
+  state = train.create_train_state(model, params, tx, seed=fit_config.seed)
   result = train.fit(state, loss_fn, splits["train"], splits.get("validation"),
-                     config=fit_config, workdir=workdir, plateau=plateau,
-                     early_stopping=early_stopping)
+                     config=fit_config, workdir=workdir, early_stopping=early_stopping)
   test = train.evaluate(loss_fn, result.state.params,
                         splits["test"], fit_config.eval_batch_size)
   last = result.history[-1] if result.history else {}

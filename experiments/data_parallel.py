@@ -44,6 +44,7 @@ import argparse
 
 import jax
 import jax.numpy as jnp
+import optax
 
 import bigtune_jax as bt
 from bigtune_jax import models
@@ -78,12 +79,13 @@ def main(argv=None) -> dict:
   model = models.MLP(hidden=config["hidden"], num_classes=10)
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
-                               eval_every=config["eval_every"], seed=config["seed"],
-                               learning_rate=config["learning_rate"], mesh=mesh,
+                               eval_every=config["eval_every"], seed=config["seed"], mesh=mesh,
                                progress=preset != "tiny")
   devices = mesh.make_mesh().shape
+  # inject_hyperparams: the rate sits in the optimizer state, where fit reads it to log it
   summary = common.train_and_evaluate(
-      "data_parallel", preset, model, params, bt.sgd(config["learning_rate"]),
+      "data_parallel", preset, model, params,
+      optax.inject_hyperparams(bt.sgd)(learning_rate=config["learning_rate"]),
       train.classification_loss(model), splits, fit_config, workdir,
       extra={"mesh": dict(devices), "processes": jax.process_count(),
              "rows_per_device": config["batch_size"] // (devices["data"] * devices["fsdp"]),

@@ -6,7 +6,7 @@ code. Here the rule is ``bt.EarlyStopping(patience, min_delta, mode="min")`` on 
 validation loss, fed by ``bt.train.fit`` at every evaluation: an evaluation *improves* when
 the loss beats the best so far by more than ``min_delta``; after ``patience`` evaluations
 in a row without improvement training stops, and the parameters of the best evaluation
-(kept on the side by ``create_train_state(keep_best_params=True)``) are restored.
+(kept on the side by ``fit`` for ``EarlyStopping(restore_best=True)``) are restored.
 
 "Stop when it begins to increase" taken literally (``patience=0``) stops at the first noisy
 uptick; a patience of a few evaluations is the usual reading (Prechelt, "Early Stopping —
@@ -38,6 +38,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import optax  # noqa: E402
 
 import bigtune_jax as bt  # noqa: E402
 from bigtune_jax import models  # noqa: E402
@@ -81,22 +82,24 @@ def best_evaluation(state: train.TrainState) -> dict:
 def main(argv=None) -> dict:
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
-  stopper = bt.EarlyStopping(patience=config["patience"], min_delta=config["min_delta"])
+  stopper = bt.EarlyStopping(patience=config["patience"], min_delta=config["min_delta"],
+                             restore_best=True)
   splits = regularization.load(config)
   splits = {name: splits[name] for name in ("train", "validation", "test")}
   model = models.MLP(hidden=config["hidden"], num_classes=10)
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
-  tx = bt.momentum(config["learning_rate"], gamma=config["momentum"])
+  tx = optax.inject_hyperparams(bt.momentum)(learning_rate=config["learning_rate"],
+                                             gamma=config["momentum"])  # fit logs the rate
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
                                eval_every=config["eval_every"], seed=config["seed"],
-                               learning_rate=config["learning_rate"], progress=preset != "tiny")
+                               progress=preset != "tiny")
   loss_fn = train.classification_loss(model)
   runs = {}
   for name, rule in (("full", None), ("early", stopper)):
     runs[name] = common.train_and_evaluate(
         f"early_stopping/{name}", preset, model, jax.tree.map(jnp.copy, params), tx, loss_fn,
         splits, fit_config, os.path.join(workdir, name), early_stopping=rule,
-        keep_best_params=rule is not None, report=None if rule is None else best_evaluation)
+        report=None if rule is None else best_evaluation)
   histories = {name: [row for row in
                       train.MetricsLog(os.path.join(workdir, name, "metrics.jsonl")).rows()
                       if "val_loss" in row] for name in runs}

@@ -71,6 +71,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import bigtune_jax as bt
 from bigtune_jax import data
@@ -118,7 +119,7 @@ def task_splits(splits, classes, per_class: int = 0) -> dict[str, data.ArrayData
 def fit_config(config, steps: int, progress: bool) -> train.FitConfig:
   return train.FitConfig(steps=steps, batch_size=config["batch_size"],
                          eval_every=config["eval_every"], seed=config["seed"],
-                         learning_rate=config["learning_rate"], progress=progress)
+                         progress=progress)
 
 
 def main(argv=None) -> dict:
@@ -132,7 +133,7 @@ def main(argv=None) -> dict:
   common.check_batch_size("batch_size", config["batch_size"], new["train"],
                           "fine-tuning examples (finetune_per_class x 5 classes)")
   sample = jnp.asarray(splits["train"]["image"][:1])
-  tx = bt.adam(config["learning_rate"])
+  tx = optax.inject_hyperparams(bt.adam)(learning_rate=config["learning_rate"])  # logged
   progress = preset != "tiny"
   seed = config["seed"]
 

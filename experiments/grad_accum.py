@@ -80,6 +80,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import bigtune_jax as bt
 from bigtune_jax import data
@@ -89,15 +90,15 @@ from experiments import common
 
 PRESETS = {
     "tiny": dict(updates=3, micro_batch=8, accumulation=4, learning_rate=0.01, width=0.0625,
-                 classifier_width=16, dropout_rate=0.0, eval_every=0, dataset="digits",
+                 classifier_width=16, dropout_rate=0.0, eval_every=None, dataset="digits",
                  data_dir="", seed=0),
     "small": dict(updates=60, micro_batch=16, accumulation=4, learning_rate=0.01, width=0.125,
-                  classifier_width=64, dropout_rate=0.0, eval_every=0, dataset="digits",
+                  classifier_width=64, dropout_rate=0.0, eval_every=None, dataset="digits",
                   data_dir="", seed=0),
     # 10 epochs of CIFAR-10's 45,000 training images (after 10% validation), trimmed to
     # 44,800 = 175 updates x 4 micro-batches x 64: 1,750 updates of 256 examples.
     "full": dict(updates=1750, micro_batch=64, accumulation=4, learning_rate=0.01, width=1.0,
-                 classifier_width=4096, dropout_rate=0.0, eval_every=0, dataset="cifar10",
+                 classifier_width=4096, dropout_rate=0.0, eval_every=None, dataset="cifar10",
                  data_dir="", seed=0),
 }
 
@@ -170,13 +171,13 @@ def main(argv=None) -> dict:
   initial = jax.device_get(params)
   progress = preset != "tiny"
   runs = {}
-  for name, tx, batch, per_update in (
-      ("accumulated", bt.accumulate(bt.sgd(config["learning_rate"]), k), micro, k),
-      ("large_batch", bt.sgd(config["learning_rate"]), k * micro, 1)):
+  sgd = optax.inject_hyperparams(bt.sgd)(learning_rate=config["learning_rate"])  # rate logged
+  for name, tx, batch, per_update in (("accumulated", bt.accumulate(sgd, k), micro, k),
+                                      ("large_batch", sgd, k * micro, 1)):
+    every = config["eval_every"]  # updates between evaluations; None: once per epoch
     fit_config = train.FitConfig(steps=config["updates"] * per_update, batch_size=batch,
-                                 eval_every=config["eval_every"] * per_update,
-                                 eval_batch_size=256, seed=config["seed"],
-                                 learning_rate=config["learning_rate"], progress=progress)
+                                 eval_every=every and every * per_update,
+                                 eval_batch_size=256, seed=config["seed"], progress=progress)
     runs[name] = _train(model, params, tx, loss_fn, splits, fit_config,
                         os.path.join(workdir, name))
 

@@ -58,6 +58,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -145,15 +146,15 @@ def main(argv=None) -> dict:
     raise ValueError(f"batch_sizes {config['batch_sizes']}: give at least one, each in [1, "
                      f"{num_train}] (the training examples; raise num_examples for more)")
   params = linreg_sgd.initial_params(config["seed"])  # every run starts from these
-  tx = bt.sgd(config["learning_rate"])
+  tx = optax.inject_hyperparams(bt.sgd)(learning_rate=config["learning_rate"])  # rate logged
   results = {}
   for batch_size in config["batch_sizes"]:
     steps = config["epochs"] * (num_train // batch_size)  # remainders are dropped
-    run_config = dict(config, steps=steps, batch_size=batch_size, eval_every=0)  # 0: per epoch
+    run_config = dict(config, steps=steps, batch_size=batch_size, eval_every=None)  # per epoch
     run = linreg_sgd.train_linear_regression(
         f"linreg_batch_size/{batch_size}", preset, run_config, splits,
         jax.tree.map(jnp.copy, params), tx,
-        os.path.join(workdir, f"batch_{batch_size}"), learning_rate=config["learning_rate"],
+        os.path.join(workdir, f"batch_{batch_size}"),
         extra={"batch_size": batch_size, "epochs": config["epochs"]})
     run.update(steady_state_throughput(jax.tree.map(jnp.copy, params), tx, splits["train"],
                                        batch_size, config["timing_steps"], config["seed"]))

@@ -58,6 +58,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -129,8 +130,9 @@ def main(argv=None) -> dict:
   for name, (schedule, hyperparameters) in runs.items():
     run = linreg_sgd.train_linear_regression(
         f"linreg_schedules/{name}", preset, config, splits,
-        jax.tree.map(jnp.copy, params), bt.sgd(schedule),
-        os.path.join(workdir, name), learning_rate=schedule,  # fit jits it for its log
+        jax.tree.map(jnp.copy, params),
+        optax.inject_hyperparams(bt.sgd)(learning_rate=schedule),  # fit logs the rate
+        os.path.join(workdir, name),
         checkpoint_every_evals=config["checkpoint_every_evals"],
         extra={"schedule": name, "hyperparameters": hyperparameters,
                "final_lr": float(schedule(config["steps"] - 1))})

@@ -30,6 +30,7 @@ closed-form fit of the training split, the best any optimizer can do) to the har
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import bigtune_jax as bt
 from bigtune_jax import data
@@ -65,18 +66,17 @@ def final_line(state: train.TrainState) -> dict:
 
 
 def train_linear_regression(experiment: str, preset: str, config: dict, splits, params, tx,
-                            workdir: str, *, learning_rate=None,
-                            checkpoint_every_evals: int = 1, extra=None) -> dict:
+                            workdir: str, *, checkpoint_every_evals: int = 1, extra=None) -> dict:
   """Trains ``MODEL`` from ``params`` with ``tx`` on ``splits`` through the harness
   (resuming from ``workdir``) and returns its summary, with ``theta`` and ``bias``.
 
-  ``config`` needs ``steps``, ``batch_size``, ``eval_every`` and ``seed``;
-  ``learning_rate`` (a number or a schedule) is only logged. ``params`` are donated.
+  ``config`` needs ``steps``, ``batch_size``, ``eval_every`` and ``seed``. ``fit`` logs
+  the rate of a ``tx`` built by ``optax.inject_hyperparams``. ``params`` are donated.
   """
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
                                eval_every=config["eval_every"], seed=config["seed"],
                                checkpoint_every_evals=checkpoint_every_evals,
-                               learning_rate=learning_rate, progress=preset != "tiny")
+                               progress=preset != "tiny")
   extra = {**(extra or {}), "true_slope": TRUE_SLOPE,
            "least_squares_slope": least_squares_slope(splits["train"])}
   return common.train_and_evaluate(experiment, preset, MODEL, params, tx,
@@ -89,8 +89,8 @@ def main(argv=None) -> dict:
   splits = data.load_dataset("linear_toy", seed=config["seed"])
   summary = train_linear_regression("linreg_sgd", preset, config, splits,
                                     initial_params(config["seed"]),
-                                    bt.sgd(config["learning_rate"]), workdir,
-                                    learning_rate=config["learning_rate"],
+                                    optax.inject_hyperparams(bt.sgd)(
+                                        learning_rate=config["learning_rate"]), workdir,
                                     extra={"config": config})
   common.print_summary(summary)
   return summary

@@ -97,10 +97,12 @@ def gpt_config(config) -> models.GPTConfig:
                           dtype=jnp.bfloat16 if on_accelerator else jnp.float32)
 
 
-def optimizer(config) -> tuple[optax.GradientTransformation, bt.schedules.Schedule]:
+def optimizer(config) -> optax.GradientTransformation:
+  """Clipped Adam on warmup + cosine; the rate is injected, so ``fit`` logs it."""
   schedule = bt.warmup_cosine_decay(config["learning_rate"], config["warmup_steps"],
                                     config["steps"], end_lr=config["learning_rate"] / 10)
-  return optax.chain(optax.clip_by_global_norm(1.0), bt.adam(schedule)), schedule
+  return optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.inject_hyperparams(bt.adam)(learning_rate=schedule))
 
 
 def sample(model, params, prompt: np.ndarray, n: int, *, temperature: float = 0.8,
@@ -131,11 +133,10 @@ def main(argv=None) -> dict:
   splits = load(config)
   model = models.GPT(gpt_config(config))
   params = train.init_params(model, jnp.asarray(splits["train"]["inputs"][:1]), config["seed"])
-  tx, schedule = optimizer(config)
+  tx = optimizer(config)
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
                                eval_every=config["eval_every"], eval_batch_size=64,
-                               seed=config["seed"], learning_rate=schedule,
-                               progress=preset != "tiny",
+                               seed=config["seed"], progress=preset != "tiny",
                                mesh=train.MeshConfig(fsdp=config["fsdp"],
                                                      tensor=config["tensor"]))
 

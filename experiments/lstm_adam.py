@@ -37,6 +37,7 @@ MNIST, 28 rows of 28). The small preset runs 400 steps of 64 (20 epochs of 1,258
 """
 
 import jax.numpy as jnp
+import optax
 
 import bigtune_jax as bt
 from bigtune_jax import models
@@ -62,9 +63,11 @@ def main(argv=None) -> dict:
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
                                eval_every=config["eval_every"], seed=config["seed"],
-                               learning_rate=config["learning_rate"], progress=preset != "tiny")
+                               progress=preset != "tiny")
+  # inject_hyperparams: the rate sits in the optimizer state, where fit reads it to log it
   summary = common.train_and_evaluate(
-      "lstm_adam", preset, model, params, bt.adam(config["learning_rate"]),
+      "lstm_adam", preset, model, params,
+      optax.inject_hyperparams(bt.adam)(learning_rate=config["learning_rate"]),
       train.classification_loss(model), splits, fit_config, workdir,
       extra={"params": models.count_params(params),
              "sequence": list(splits["train"]["image"].shape[1:3]),  # [steps, features]

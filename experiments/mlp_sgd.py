@@ -10,6 +10,7 @@ dataset=mnist --set data_dir=DIR`` trains on real MNIST IDX files instead.
 """
 
 import jax.numpy as jnp
+import optax
 
 import bigtune_jax as bt
 from bigtune_jax import models
@@ -33,9 +34,11 @@ def main(argv=None) -> dict:
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
                                eval_every=config["eval_every"], seed=config["seed"],
-                               learning_rate=config["learning_rate"], progress=preset != "tiny")
+                               progress=preset != "tiny")
+  # inject_hyperparams: the rate sits in the optimizer state, where fit reads it to log it
   summary = common.train_and_evaluate(
-      "mlp_sgd", preset, model, params, bt.sgd(config["learning_rate"]),
+      "mlp_sgd", preset, model, params,
+      optax.inject_hyperparams(bt.sgd)(learning_rate=config["learning_rate"]),
       train.classification_loss(model), splits, fit_config, workdir,
       extra={"config": config})
   common.print_summary(summary)

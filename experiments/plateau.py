@@ -6,8 +6,9 @@ and ``ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=5)`` on CIFA
 epochs, calling ``scheduler.step(loss)`` after every mini-batch. Here the rule is
 ``bt.reduce_on_plateau(factor=0.1, patience=5)``, an optax transform whose scale follows
 PyTorch's decision rule exactly (``tests/test_vs_torch.py`` checks it against
-``torch.optim.lr_scheduler.ReduceLROnPlateau`` on random metric sequences); ``bt.train.fit``
-feeds it the validation loss at every evaluation and multiplies the updates by its scale.
+``torch.optim.lr_scheduler.ReduceLROnPlateau`` on random metric sequences), chained after
+the SGD: ``optax.chain(sgd, bt.reduce_on_plateau(...))``. ``bt.train.fit`` hands it the
+validation loss of every evaluation (``value=``), and its scale multiplies the updates.
 
 Two runs from the same initial parameters over the same batches: ``fixed`` (SGD at the
 constant rate) and ``plateau`` (the same SGD, scaled by the plateau rule). ``summary.json``
@@ -25,7 +26,8 @@ Bugs of the seed's snippet, fixed here:
   evaluation (PyTorch's own documentation steps it with ``val_loss`` once per epoch); here
   it is fed the validation loss at each evaluation (``eval_every`` steps).
 * ``verbose=True`` is deprecated since PyTorch 2.2 (and removed later); the rate is
-  logged here in ``metrics.jsonl`` (``learning_rate``) and on the progress bar.
+  logged here in ``metrics.jsonl`` (``lr``, read by ``fit`` from the optimizer state of
+  ``optax.inject_hyperparams(bt.sgd)``) and on the progress bar.
 * The model is never moved to the GPU while the batches are (``data.cuda()``), and
   ``datasets.CIFAR10(download=True)`` needs the network: nothing is downloaded here — the
   default data is the bundled digits (upsampled to 32x32 for VGG's five pools); ``--set
@@ -48,6 +50,7 @@ import time
 import jax
 import jax.numpy as jnp
 import matplotlib
+import optax
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -114,14 +117,14 @@ def main(argv=None) -> dict:
   loss_fn = train.classification_loss(model)
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
                                eval_every=config["eval_every"], seed=config["seed"],
-                               learning_rate=config["learning_rate"], progress=preset != "tiny")
+                               progress=preset != "tiny")
   rule = dict(_RULE, patience=config["patience"])
+  sgd = optax.inject_hyperparams(bt.sgd)(learning_rate=config["learning_rate"])  # rate logged
   runs = {}
-  for name, plateau in (("fixed", None), ("plateau", bt.reduce_on_plateau(**rule))):
+  for name, tx in (("fixed", sgd), ("plateau", optax.chain(sgd, bt.reduce_on_plateau(**rule)))):
     runs[name] = common.train_and_evaluate(
-        f"plateau/{name}", preset, model, jax.tree.map(jnp.copy, params),
-        bt.sgd(config["learning_rate"]), loss_fn, splits, fit_config,
-        os.path.join(workdir, name), plateau=plateau)
+        f"plateau/{name}", preset, model, jax.tree.map(jnp.copy, params), tx, loss_fn, splits,
+        fit_config, os.path.join(workdir, name))
   histories = {name: train.MetricsLog(os.path.join(workdir, name, "metrics.jsonl")).rows()
                for name in runs}
   histories = {name: [row for row in rows if "val_loss" in row]

@@ -136,7 +136,8 @@ def load(config):
 
 
 def optimizer(config, regularizer: str) -> optax.GradientTransformation:
-  tx = bt.momentum(config["learning_rate"], gamma=config["momentum"])
+  tx = optax.inject_hyperparams(bt.momentum)(  # the rate in the state: fit logs it
+      learning_rate=config["learning_rate"], gamma=config["momentum"])
   if regularizer == "l1":
     return optax.chain(bt.l1(config["l1"]), tx)
   if regularizer == "l2":
@@ -216,7 +217,7 @@ def main(argv=None) -> dict:
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
                                eval_every=config["eval_every"], seed=config["seed"],
                                eval_batch_size=128,  # one shape for every split: one compile
-                               learning_rate=config["learning_rate"], progress=False)
+                               progress=False)
   # Activation and dropout leave the parameter shapes and their initializers alone, so every
   # variant starts from the very same parameters (and one init is compiled, not six).
   params = train.init_params(models.MLP(hidden=config["hidden"], num_classes=10),

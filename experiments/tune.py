@@ -183,15 +183,17 @@ def train_best(best: dict, splits, config, workdir) -> dict:
       model, momentum_l2, pop_data, hparams, np.asarray(config["seed"], np.int32), None).params)
   fit_config = train.FitConfig(steps=config["final_epochs"] * steps_per_epoch,
                                batch_size=best["batch_size"], eval_every=steps_per_epoch,
-                               seed=config["seed"], learning_rate=best["learning_rate"],
-                               checkpoint_every_evals=5, progress=False)
-  tx = momentum_l2({k: best[k] for k in CONTINUOUS})
+                               seed=config["seed"], checkpoint_every_evals=5, progress=False)
+  winner = {k: best[k] for k in CONTINUOUS}
+  # inject_hyperparams: the rate is in the optimizer state, where fit reads it for its log
+  rated = optax.inject_hyperparams(lambda learning_rate: momentum_l2(
+      dict(winner, learning_rate=learning_rate)))(learning_rate=winner["learning_rate"])
+  tx = optax.chain(rated, bt.reduce_on_plateau(factor=0.5, patience=3))
   final_dir = os.path.join(workdir, "final")
   _start_over_if_changed(final_dir, {k: best[k] for k in CONTINUOUS + STRUCTURE})
   return common.train_and_evaluate(
-      "tune_final", "-", model, params, tx, loss_fn, splits, fit_config,
-      final_dir, plateau=bt.reduce_on_plateau(factor=0.5, patience=3),
-      early_stopping=bt.EarlyStopping(patience=config["patience"]), keep_best_params=True)
+      "tune_final", "-", model, params, tx, loss_fn, splits, fit_config, final_dir,
+      early_stopping=bt.EarlyStopping(patience=config["patience"], restore_best=True))
 
 
 def _start_over_if_changed(final_dir: str, winner: dict) -> None:

@@ -193,8 +193,7 @@ def main(argv=None) -> dict:
   init = train.init_params(model, jnp.asarray(splits["train"]["inputs"][:1]), config["seed"])
   fit_config = train.FitConfig(steps=steps, batch_size=plan.batch_size,
                                eval_every=max(steps // 4, 1), eval_batch_size=64,
-                               seed=config["seed"], learning_rate=plan.learning_rate,
-                               progress=preset != "tiny")
+                               seed=config["seed"], progress=preset != "tiny")
   summary = common.train_and_evaluate(
       "tune_lm", preset, model, init, tx, loss_fn, splits, fit_config, workdir, extra={
           "best_config": params, "best_trial_val_loss": best.value,

@@ -13,6 +13,7 @@ import bigtune_jax as bt
 from bigtune_jax import compress
 from bigtune_jax import models
 from bigtune_jax import train
+from tests.utils import assert_trees_close
 
 # qwix 0.1.8 still names flax's removed nnx.VariableState (an alias now): harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:'VariableState' was removed:DeprecationWarning")
@@ -336,12 +337,23 @@ def test_low_rank_errors():
     compress.factorize(model, params, rank=4, layers=["head"])
 
 
-def test_prune_refuses_a_plateau_that_would_scale_its_updates():
-  model = models.MLP(hidden=(8,), num_classes=3)
-  params = train.init_params(model, np.ones((2, 4), np.float32))
-  for tx in (compress.prune(optax.sgd(0.1), 0.5),
-             bt.accumulate(compress.prune(optax.sgd(0.1), 0.5), 2)):  # found when nested too
-    with pytest.raises(ValueError, match="plateau cannot drive .* bt.compress.prune"):
-      train.create_train_state(model, params, tx, plateau=bt.reduce_on_plateau())
-    train.create_train_state(model, params, tx)  # without a plateau: fine
-  train.create_train_state(model, params, optax.sgd(0.1), plateau=bt.reduce_on_plateau())
+def test_prune_around_a_plateau_keeps_pruned_weights_exactly_zero():
+  """prune(chain(sgd, plateau)): the plateau scales the kept weights' updates (checked
+  against sgd at the reduced rate) and the pruned weights stay bit-exact zeros."""
+  rng = np.random.default_rng(5)
+  params = {"kernel": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=4), jnp.float32)}
+  plateau = bt.reduce_on_plateau(factor=0.5, patience=0, threshold=10.0)  # each metric cuts
+  tx = compress.prune(optax.chain(optax.sgd(0.1), plateau), 0.5)
+  state = tx.init(params)
+  w, expected = params, None
+  for count in range(1, 4):  # a new evaluation (value_count) on every update
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), w)
+    updates, state = tx.update(grads, state, w, value=1.0, value_count=count)
+    masks = state.masks
+    expected = jax.tree.map(lambda p, g, m: np.where(m, p - 0.1 * 0.5**count * g, 0.0),
+                            w, grads, masks)
+    w = optax.apply_updates(w, updates)
+    assert_trees_close(w, expected, rtol=1e-6, atol=1e-7)
+    pruned = np.asarray(w["kernel"])[~np.asarray(masks["kernel"])]
+    assert pruned.size == 12 and not pruned.any() and not np.signbit(pruned).any()

@@ -20,10 +20,12 @@ def test_controls_refuse_a_metric_that_is_not_a_number(bad):
     plateau.update({"w": jnp.ones(2)}, plateau.init({"w": jnp.ones(2)}), value=bad)
 
 
-def test_fit_config_learning_rate_must_be_a_number_or_schedule():
-  with pytest.raises(ValueError, match="learning_rate must be a finite number, a schedule"):
-    train.FitConfig(steps=1, batch_size=1, learning_rate="fast")
-  train.FitConfig(steps=1, batch_size=1, learning_rate=lambda step: 0.1)  # a schedule is fine
+def test_eval_every_has_one_meaning_in_fit_and_populations():
+  """None: once per epoch; an integer >= 1: steps; 0 is refused (it meant 'per epoch' in
+  FitConfig only). train_population's check: test_tune_population.py."""
+  train.FitConfig(steps=1, batch_size=1, eval_every=None)
+  with pytest.raises(ValueError, match=r"eval_every must be .* or None \(once per epoch\)"):
+    train.FitConfig(steps=1, batch_size=1, eval_every=0)
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +133,6 @@ def test_fit_checks_labels_against_the_model_before_training(digits_setup, tmp_p
     (lambda: data.split_tokens(np.zeros(10, np.uint8), "0.1"),
      r"validation_fraction must lie in \[0, 1\), got '0.1'"),
     (lambda: data.load_dataset("digits", stratify="yes"), "stratify must be True or False"),
-    (lambda: train.FitConfig(steps=1, batch_size=1, learning_rate=float("nan")),
-     "learning_rate must be a finite number"),
 ])
 def test_splits_seeds_and_rates_are_checked_by_name(call, match):
   with pytest.raises(ValueError, match=match):

@@ -4,6 +4,7 @@ from a checkpoint to the same result, accumulation in the loop, masked evaluatio
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import bigtune_jax as bt
@@ -18,10 +19,10 @@ def splits():
   return data.load_dataset("digits", seed=0)
 
 
-def setup(splits, tx=None, hidden=(32,), **controls):
+def setup(splits, tx=None, hidden=(32,)):
   model = models.MLP(hidden=hidden, num_classes=10)
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), seed=0)
-  state = train.create_train_state(model, params, tx or bt.sgd(0.1), **controls)
+  state = train.create_train_state(model, params, tx or bt.sgd(0.1))
   return model, state, train.classification_loss(model)
 
 
@@ -31,9 +32,9 @@ def config(**overrides):
 
 
 def test_fit_learns_and_logs(splits, tmp_path):
-  _, state, loss_fn = setup(splits)
+  _, state, loss_fn = setup(splits, tx=optax.inject_hyperparams(bt.sgd)(learning_rate=0.1))
   result = train.fit(state, loss_fn, splits["train"], splits["validation"],
-                     config=config(learning_rate=0.1), workdir=str(tmp_path))
+                     config=config(), workdir=str(tmp_path))
   assert int(result.state.step) == 40 and [r["step"] for r in result.history] == [20, 40]
   assert result.history[-1]["val_accuracy"] > 0.5
   assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -89,15 +90,17 @@ def test_fit_logs_the_mean_gradient_norm_of_the_applied_steps(splits):
 
 
 def test_resume_from_checkpoint_reaches_the_same_result(splits, tmp_path):
-  kwargs = dict(plateau=bt.reduce_on_plateau(factor=0.5, patience=0),
-                early_stopping=bt.EarlyStopping(patience=50))
-  _, state, loss_fn = setup(splits, tx=bt.momentum(0.05, 0.9), keep_best_params=True, **kwargs)
+  tx = optax.chain(bt.momentum(0.05, 0.9),
+                  bt.reduce_on_plateau(factor=0.5, patience=0, threshold=10.0))
+  kwargs = dict(early_stopping=bt.EarlyStopping(patience=50, restore_best=True))
+  _, state, loss_fn = setup(splits, tx=tx)
   straight = train.fit(state, loss_fn, splits["train"], splits["validation"],
                        config=config(steps=60), workdir=str(tmp_path / "a"), **kwargs)
-  _, state, loss_fn = setup(splits, tx=bt.momentum(0.05, 0.9), keep_best_params=True, **kwargs)
+  assert float(straight.state.opt_state[1].scale) < 1  # the plateau acted
+  _, state, loss_fn = setup(splits, tx=tx)
   train.fit(state, loss_fn, splits["train"], splits["validation"], config=config(steps=40),
             workdir=str(tmp_path / "b"), **kwargs)
-  _, state, loss_fn = setup(splits, tx=bt.momentum(0.05, 0.9), keep_best_params=True, **kwargs)
+  _, state, loss_fn = setup(splits, tx=tx)
   resumed = train.fit(state, loss_fn, splits["train"], splits["validation"],
                       config=config(steps=60), workdir=str(tmp_path / "b"), **kwargs)
   assert resumed.resumed_from == 40
@@ -106,18 +109,38 @@ def test_resume_from_checkpoint_reaches_the_same_result(splits, tmp_path):
   assert resumed.history == straight.history
 
 
-def test_plateau_reduces_the_rate_from_validation_metrics(splits):
+def test_plateau_in_the_chain_reduces_the_rate_from_validation_metrics(splits):
+  """Each evaluation's metric reaches the chained plateau once, on the next step: the
+  rows' rates (read from the optimizer state) are the rates their steps used."""
   plateau = bt.reduce_on_plateau(factor=0.5, patience=0, threshold=10.0)  # nothing improves
-  _, state, loss_fn = setup(splits, plateau=plateau)
+  tx = optax.chain(optax.inject_hyperparams(bt.sgd)(learning_rate=0.1), plateau)
+  _, state, loss_fn = setup(splits, tx=tx)
   result = train.fit(state, loss_fn, splits["train"], splits["validation"],
-                     config=config(steps=60, learning_rate=0.1), plateau=plateau)
+                     config=config(steps=60))
   assert [r["lr"] for r in result.history] == pytest.approx([0.1, 0.05, 0.025])
+  # the last row's metric waits in the state for a next step (a continued run)
+  assert int(result.state.opt_state[1].count) == 2 and int(result.state.metric_count) == 3
+  assert float(result.state.metric) == np.float32(result.history[-1]["val_loss"])
+
+
+def test_plateau_steps_equal_sgd_at_the_reduced_rate(splits):
+  """After evaluation k the steps are plain SGD at 0.1 * 0.5^k: replayed step by step
+  with a fresh optimizer per segment, the parameters agree."""
+  plateau = bt.reduce_on_plateau(factor=0.5, patience=0, threshold=10.0)
+  _, state, loss_fn = setup(splits, tx=optax.chain(bt.sgd(0.1), plateau))
+  result = train.fit(state, loss_fn, splits["train"], config=config(steps=40, eval_every=20,
+                                                                    monitor="train_loss"))
+  _, replay, _ = setup(splits)
+  batches = (b for epoch in range(2) for b in splits["train"].batches(32, seed=0, epoch=epoch))
+  for rate, batch in zip([0.1] * 20 + [0.05] * 20, batches):  # 40 steps, into epoch 2
+    grads = jax.grad(lambda p: loss_fn(p, batch, jax.random.key(0), True)[0])(replay.params)
+    replay = replay.replace(params=jax.tree.map(lambda w, g: w - rate * g, replay.params, grads))
+  assert_trees_close(result.state.params, replay.params, rtol=1e-5, atol=1e-6)
 
 
 def test_early_stopping_stops_and_restores_the_best_params(splits):
-  stopper = bt.EarlyStopping(patience=1, mode="max")
-  _, state, loss_fn = setup(splits, tx=bt.sgd(5.0), early_stopping=stopper,
-                            keep_best_params=True)  # lr 5: unstable, accuracy drops
+  stopper = bt.EarlyStopping(patience=1, mode="max", restore_best=True)
+  _, state, loss_fn = setup(splits, tx=bt.sgd(5.0))  # lr 5: unstable, accuracy drops
   result = train.fit(state, loss_fn, splits["train"], splits["validation"],
                      config=config(steps=400, eval_every=10, monitor="val_accuracy",
                                    mode="max"), early_stopping=stopper)
@@ -149,13 +172,13 @@ def test_evaluation_counts_every_example_once_with_padding(splits):
   assert padded["accuracy"] == pytest.approx(whole["accuracy"])
 
 
-def test_controls_must_be_given_to_both_state_and_fit(splits):
+def test_early_stopping_must_be_an_early_stopping(splits):
   _, state, loss_fn = setup(splits)
-  with pytest.raises(ValueError, match="plateau"):
-    train.fit(state, loss_fn, splits["train"], config=config(), plateau=bt.reduce_on_plateau())
+  with pytest.raises(ValueError, match="early_stopping"):
+    train.fit(state, loss_fn, splits["train"], config=config(), early_stopping=5)
 
 
-@pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", 0), ("eval_every", -1),
+@pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", 0), ("eval_every", 0),
                                          ("mode", "avg"), ("keep_checkpoints", 0)])
 def test_bad_fit_config_names_the_field(field, value):
   with pytest.raises(ValueError, match=field):

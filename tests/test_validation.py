@@ -57,7 +57,7 @@ BAD = [
     (lambda: bt.step_decay(0.1, step_size=5, gamma=2.0), "gamma", r"\(0.0, 1.0\]"),
     (lambda: bt.warmup_cosine_decay(1.0, warmup_steps=10, total_steps=10), "total_steps", ">= 11"),
     (lambda: bt.warmup_cosine_decay(1.0, warmup_steps=-1, total_steps=10), "warmup_steps", ">= 0"),
-    (lambda: bt.warmup_cosine_decay(-1.0, warmup_steps=1, total_steps=10), "peak_lr", ">= 0"),
+    (lambda: bt.warmup_cosine_decay(-1.0, warmup_steps=1, total_steps=10), "learning_rate", ">= 0"),
     (lambda: bt.warmup_cosine_decay(1.0, 1, 10, end_lr=lambda t: 0.0), "end_lr", "not a schedule"),
 ]
 

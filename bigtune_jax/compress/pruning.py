@@ -29,10 +29,11 @@ already pruned are 0, the smallest magnitude, so they stay pruned while ``s`` gr
 **Prunable leaves**: by default the kernels (``ndim >= 2``); biases and norm scales stay
 dense. ``prunable(path, leaf) -> bool`` chooses others (``path`` like ``"hidden_0/kernel"``).
 
-Caveat: the exact-zero identity needs ``u'`` to reach the weights unscaled. The ``plateau``
-of ``bt.train`` multiplies the updates by ``c`` *after* the optimizer, which would leave
-``(1 - c) w`` on pruned weights, so ``bt.train.create_train_state`` refuses the two
-together with a ``ValueError`` (schedule the learning rate inside ``inner`` instead).
+**Composition.** The exact-zero identity needs ``u'`` to reach the weights unscaled, so
+whatever scales the updates goes *inside* ``prune``: ``prune(optax.chain(bt.sgd(0.1),
+bt.reduce_on_plateau()), 0.5)``, not ``optax.chain(prune(...), bt.reduce_on_plateau())``,
+which would leave ``(1 - c) w`` on the weights pruned at a step with plateau scale ``c``.
+``prune`` hands its extra arguments (``value=``) on to ``inner``.
 """
 
 from collections.abc import Callable
@@ -168,9 +169,6 @@ class PruneState(NamedTuple):
   sparsity: jax.Array  # shape=(), float32: the target the masks were built for (-1: none yet)
   masks: Any  # like params: bool masks on prunable leaves, a scalar True on the others
   inner_state: optax.OptState
-  # Its updates set pruned weights to exactly 0 only if applied unscaled: bt.train refuses
-  # a plateau (whose scale multiplies the updates) with this state (train/state.py).
-  needs_unscaled_updates = True
 
 
 def prune(inner: optax.GradientTransformation, sparsity=None, *,

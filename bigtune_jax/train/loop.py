@@ -1,18 +1,22 @@
-"""The fit loop: steps, periodic evaluation, plateau and early stopping, checkpoints and
-automatic resume, metrics and plots (seed 000 §3.4, seed 004 §4.2-4.3).
+"""The fit loop: steps, periodic evaluation, early stopping, checkpoints and automatic
+resume, metrics and plots (seed 000 §3.4, seed 004 §4.2-4.3).
 
 ``fit`` trains ``config.steps`` steps (micro-batches) of ``config.batch_size`` examples in
 the deterministic order of ``ArrayDataset.batches`` (epoch ``e`` shuffled by
-``(seed, e)``). Every ``eval_every`` steps and at the last step it evaluates on the
-validation set and then, in this order:
+``(seed, e)``). Every ``eval_every`` steps (None: once per epoch) and at the last step it
+evaluates on the validation set and then, in this order:
 
 1. appends a row to ``workdir/metrics.jsonl``: ``step``, ``epoch``, ``train_loss`` (mean
    over the steps since the last row), ``val_loss`` / ``val_accuracy``, ``lr`` (the rate
-   in effect from this row on: ``FitConfig.learning_rate`` at this step, times the plateau
-   scale before this row's metric is fed to it), ``grad_norm`` (mean global gradient norm
-   of the applied steps since the last row), ``skipped_steps``;
-2. feeds the monitored metric to ``reduce_on_plateau`` (its scale multiplies the updates
-   from the next step on) and to ``EarlyStopping`` (keeping a copy of the best parameters);
+   the row's last step used, read from the optimizer state: the ``learning_rate`` of an
+   ``optax.inject_hyperparams`` in it, times the scale of any ``bt.reduce_on_plateau``;
+   absent when there is none), ``grad_norm`` (mean global gradient norm of the applied
+   steps since the last row), ``skipped_steps``;
+2. stores the monitored metric in the state (``state.metric``, ``state.metric_count``),
+   where the next train step hands it to the optimizer (``value=``), so a
+   ``bt.reduce_on_plateau`` chained into it scales the updates from the next step on; and
+   feeds it to ``early_stopping`` (keeping a copy of the best parameters if it restores
+   them);
 3. saves a checkpoint of the whole ``TrainState`` (every ``checkpoint_every_evals`` rows).
 
 A checkpoint is only ever taken at an evaluation, so everything between two of them is a
@@ -32,6 +36,7 @@ many hosts (``distributed.py``) each host loads its rows of every batch, and onl
 writes the metrics log, the plots and the progress bar; all of them write checkpoints.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -40,6 +45,7 @@ import weakref
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bigtune_jax import control
@@ -60,32 +66,25 @@ class FitConfig:
   """How ``fit`` trains; checked at construction."""
   steps: int  # training steps (micro-batches) in all
   batch_size: int  # global batch per step
-  eval_every: int = 0  # steps between evaluations; 0: once per epoch
+  eval_every: int | None = None  # steps between evaluations; None: once per epoch
   eval_batch_size: int = 512
   seed: int = 0  # data order
-  monitor: str = "val_loss"  # metric fed to plateau / early stopping ("train_loss" w/o val)
-  mode: str = "min"  # "min" or "max": which way `monitor` improves
+  monitor: str = "val_loss"  # metric fed to the optimizer / early stopping ("train_loss" w/o val)
+  mode: str = "min"  # "min" or "max": which way `monitor` improves (the best checkpoint)
   checkpoint_every_evals: int = 1
   keep_checkpoints: int = 2  # the latest N are kept, plus the best by `monitor`
-  learning_rate: float | Callable | None = None  # for the logs: a number or schedule(step)
   progress: bool = True  # tqdm bar with loss and lr
   mesh: sharding_lib.MeshConfig | None = None  # None: every device, data-parallel
 
   def __post_init__(self):
     validation.check_int("steps", self.steps, 1)
     validation.check_int("batch_size", self.batch_size, 1)
-    validation.check_int("eval_every", self.eval_every, 0)
+    validation.check_eval_every(self.eval_every)
     validation.check_int("eval_batch_size", self.eval_batch_size, 1)
     validation.check_int("seed", self.seed, 0)
     validation.check_choice("mode", self.mode, ("min", "max"))
     validation.check_int("checkpoint_every_evals", self.checkpoint_every_evals, 1)
     validation.check_int("keep_checkpoints", self.keep_checkpoints, 1)
-    rate = self.learning_rate
-    if not (rate is None or callable(rate) or (isinstance(rate, (int, float, np.number))
-                                               and not isinstance(rate, bool)
-                                               and math.isfinite(rate))):
-      raise ValueError(f"learning_rate must be a finite number, a schedule step -> rate, or "
-                       f"None, got {rate!r}")
     if self.mesh is not None and not isinstance(self.mesh, sharding_lib.MeshConfig):
       raise ValueError(f"mesh must be a bt.train.MeshConfig or None, got {self.mesh!r}")
 
@@ -177,35 +176,40 @@ def _mean_finite(values) -> float:
   return float(values.mean()) if values.size else math.nan
 
 
-def _learning_rate(schedule, state: TrainState) -> float | None:
-  """The rate the next update will use: ``schedule(step)`` (optax evaluates a schedule at
-  the number of updates done) times the plateau scale."""
-  if schedule is None:
-    return None
-  lr = float(schedule(state.step)) if callable(schedule) else float(schedule)
-  if isinstance(state.plateau, control.ReduceOnPlateauState):
-    lr *= float(state.plateau.scale)
-  return lr
+def _learning_rate(opt_state) -> float | None:
+  """The rate the last update used, read from the optimizer state: the ``learning_rate``
+  hyperparameter of the first ``optax.inject_hyperparams`` state in it (which holds the
+  value of the last update), times the scale of every ``bt.reduce_on_plateau`` state.
+  None without the former."""
+  plateau = lambda x: isinstance(x, control.ReduceOnPlateauState)  # noqa: E731
+  injected = lambda x: isinstance(getattr(x, "hyperparams", None), dict)  # noqa: E731
+  rate, scale = None, 1.0
+  for x in jax.tree.leaves(opt_state, is_leaf=lambda x: plateau(x) or injected(x)):
+    if plateau(x):
+      scale *= float(x.scale)
+    elif injected(x) and rate is None and "learning_rate" in x.hyperparams:
+      rate = float(x.hyperparams["learning_rate"])
+  return None if rate is None else rate * scale
 
 
 def _kept(best_params) -> bool:
   return not (isinstance(best_params, tuple) and not best_params)  # () means "not kept"
 
 
-def _check_controls(state, plateau, early_stopping):
-  if (plateau is None) != (not isinstance(state.plateau, control.ReduceOnPlateauState)):
-    raise ValueError("plateau must be given to both create_train_state and fit (or neither)")
-  if (early_stopping is None) != (not isinstance(state.early_stopping,
-                                                 control.EarlyStoppingState)):
-    raise ValueError("early_stopping must be given to both create_train_state and fit "
-                     "(or neither)")
+def _with_early_stopping(state: TrainState, early_stopping) -> TrainState:
+  """``state`` carrying ``early_stopping``'s state (and a copy of the parameters when it
+  restores the best ones), unless it carries one already (a continued run)."""
+  if early_stopping is None or isinstance(state.early_stopping, control.EarlyStoppingState):
+    return state
+  best = jax.tree.map(jnp.copy, state.params) if early_stopping.restore_best else ()
+  return state.replace(early_stopping=early_stopping.init(jnp.float32), best_params=best)
 
 
-def _check_monitor(monitor, loss_fn, state, val_data, config) -> None:
+def _check_monitor(monitor, loss_fn, state, val_data) -> None:
   """The monitored metric is one the run writes: the validation metrics' names come from
   the loss's sums, read by ``jax.eval_shape`` (no work is done)."""
   names = {"train_loss", "grad_norm", "skipped_steps", "epoch"}
-  if config.learning_rate is not None:
+  if _learning_rate(state.opt_state) is not None:
     names.add("lr")
   if val_data is not None:
     names.add("val_loss")
@@ -221,28 +225,27 @@ def _check_monitor(monitor, loss_fn, state, val_data, config) -> None:
                      f"{sorted(names)}")
 
 
-def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
-        val_data: ArrayDataset | None = None, *, config: FitConfig, workdir: str | None = None,
-        plateau=None, early_stopping: control.EarlyStopping | None = None) -> FitResult:
-  """Trains ``state`` (see the module docstring); resumes from ``workdir`` if it has a
-  checkpoint. ``plateau`` / ``early_stopping`` are the objects whose states
-  ``create_train_state`` put into ``state``. The train step donates the state's buffers,
-  so ``state`` (and the parameters it was made from) cannot be used after a fresh start:
-  pass a copy (``jax.tree.map(jnp.copy, params)``) to keep them."""
-  start_time = time.time()
-  _check_controls(state, plateau, early_stopping)
+def _check_fit(state, loss_fn, train_data, val_data, config, early_stopping) -> str:
+  """Every argument of ``fit`` checked before any work; returns the monitored metric."""
+  if early_stopping is not None and not isinstance(early_stopping, control.EarlyStopping):
+    raise ValueError(f"early_stopping must be a bt.EarlyStopping or None, got "
+                     f"{early_stopping!r}")
   if val_data is not None and len(val_data) == 0:
     raise ValueError("val_data has no examples (a validation_fraction of 0?); pass "
                      "val_data=None to train without validation")
-  _check_monitor(config.monitor if val_data is not None else "train_loss", loss_fn, state,
-                 val_data, config)
+  monitor = config.monitor if val_data is not None else "train_loss"
+  _check_monitor(monitor, loss_fn, state, val_data)
   check_data = getattr(loss_fn, "check_data", None)  # e.g. classification labels in range
   if check_data is not None:
     check_data(state.params, train_data, val_data)
-  steps_per_epoch = train_data.steps_per_epoch(config.batch_size)
-  if steps_per_epoch < 1:
+  if train_data.steps_per_epoch(config.batch_size) < 1:
     raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
                      f"({len(train_data)} examples)")
+  return monitor
+
+
+def _placement(state: TrainState, config: FitConfig):
+  """The run's mesh and the shardings of ``state`` on it (checked against the batch)."""
   if config.mesh is None:
     mesh, rules = sharding_lib.default_mesh(config.batch_size), sharding_lib.LOGICAL_RULES
   else:
@@ -251,106 +254,191 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
   if config.batch_size % shards:
     raise ValueError(f"batch_size {config.batch_size} must be a multiple of {shards}, the "
                      f"batch shards of the mesh {dict(mesh.shape)} (data * fsdp) and hosts")
-  shardings = sharding_lib.state_sharding(state, mesh, rules)
-  primary = distributed.is_primary()
-  monitor = config.monitor if val_data is not None else "train_loss"
-  eval_every = config.eval_every or steps_per_epoch
+  return mesh, sharding_lib.state_sharding(state, mesh, rules)
 
-  lock = workdir_lib.WorkdirLock(workdir) if workdir is not None and primary else None
-  if lock is not None:
-    lock.acquire()  # before anything is written: one run per workdir
-  checkpoints = bar = None
-  try:
-    log = None
-    resumed_from = None
-    if workdir is not None:
-      log = metrics_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-      checkpoints = checkpoint_lib.Checkpointer(
-          os.path.join(os.path.abspath(workdir), "checkpoints"),
-          keep_last=config.keep_checkpoints, keep_best=1, best_metric=monitor,
-          mode=config.mode)
-      resumed_from = checkpoints.latest_step()
-      if resumed_from is not None:
-        state = checkpoints.restore(checkpoint_lib.abstract_like(state, shardings),
-                                    step=resumed_from)
-      if primary:  # rows after the checkpoint (all of them without one) belong to a dead run
-        log.truncate_after(0 if resumed_from is None else resumed_from)
+
+@dataclasses.dataclass(frozen=True)
+class _Programs:
+  """The jitted pieces of one run, built for its mesh and state shardings."""
+  mesh: jax.sharding.Mesh
+  train_step: Callable  # (state, global batch) -> (state, metrics); donates the state
+  eval_step: Callable  # (params, global batch) -> sums
+  store_metric: Callable  # (metric_count, value) -> (metric, metric_count + 1)
+  update_stopper: Callable | None  # EarlyStopping.update
+  keep_best: Callable  # EarlyStopping.select_best; donates the old copy
+
+  @classmethod
+  def build(cls, loss_fn: LossFn, mesh, shardings, early_stopping) -> "_Programs":
+    scalars = (shardings.metric, shardings.metric_count)
+    return cls(
+        mesh=mesh, train_step=sharding_lib.jit_train_step(loss_fn, shardings, mesh),
+        eval_step=sharding_lib.jit_eval_step(loss_fn, shardings.params, mesh),
+        store_metric=jax.jit(lambda n, v: (jnp.asarray(v, jnp.float32), n + 1),
+                             out_shardings=scalars),
+        update_stopper=jax.jit(early_stopping.update) if early_stopping else None,
+        keep_best=jax.jit(control.EarlyStopping.select_best,
+                          out_shardings=shardings.best_params, donate_argnums=1))
+
+  def train(self, state: TrainState, batch: dict):
+    state, out = self.train_step(state, distributed.global_batch(batch, self.mesh))
+    if sharding_lib.cpu_collectives_need_sync():
+      jax.block_until_ready(out)
+    return state, out
+
+
+class _RunFiles:
+  """What one ``fit`` writes (nothing without a workdir; only process 0 writes the log,
+  the plots and the bar): the lock, the metrics log, the checkpoints, the progress bar.
+  Use :func:`_run_files`, which closes them also when training fails."""
+
+  def __init__(self, workdir: str | None, config: FitConfig, monitor: str):
+    self.workdir, self.config, self.monitor = workdir, config, monitor
+    self.primary = distributed.is_primary()
+    self.lock = self.log = self.checkpoints = self.bar = None
+
+  def open(self) -> None:
+    if self.workdir is None:
+      return
+    if self.primary:
+      lock = workdir_lib.WorkdirLock(self.workdir)
+      lock.acquire()  # before anything is written: one run per workdir
+      self.lock = lock  # released on close only once held
+    self.log = metrics_lib.MetricsLog(os.path.join(self.workdir, "metrics.jsonl"))
+    self.checkpoints = checkpoint_lib.Checkpointer(
+        os.path.join(os.path.abspath(self.workdir), "checkpoints"),
+        keep_last=self.config.keep_checkpoints, keep_best=1, best_metric=self.monitor,
+        mode=self.config.mode)
+
+  def resume(self, state: TrainState, shardings):
+    """``(state, resumed_from, history)``: the latest checkpoint restored onto
+    ``shardings`` (without one, ``state`` placed on them), its step (or None) and the
+    metrics rows up to it; the rows a dead run wrote after it are dropped."""
+    resumed_from = self.checkpoints.latest_step() if self.checkpoints else None
     if resumed_from is None:
       state = jax.device_put(state, shardings)
+    else:
+      state = self.checkpoints.restore(checkpoint_lib.abstract_like(state, shardings),
+                                       step=resumed_from)
+    step = int(state.step)
+    self.bar = metrics_lib.Progress(self.config.steps, initial=step,
+                                    enabled=self.config.progress and self.primary)
+    if self.log is None:
+      return state, resumed_from, []
+    if self.primary:
+      self.log.truncate_after(0 if resumed_from is None else resumed_from)
+    return state, resumed_from, [r for r in self.log.rows() if r["step"] <= step]
 
-    train_step = sharding_lib.jit_train_step(loss_fn, shardings, mesh)
-    eval_step = sharding_lib.jit_eval_step(loss_fn, shardings.params, mesh)
-    update_plateau = jax.jit(lambda s, v: plateau.update((), s, value=v)[1]) if plateau else None
-    update_stopper = jax.jit(early_stopping.update) if early_stopping else None
-    keep_best = jax.jit(control.EarlyStopping.select_best, out_shardings=shardings.best_params,
-                        donate_argnums=1)  # the old copy is replaced: no second one per eval
-    schedule = config.learning_rate
-    schedule = jax.jit(schedule) if callable(schedule) else schedule  # one compile, any step
+  def progress(self, steps: int = 1, **shown) -> None:
+    self.bar.update(steps, **shown)
 
+  def record(self, state: TrainState, history: list[dict], final: bool) -> None:
+    """The newest row of ``history`` to the log and the bar, then a checkpoint of
+    ``state`` every ``checkpoint_every_evals`` rows and at the ``final`` one."""
+    row = history[-1]
+    self.progress(0, loss=row["train_loss"], **({"lr": row["lr"]} if "lr" in row else {}))
+    if self.log is not None and self.primary:
+      self.log.append(row["step"], **{k: v for k, v in row.items() if k != "step"})
+    if self.checkpoints is not None and (
+        len(history) % self.config.checkpoint_every_evals == 0 or final):
+      self.checkpoints.save(row["step"], state, {self.monitor: row[self.monitor]})
+
+  def plot(self, history: list[dict]) -> None:
+    if self.workdir is not None and history and self.primary:
+      metrics_lib.plot_metrics(history, self.workdir)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+    if self.checkpoints is not None:
+      self.checkpoints.wait()
+      self.checkpoints.close()
+    if self.lock is not None:
+      self.lock.release()
+
+
+@contextlib.contextmanager
+def _run_files(workdir: str | None, config: FitConfig, monitor: str):
+  files = _RunFiles(workdir, config, monitor)
+  try:
+    files.open()
+    yield files
+  finally:
+    files.close()
+
+
+def _evaluation_row(programs: _Programs, state: TrainState, epoch: int, losses: list,
+                    grad_norms: list, val_data: ArrayDataset | None, config: FitConfig) -> dict:
+  """The metrics of the steps since the last row (``losses``, ``grad_norms``: their
+  outputs, still on the device) and of ``state`` on the validation set."""
+  row = {"epoch": epoch, "train_loss": float(sum(jax.device_get(losses), np.float32(0))) / len(losses),
+         "grad_norm": _mean_finite(jax.device_get(grad_norms)),
+         "skipped_steps": int(state.skipped_steps)}
+  if val_data is not None:
+    metrics = _evaluate_with(programs.eval_step, state.params, val_data,
+                             config.eval_batch_size, programs.mesh)
+    row.update({f"val_{k}": v for k, v in metrics.items()})
+  lr = _learning_rate(state.opt_state)
+  if lr is not None:
+    row["lr"] = lr
+  return row
+
+
+def _feed_metric(programs: _Programs, state: TrainState, value: np.float32,
+                 early_stopping) -> tuple[TrainState, bool]:
+  """``state`` after an evaluation whose monitored metric is ``value``: stored for the
+  optimizer's next update (``value=``), fed to the early stopping (which keeps the best
+  parameters). Returns the state and whether to stop."""
+  metric, count = programs.store_metric(state.metric_count, value)
+  state = state.replace(metric=metric, metric_count=count)
+  if early_stopping is None:
+    return state, False
+  state = state.replace(early_stopping=programs.update_stopper(state.early_stopping, value))
+  if _kept(state.best_params):
+    state = state.replace(best_params=programs.keep_best(state.early_stopping,
+                                                         state.best_params, state.params))
+  return state, bool(state.early_stopping.should_stop)
+
+
+def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
+        val_data: ArrayDataset | None = None, *, config: FitConfig, workdir: str | None = None,
+        early_stopping: control.EarlyStopping | None = None) -> FitResult:
+  """Trains ``state`` (see the module docstring); resumes from ``workdir`` if it has a
+  checkpoint. ``early_stopping`` is fed the monitored metric at each evaluation; a
+  ``bt.reduce_on_plateau`` goes into the optimizer's chain. The train step donates the
+  state's buffers, so ``state`` (and the parameters it was made from) cannot be used after
+  a fresh start: pass a copy (``jax.tree.map(jnp.copy, params)``) to keep them."""
+  start_time = time.time()
+  monitor = _check_fit(state, loss_fn, train_data, val_data, config, early_stopping)
+  state = _with_early_stopping(state, early_stopping)
+  mesh, shardings = _placement(state, config)
+  steps_per_epoch = train_data.steps_per_epoch(config.batch_size)
+  eval_every = config.eval_every or steps_per_epoch
+  with _run_files(workdir, config, monitor) as files:
+    state, resumed_from, history = files.resume(state, shardings)
+    programs = _Programs.build(loss_fn, mesh, shardings, early_stopping)
     step = int(state.step)
     stopped = bool(early_stopping and state.early_stopping.should_stop)
-    history = [r for r in log.rows() if r["step"] <= step] if log is not None else []
-    wait_each_step = sharding_lib.cpu_collectives_need_sync()
     losses, grad_norms = [], []  # this row's step metrics, on the device until it is written
-    bar = metrics_lib.Progress(config.steps, initial=step, enabled=config.progress and primary)
     while step < config.steps and not stopped:
       epoch, offset = divmod(step, steps_per_epoch)
       for batch in train_data.batches(config.batch_size, seed=config.seed, epoch=epoch,
                                       start_step=offset):
-        state, out = train_step(state, distributed.global_batch(batch, mesh))
-        if wait_each_step:
-          jax.block_until_ready(out)
+        state, out = programs.train(state, batch)
         losses.append(out["loss"])
         grad_norms.append(out["grad_norm"])
         step += 1
-        bar.update(1)
+        files.progress()
         if step % eval_every and step < config.steps:
           continue
-        row = {"epoch": epoch, "train_loss": float(sum(jax.device_get(losses), np.float32(0)))
-                                              / len(losses),
-               "grad_norm": _mean_finite(jax.device_get(grad_norms)),
-               "skipped_steps": int(state.skipped_steps)}
+        row = _evaluation_row(programs, state, epoch, losses, grad_norms, val_data, config)
         losses, grad_norms = [], []
-        if val_data is not None:
-          row.update({f"val_{k}": v for k, v in _evaluate_with(
-              eval_step, state.params, val_data, config.eval_batch_size, mesh).items()})
-        lr = _learning_rate(schedule, state)
-        if lr is not None:
-          row["lr"] = lr
-        if monitor not in row:
-          raise ValueError(f"monitor {monitor!r} is not among the metrics {sorted(row)}")
-        value = np.float32(row[monitor])
-        if plateau is not None:
-          state = state.replace(plateau=update_plateau(state.plateau, value))
-        if early_stopping is not None:
-          state = state.replace(early_stopping=update_stopper(state.early_stopping, value))
-          if _kept(state.best_params):
-            state = state.replace(best_params=keep_best(state.early_stopping, state.best_params,
-                                                        state.params))
-          stopped = bool(state.early_stopping.should_stop)
+        state, stopped = _feed_metric(programs, state, np.float32(row[monitor]), early_stopping)
         history.append({"step": step, **row})
-        bar.update(0, loss=row["train_loss"], **({"lr": lr} if lr is not None else {}))
-        if log is not None and primary:
-          log.append(step, **row)
-        evals_done = len(history)
-        if checkpoints is not None and (evals_done % config.checkpoint_every_evals == 0
-                                        or step >= config.steps or stopped):
-          checkpoints.save(step, state, {monitor: row[monitor]})
+        files.record(state, history, final=stopped or step >= config.steps)
         if stopped or step >= config.steps:
           break
-    if workdir is not None and history and primary:
-      metrics_lib.plot_metrics(history, workdir)
-  finally:
-    if bar is not None:
-      bar.close()
-    if checkpoints is not None:
-      checkpoints.wait()
-      checkpoints.close()
-    if lock is not None:
-      lock.release()
-
+    files.plot(history)
   if _kept(state.best_params) and early_stopping is not None:
     state = state.replace(params=state.best_params)
   return FitResult(state=state, history=history, stopped_early=stopped,
                    resumed_from=resumed_from, wall_s=time.time() - start_time)
-

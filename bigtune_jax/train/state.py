@@ -9,11 +9,13 @@ bit for bit:
   has to be split and carried, and step ``t`` draws the same mask after a resume;
 * ``skipped_steps``: steps whose loss or gradients were not finite, skipped by the NaN
   guard of ``step.py``;
-* ``plateau``: the state of a ``bt.reduce_on_plateau`` driven by the validation metric
-  (its ``scale`` multiplies every update), or ``()`` when unused;
-* ``early_stopping``: the state of a ``bt.EarlyStopping``, or ``()``;
+* ``metric`` / ``metric_count``: the monitored metric of the last evaluation (0 before
+  the first, when the count says there is none) and the number of evaluations so far. The train step passes them to the
+  optimizer as ``update(..., value=metric, value_count=metric_count)``, so a
+  ``bt.reduce_on_plateau`` chained into it consumes each evaluation once;
+* ``early_stopping``: the state of the ``bt.EarlyStopping`` given to ``fit``, or ``()``;
 * ``best_params``: a copy of the parameters at the best validation metric, kept when
-  early stopping should restore them, or ``()``.
+  the early stopping restores them (``restore_best=True``), or ``()``.
 """
 
 import functools
@@ -26,13 +28,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bigtune_jax import control
 
 
 class TrainState(train_state.TrainState):
   rng: jax.Array
   skipped_steps: jax.Array  # shape=(), int32
-  plateau: Any = ()  # control.ReduceOnPlateauState or ()
+  metric: jax.Array  # shape=(), float32: the last evaluation's monitored metric (or 0)
+  metric_count: jax.Array  # shape=(), int32: evaluations so far
   early_stopping: Any = ()  # control.EarlyStoppingState or ()
   best_params: Any = ()  # like params, or ()
 
@@ -62,41 +64,20 @@ _init_jit = jax.jit(_init, static_argnums=0)
 
 
 def create_train_state(model: nn.Module, params, tx: optax.GradientTransformation, *,
-                       seed: int = 0, plateau: optax.GradientTransformationExtraArgs | None = None,
-                       early_stopping: control.EarlyStopping | None = None,
-                       keep_best_params: bool = False) -> TrainState:
+                       seed: int = 0) -> TrainState:
   """A fresh state at step 0.
 
   Args:
     model: the flax module (its ``apply`` becomes ``state.apply_fn``).
     params: its parameters (e.g. from :func:`init_params`).
-    tx: the optimizer, any optax transform (``bt.accumulate(...)`` for accumulation).
+    tx: the optimizer, any optax transform: ``bt.accumulate(...)`` for accumulation,
+      ``optax.chain(..., bt.reduce_on_plateau())`` to follow the monitored metric,
+      ``optax.inject_hyperparams`` to have ``fit`` log the learning rate.
     seed: base of the per-step dropout keys.
-    plateau: a ``bt.reduce_on_plateau(...)`` fed the validation metric by ``fit``.
-    early_stopping: a ``bt.EarlyStopping`` fed the validation metric by ``fit``.
-    keep_best_params: keep a copy of the best parameters (to restore on an early stop).
-
-  Raises:
-    ValueError: a ``plateau`` with an optimizer whose updates must stay unscaled
-      (``bt.compress.prune``: ``scale * update`` would leave pruned weights non-zero).
   """
-  state = TrainState.create(
+  return TrainState.create(
       apply_fn=model.apply, params=params, tx=tx,
       rng=jax.random.key_data(jax.random.key(seed)),
       skipped_steps=jnp.zeros([], jnp.int32),
-      plateau=plateau.init(params) if plateau is not None else (),
-      early_stopping=early_stopping.init(jnp.float32) if early_stopping is not None else (),
-      best_params=jax.tree.map(jnp.copy, params) if keep_best_params else ())
-  if plateau is not None and _needs_unscaled_updates(state.opt_state):
-    raise ValueError(
-        "plateau cannot drive an optimizer whose updates must reach the parameters "
-        "unscaled (e.g. bt.compress.prune: a scaled update would leave pruned weights "
-        "non-zero); schedule the learning rate inside the wrapped optimizer instead")
-  return state
-
-
-def _needs_unscaled_updates(opt_state) -> bool:
-  """Whether a state in ``opt_state`` belongs to a transform whose updates the plateau's
-  ``scale`` must not multiply (its class sets ``needs_unscaled_updates = True``)."""
-  marked = lambda x: getattr(type(x), "needs_unscaled_updates", False)  # noqa: E731
-  return any(marked(x) for x in jax.tree.leaves(opt_state, is_leaf=marked))
+      # not NaN: a multi-host device_put checks that every process holds the same value
+      metric=jnp.zeros([], jnp.float32), metric_count=jnp.zeros([], jnp.int32))

@@ -8,10 +8,14 @@ so that evaluation adds batches up exactly, whatever the padding.
 The train step (``jax.jit(train_step, donate_argnums=0)``):
 
 .. math::
-  (\\ell, g) = \\nabla \\ell(w_t; B_t), \\quad (u, s') = tx(g, s, w_t), \\quad
-  w_{t+1} = w_t + \\text{scale} \\cdot u
+  (\\ell, g) = \\nabla \\ell(w_t; B_t), \\quad (u, s') = tx(g, s, w_t; m, n), \\quad
+  w_{t+1} = w_t + u
 
-where ``scale`` is the reduce-on-plateau factor (1 without one). **NaN guard**: when the
+where ``m`` / ``n`` are the last evaluation's monitored metric and the evaluation count
+(``state.metric`` / ``state.metric_count``), passed as optax's extra arguments
+``value=m, value_count=n``: a ``bt.reduce_on_plateau`` in the chain reads them, every
+other transform ignores them. (Transforms that read ``value`` as the current batch's loss,
+such as ``optax.polyak_sgd``, do not fit this step.) **NaN guard**: when the
 loss, any gradient, or any of the new parameters or optimizer state is not finite (a NaN
 schedule, a rate of 1e40), the parameters and optimizer state are left exactly as they
 were, ``skipped_steps`` counts it, and training goes on; a non-finite step never reaches
@@ -29,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bigtune_jax import control
 from bigtune_jax.train.state import TrainState
 from bigtune_jax.train.state import accepts_train_flag
 
@@ -185,9 +188,9 @@ def make_train_step(loss_fn: LossFn, *, params_in_use=None
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     (loss, sums), grads = jax.value_and_grad(loss_in_use, has_aux=True)(state.params, batch,
                                                                         rng, True)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    if isinstance(state.plateau, control.ReduceOnPlateauState):
-      updates = jax.tree.map(lambda u: (state.plateau.scale * u).astype(u.dtype), updates)
+    updates, opt_state = optax.with_extra_args_support(state.tx).update(
+        grads, state.opt_state, state.params, value=state.metric,
+        value_count=state.metric_count)
     params = optax.apply_updates(state.params, updates)
     # A NaN schedule or an overflowing rate gives non-finite updates from finite gradients:
     # guard what would be stored, not only what was computed.

@@ -145,14 +145,14 @@ def train_adapter_population(lora: LoRA, loss_fn: LossFn, params,
   population.check_member_optimizers(make_optimizer, values, n)
   seeds = population.check_seeds(member_seeds, seed, n)
   validation.check_int("steps", steps, 1)
-  eval_every = steps if eval_every is None else eval_every
-  validation.check_int("eval_every", eval_every, 1)
+  validation.check_eval_every(eval_every)
   if not isinstance(compact, bool):
     raise ValueError(f"compact must be True or False, got {compact!r}")
   lora.layers(params)  # targets and rank against the model, before any work
   data = population.PopulationData(as_arrays(train_data, "train_data"),
                                    as_arrays(val_data, "val_data"), batch_size, seed,
                                    eval_batch_size)
+  eval_every = eval_every or data.steps_per_epoch
   make_loss = member_loss(lora, loss_fn)
   programs = population.jitted()
   hp = {name: jnp.asarray(v) for name, v in values.items()}

@@ -328,7 +328,8 @@ def train_population(model: nn.Module, loss_fn: LossFn, make_optimizer: MakeOpti
     train_data, val_data: the training and validation sets.
     steps: training steps, >= 1.
     batch_size: examples per step (the same batch for every member).
-    eval_every: steps between evaluations; None evaluates after the last step only.
+    eval_every: steps between evaluations (and one after the last step); None: once per
+      epoch, as in ``bt.train.FitConfig``.
     seed: the data order (as ``FitConfig.seed``) and every member's init / dropout seed.
     member_seeds: N seeds for the members' init and dropout instead of ``seed``.
     on_eval: ``on_eval(step, {"val_loss": (N,), "val_accuracy": (N,)})`` after each
@@ -352,9 +353,9 @@ def train_population(model: nn.Module, loss_fn: LossFn, make_optimizer: MakeOpti
   seeds = check_seeds(member_seeds, seed, n)
   check_member_chunk(member_chunk, n)
   validation.check_int("steps", steps, 1)
-  eval_every = steps if eval_every is None else eval_every
-  validation.check_int("eval_every", eval_every, 1)
+  validation.check_eval_every(eval_every)
   data = PopulationData(train_data, val_data, batch_size, seed, eval_batch_size)
+  eval_every = eval_every or data.steps_per_epoch
   hp = {name: jnp.asarray(v) for name, v in values.items()}
   states = init_states(model, make_optimizer, data, hp, seeds, input_key)
   chunk = member_chunk or choose_chunk(states.params)
