@@ -155,7 +155,7 @@ def _cached_eval_step(loss_fn: LossFn, params, mesh) -> Callable:
 def _evaluate_with(eval_step: Callable, params, dataset: ArrayDataset, batch_size: int,
                    mesh) -> dict:
   """:func:`evaluate` with a given jitted ``eval_step`` (``fit``'s own)."""
-  wait_each_batch = sharding_lib.cpu_collectives_need_sync()
+  wait_each_batch = distributed.cpu_collectives_need_sync()
   outs = []  # every batch is dispatched before the first result is read
   for batch in _eval_batches(dataset, batch_size, mesh):
     outs.append(eval_step(params, batch))
@@ -290,7 +290,7 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
     step = int(state.step)
     stopped = bool(early_stopping and state.early_stopping.should_stop)
     history = [r for r in log.rows() if r["step"] <= step] if log is not None else []
-    wait_each_step = sharding_lib.cpu_collectives_need_sync()
+    wait_each_step = distributed.cpu_collectives_need_sync()
     losses, grad_norms = [], []  # this row's step metrics, on the device until it is written
     bar = metrics_lib.Progress(config.steps, initial=step, enabled=config.progress and primary)
     while step < config.steps and not stopped:

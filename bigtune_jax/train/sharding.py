@@ -240,18 +240,6 @@ def jit_eval_step(loss_fn: Callable, param_shardings, mesh: Mesh) -> Callable:
                  out_shardings=replicated(mesh))
 
 
-def cpu_collectives_need_sync() -> bool:
-  """Whether this process drives several CPU devices (``--xla_force_host_platform_device_count``).
-
-  There XLA's CPU runtime can deadlock in a collective while other multi-device work is in
-  flight (measured with jax 0.10.2, 8 fake devices on 2 cores: the all-reduce of a train
-  step waits forever for its last device once steps are dispatched ahead, or an Orbax
-  save runs beside them), so ``fit`` waits for each step and checkpoints save
-  synchronously. GPUs, TPUs and one CPU device per process keep asynchronous dispatch.
-  """
-  return jax.default_backend() == "cpu" and jax.local_device_count() > 1
-
-
 def mesh_of(tree) -> Mesh | None:
   """The ``(data, fsdp, tensor)`` mesh of the first array of ``tree`` placed on one, or None."""
   for leaf in jax.tree.leaves(tree):
