@@ -136,3 +136,14 @@ def cross_entropy_and_accuracy(logits, labels):
   log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
   rows = np.arange(len(labels))
   return float(-log_p[rows, labels].mean()), float(np.mean(logits.argmax(axis=1) == labels))
+
+
+def first_plateau(metrics, patience, threshold):
+  """Index of the first metric on which ``ReduceLROnPlateau(mode="min", threshold_mode="rel")``
+  cuts the rate: the ``patience + 1``-th in a row not below ``best * (1 - threshold)``."""
+  best, bad = np.inf, 0
+  for i, x in enumerate(metrics):
+    best, bad = (x, 0) if x < best * (1 - threshold) else (best, bad + 1)
+    if bad > patience:
+      return i
+  return None
