@@ -113,3 +113,37 @@ def early_stopping(metrics, patience, min_delta, mode):
       stopped = stopped or bad >= patience
     out.append((best, best_step, stopped))
   return out
+
+
+_ACTIVATIONS = {"relu": lambda z: np.maximum(z, 0.0), "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+                "tanh": np.tanh}
+
+
+def mlp_logits(params, images, activation="relu"):
+  """``bt.models.MLP``'s forward pass: inputs flattened, ``x W + b`` per Dense layer
+  (``hidden_0``, ``hidden_1``, ..., then ``head``), the activation after each hidden one."""
+  x = np.asarray(images, np.float64).reshape(len(images), -1)
+  for i in range(len(params) - 1):
+    layer = params[f"hidden_{i}"]
+    x = _ACTIVATIONS[activation](x @ np.asarray(layer["kernel"], np.float64) + layer["bias"])
+  return x @ np.asarray(params["head"]["kernel"], np.float64) + params["head"]["bias"]
+
+
+def cross_entropy_and_accuracy(logits, labels):
+  """Mean ``-log softmax(logits)[label]``, and the fraction whose largest logit is the
+  label's."""
+  z = logits - logits.max(axis=1, keepdims=True)
+  log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+  rows = np.arange(len(labels))
+  return float(-log_p[rows, labels].mean()), float(np.mean(logits.argmax(axis=1) == labels))
+
+
+def first_plateau(metrics, patience, threshold):
+  """Index of the first metric on which ``ReduceLROnPlateau(mode="min", threshold_mode="rel")``
+  cuts the rate: the ``patience + 1``-th in a row not below ``best * (1 - threshold)``."""
+  best, bad = np.inf, 0
+  for i, x in enumerate(metrics):
+    best, bad = (x, 0) if x < best * (1 - threshold) else (best, bad + 1)
+    if bad > patience:
+      return i
+  return None

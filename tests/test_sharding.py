@@ -6,7 +6,9 @@ The 8-device checks run in ``tests/sharding_worker.py`` in a subprocess with 8 f
 devices (see ``tests/multiprocess.py``); the rules table is checked here on abstract meshes.
 """
 
+import contextlib
 import json
+import warnings
 
 import flax.linen as nn
 import jax
@@ -33,6 +35,14 @@ def worker(tmp_path_factory):
 def abstract_mesh(data, fsdp, tensor):
   return AbstractMesh((data, fsdp, tensor), train.sharding.MESH_AXES,
                       axis_types=(AxisType.Auto,) * 3)
+
+
+@contextlib.contextmanager
+def reports_nothing():
+  """Fails the test if a ReplicatedParameterWarning is issued inside."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", train.ReplicatedParameterWarning)
+    yield
 
 
 @pytest.mark.parametrize("model,mesh", [("mlp", "dp8"), ("mlp", "fsdp4_dp2"),
@@ -118,21 +128,43 @@ def test_rules_shard_gpt2_small_on_an_abstract_mesh():
   config = models.GPTConfig.gpt2_124m()
   shapes = jax.eval_shape(models.GPT(config).init, jax.random.key(0),
                           jax.ShapeDtypeStruct((1, 8), jnp.int32))["params"]
-  specs = jax.tree.map(lambda s: s.spec, nn.unbox(train.param_sharding(shapes,
-                                                                      abstract_mesh(2, 4, 2))))
+  with reports_nothing():
+    shardings = train.param_sharding(shapes, abstract_mesh(2, 4, 2))
+  specs = jax.tree.map(lambda s: s.spec, nn.unbox(shardings))
   assert specs["wte"]["embedding"] == jax.P("tensor", "fsdp")
   assert specs["h"]["mlp"]["c_fc"]["kernel"] == jax.P(None, "fsdp", "tensor")
   assert specs["h"]["attn"]["c_proj"]["kernel"] == jax.P(None, "tensor", None, "fsdp")
   assert specs["h"]["ln_1"]["scale"] == specs["wpe"] == jax.P(None, "fsdp")
+  # On 512-way FSDP the vocabulary, 50304 = 2^7 * 3 * 131, and the width, 768 = 2^8 * 3,
+  # are not divisible: the embedding (the largest array) and the attention kernels stay
+  # whole on every device, and the warning says so, largest first.
+  with pytest.warns(train.ReplicatedParameterWarning,
+                    match=r"\(fsdp=512, tensor=1\).*Largest: wte/embedding \(50304, 768\) "
+                          r"154,533,888 bytes; h/attn/c_attn/kernel"):
+    train.param_sharding(shapes, abstract_mesh(1, 512, 1))
 
 
 def test_untagged_parameters_shard_their_largest_divisible_dimension():
   tree = {"kernel": jax.ShapeDtypeStruct((6, 12), jnp.float32),
           "odd": jax.ShapeDtypeStruct((3, 5), jnp.float32),
           "scalar": jax.ShapeDtypeStruct((), jnp.float32)}
-  specs = jax.tree.map(lambda s: s.spec, train.param_sharding(tree, abstract_mesh(1, 4, 2)))
+  # "odd" stays whole: 60 of the 288 + 60 bytes of arrays (the scalar has nothing to split).
+  with pytest.warns(train.ReplicatedParameterWarning,
+                    match=r"^1 of 2 arrays .* 60 of 348 bytes \(17.2%.*Largest: odd \(3, 5\) "
+                          r"60 bytes$"):
+    shardings = train.param_sharding(tree, abstract_mesh(1, 4, 2))
+  specs = jax.tree.map(lambda s: s.spec, shardings)
   assert specs == {"kernel": jax.P(None, "fsdp"), "odd": jax.P(), "scalar": jax.P()}
-  data_parallel = train.param_sharding(tree, abstract_mesh(8, 1, 1))
+  # A train state is reported once, for its parameters: the momentum and the best
+  # parameters, left whole alike, have the parameters' shapes.
+  state = jax.eval_shape(lambda: train.create_train_state(
+      models.MLP(hidden=(), num_classes=5), {"odd": jnp.ones((3, 5))}, bt.momentum(0.1),
+      keep_best_params=True))
+  with pytest.warns(train.ReplicatedParameterWarning) as issued:
+    train.state_sharding(state, abstract_mesh(1, 4, 2))
+  assert len(issued) == 1 and "1 of 1 arrays" in str(issued[0].message)
+  with reports_nothing():  # data parallelism replicates every parameter by design
+    data_parallel = train.param_sharding(tree, abstract_mesh(8, 1, 1))
   assert all(s.spec == jax.P() for s in jax.tree.leaves(data_parallel))
 
 
@@ -146,7 +178,8 @@ def test_tagged_dimension_not_divisible_stays_whole():
                                         ("layers", "embed", "mlp")),
           "ln": nn.LogicallyPartitioned(jax.ShapeDtypeStruct((512, 768), jnp.float32),
                                         ("layers", "embed"))}
-  specs = nn.unbox(train.param_sharding(tree, abstract_mesh(1, 512, 1)))
+  with reports_nothing():  # "ln" stays whole, but is 1.4% of the bytes: under the 2% reported
+    specs = nn.unbox(train.param_sharding(tree, abstract_mesh(1, 512, 1)))
   assert specs["fc"].spec == jax.P(None, None, "fsdp") and specs["ln"].spec == jax.P()
 
 

@@ -16,6 +16,7 @@ from bigtune_jax.train.metrics import Progress
 from bigtune_jax.train.metrics import plot_metrics
 from bigtune_jax.train.sharding import LOGICAL_RULES
 from bigtune_jax.train.sharding import MeshConfig
+from bigtune_jax.train.sharding import ReplicatedParameterWarning
 from bigtune_jax.train.sharding import batch_sharding
 from bigtune_jax.train.sharding import jit_eval_step
 from bigtune_jax.train.sharding import jit_train_step
@@ -42,6 +43,7 @@ __all__ = (
     "WorkdirInUseError",
     "WorkdirLock",
     "Progress",
+    "ReplicatedParameterWarning",
     "TrainState",
     "abstract_like",
     "batch_sharding",

@@ -50,7 +50,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from bigtune_jax import validation
-from bigtune_jax.train import sharding as sharding_lib
+from bigtune_jax.train import distributed
 from bigtune_jax.tree_paths import path_name
 
 ITEM = "default"  # Orbax's name for the single item of a CheckpointManager
@@ -151,7 +151,7 @@ def _check_directory(path: Path) -> None:
 def _resolve_async(async_save: bool | None) -> bool:
   if async_save is not None:
     return bool(async_save)
-  return not sharding_lib.cpu_collectives_need_sync()
+  return not distributed.cpu_collectives_need_sync()
 
 
 class Checkpointer:
@@ -168,7 +168,7 @@ class Checkpointer:
       required when ``keep_best > 0``.
     mode: ``"min"`` (a lower ``best_metric`` is better) or ``"max"``.
     async_save: write in a background thread (see ``wait``); None (default): yes, except
-      where ``sharding.cpu_collectives_need_sync()`` (several CPU devices in this process,
+      where ``distributed.cpu_collectives_need_sync()`` (several CPU devices in this process,
       whose collectives can deadlock beside a background write): there saves finish
       before ``save`` returns.
     read_only: only read (``restore``, ``restore_params``): the directory must exist and

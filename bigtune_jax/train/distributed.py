@@ -10,7 +10,9 @@ loads only its rows of every global batch (``ArrayDataset.batches`` gives host `
 
 On CPU, collectives between processes go through Gloo over TCP
 (``jax_cpu_collectives_implementation``, the default in recent JAX); GPUs use NCCL and TPUs
-their interconnect, with nothing to configure.
+their interconnect, with nothing to configure. Within one process, several CPU devices
+(``--xla_force_host_platform_device_count``) need their collectives awaited step by step
+(:func:`cpu_collectives_need_sync`): a fact of the runtime, not of any sharding.
 
 Where the run's parameters come from, in order: the arguments of :func:`maybe_initialize`;
 the environment variables ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0),
@@ -115,3 +117,15 @@ def global_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict:
   sharding = sharding_lib.batch_sharding(mesh)
   return {name: jax.make_array_from_process_local_data(sharding, np.asarray(array))
           for name, array in local_batch.items()}
+
+
+def cpu_collectives_need_sync() -> bool:
+  """Whether this process drives several CPU devices (``--xla_force_host_platform_device_count``).
+
+  There XLA's CPU runtime can deadlock in a collective while other multi-device work is in
+  flight (measured with jax 0.10.2, 8 fake devices on 2 cores: the all-reduce of a train
+  step waits forever for its last device once steps are dispatched ahead, or an Orbax
+  save runs beside them), so ``fit`` waits for each step and checkpoints save
+  synchronously. GPUs, TPUs and one CPU device per process keep asynchronous dispatch.
+  """
+  return jax.default_backend() == "cpu" and jax.local_device_count() > 1

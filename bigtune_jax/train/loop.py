@@ -154,7 +154,7 @@ def _cached_eval_step(loss_fn: LossFn, params, mesh) -> Callable:
 def _evaluate_with(eval_step: Callable, params, dataset: ArrayDataset, batch_size: int,
                    mesh) -> dict:
   """:func:`evaluate` with a given jitted ``eval_step`` (``fit``'s own)."""
-  wait_each_batch = sharding_lib.cpu_collectives_need_sync()
+  wait_each_batch = distributed.cpu_collectives_need_sync()
   outs = []  # every batch is dispatched before the first result is read
   for batch in _eval_batches(dataset, batch_size, mesh):
     outs.append(eval_step(params, batch))
@@ -281,7 +281,7 @@ class _Programs:
 
   def train(self, state: TrainState, batch: dict):
     state, out = self.train_step(state, distributed.global_batch(batch, self.mesh))
-    if sharding_lib.cpu_collectives_need_sync():
+    if distributed.cpu_collectives_need_sync():
       jax.block_until_ready(out)
     return state, out
 

@@ -25,7 +25,9 @@ its largest dimension divisible by the ``fsdp`` size sharded over ``fsdp``. A di
 divisible by its mesh axes stays unsharded, and a tagged parameter whose rules leave it
 without ``fsdp`` that way gets it on its largest other divisible dimension, as untagged.
 Optimizer moments have their parameter's shape (and tags), hence its sharding. Step
-counters, keys and control states are replicated.
+counters, keys and control states are replicated. Parameters that a mesh with ``fsdp`` or
+``tensor`` > 1 still leaves whole on every device are reported, not silent: one
+``ReplicatedParameterWarning`` names the largest when they hold over 2% of the bytes.
 Activations: the batch is split by rows over ``data`` and ``fsdp`` (the ``batch`` rule);
 XLA propagates the rest from the batch and the parameters in use. (A model's own
 ``nn.with_logical_constraint`` calls stay inactive: with rules and a mesh in context,
@@ -37,6 +39,7 @@ import dataclasses
 import functools
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -49,9 +52,12 @@ from jax.sharding import PartitionSpec as P
 
 from bigtune_jax.train import step as step_lib
 from bigtune_jax import validation
+from bigtune_jax.tree_paths import path_name
 
 MESH_AXES = ("data", "fsdp", "tensor")  # outermost (across hosts) to innermost (fastest links)
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
+REPLICATED_TOLERANCE = 0.02  # replicated share of a tree's bytes reported (MaxText's default)
+REPORTED = 5  # the largest replicated arrays a warning names
 
 # Logical axis name -> mesh axes, in priority order (a mesh axis is used once per array).
 LOGICAL_RULES = (
@@ -172,24 +178,83 @@ def _is_box(x) -> bool:
   return isinstance(x, nn.Partitioned)
 
 
+def _unboxed(x):
+  return x.value if _is_box(x) else x
+
+
+def _leaf_sharding(x, mesh: Mesh, rules):
+  """A tagged leaf's box holding its sharding through the rules, or an untagged leaf's
+  sharding with ``fsdp`` on its largest divisible dimension."""
+  if _is_box(x):
+    return x.replace_boxed(NamedSharding(mesh, _tagged_spec(x, mesh, rules)))
+  shape = np.shape(x)
+  return NamedSharding(mesh, _with_fsdp([None] * len(shape), shape, mesh))
+
+
+def _shardings(tree, mesh: Mesh, rules):
+  return jax.tree.map(lambda x: _leaf_sharding(x, mesh, rules), tree, is_leaf=_is_box)
+
+
+class ReplicatedParameterWarning(UserWarning):
+  """Parameters stay whole on every device although the mesh shards parameters."""
+
+
+def _nbytes(x) -> int:
+  dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+  return math.prod(np.shape(x)) * np.dtype(dtype).itemsize
+
+
+def _arrays(tree, shardings) -> list[tuple[str, tuple, int, P]]:
+  """``(path, shape, bytes, spec)`` of every array of ``tree`` with at least one dimension
+  (scalars, such as step counters, have nothing to split), ``spec`` from ``shardings``."""
+  values = jax.tree_util.tree_leaves_with_path(tree, is_leaf=_is_box)
+  specs = [_unboxed(s).spec for s in jax.tree.leaves(shardings, is_leaf=_is_box)]
+  return [(path_name(path), np.shape(_unboxed(x)), _nbytes(_unboxed(x)), spec)
+          for (path, x), spec in zip(values, specs) if np.shape(_unboxed(x))]
+
+
+def _warn_if_replicated(tree, shardings, mesh: Mesh) -> None:
+  """One :class:`ReplicatedParameterWarning` when the arrays left replicated on a mesh that
+  shards parameters (``fsdp`` or ``tensor`` > 1) hold more than ``REPLICATED_TOLERANCE`` of
+  the tree's bytes, naming the largest ``REPORTED`` of them (MaxText asserts the same on its
+  parameters). Under pure data parallelism replicating everything is the point: nothing is
+  reported."""
+  if mesh.shape["fsdp"] == mesh.shape["tensor"] == 1:
+    return
+  arrays = _arrays(tree, shardings)
+  whole = sorted((a for a in arrays if not any(a[3])), key=lambda a: -a[2])
+  whole_bytes, total = sum(a[2] for a in whole), sum(a[2] for a in arrays)
+  if whole_bytes <= REPLICATED_TOLERANCE * total:
+    return
+  largest = "; ".join(f"{path} {shape} {size:,} bytes"
+                      for path, shape, size, _ in whole[:REPORTED])
+  warnings.warn(
+      f"{len(whole)} of {len(arrays)} arrays stay whole on every device of the mesh (fsdp="
+      f"{mesh.shape['fsdp']}, tensor={mesh.shape['tensor']}): no mesh axis their rules allow "
+      f"divides any of their dimensions (an untagged array may take fsdp only). They hold "
+      f"{whole_bytes:,} of {total:,} bytes ({whole_bytes / total:.1%}; over "
+      f"{REPLICATED_TOLERANCE:.0%} is reported). Largest: {largest}",
+      ReplicatedParameterWarning, stacklevel=3)
+
+
 def param_sharding(tree, mesh: Mesh, rules=LOGICAL_RULES):
   """A ``NamedSharding`` for every array of a parameter-like tree (parameters, optimizer
-  state), in the tree's own structure (a tagged leaf keeps its box, holding the sharding)."""
-  def leaf(x):
-    if _is_box(x):
-      return x.replace_boxed(NamedSharding(mesh, _tagged_spec(x, mesh, rules)))
-    shape = np.shape(x)
-    return NamedSharding(mesh, _with_fsdp([None] * len(shape), shape, mesh))
-  return jax.tree.map(leaf, tree, is_leaf=_is_box)
+  state), in the tree's own structure (a tagged leaf keeps its box, holding the sharding).
+  Warns (:class:`ReplicatedParameterWarning`) when arrays the mesh could shard stay whole."""
+  shardings = _shardings(tree, mesh, rules)
+  _warn_if_replicated(tree, shardings, mesh)
+  return shardings
 
 
 def state_sharding(state, mesh: Mesh, rules=LOGICAL_RULES):
   """Shardings for a ``TrainState`` (concrete or ``jax.eval_shape``'d), in its structure:
-  ``params``, ``opt_state`` and ``best_params`` by :func:`param_sharding`; the rest
-  replicated."""
+  ``params``, ``opt_state`` and ``best_params`` by the rules of :func:`param_sharding`; the
+  rest replicated. Only ``params`` is reported when left whole: the optimizer moments and
+  best parameters have its shapes, hence its shardings."""
   replicated = jax.tree.map(lambda _: NamedSharding(mesh, P()), state)
-  shard = functools.partial(param_sharding, mesh=mesh, rules=rules)
-  return replicated.replace(params=shard(state.params), opt_state=shard(state.opt_state),
+  shard = functools.partial(_shardings, mesh=mesh, rules=rules)
+  return replicated.replace(params=param_sharding(state.params, mesh, rules),
+                            opt_state=shard(state.opt_state),
                             best_params=shard(state.best_params))
 
 
@@ -238,18 +303,6 @@ def jit_eval_step(loss_fn: Callable, param_shardings, mesh: Mesh) -> Callable:
   step = step_lib.make_eval_step(loss_fn, params_in_use=_params_in_use(param_shardings, mesh))
   return jax.jit(step, in_shardings=(param_shardings, batch_sharding(mesh)),
                  out_shardings=replicated(mesh))
-
-
-def cpu_collectives_need_sync() -> bool:
-  """Whether this process drives several CPU devices (``--xla_force_host_platform_device_count``).
-
-  There XLA's CPU runtime can deadlock in a collective while other multi-device work is in
-  flight (measured with jax 0.10.2, 8 fake devices on 2 cores: the all-reduce of a train
-  step waits forever for its last device once steps are dispatched ahead, or an Orbax
-  save runs beside them), so ``fit`` waits for each step and checkpoints save
-  synchronously. GPUs, TPUs and one CPU device per process keep asynchronous dispatch.
-  """
-  return jax.default_backend() == "cpu" and jax.local_device_count() > 1
 
 
 def mesh_of(tree) -> Mesh | None:
