@@ -158,8 +158,8 @@ def test_untagged_parameters_shard_their_largest_divisible_dimension():
   # A train state is reported once, for its parameters: the momentum and the best
   # parameters, left whole alike, have the parameters' shapes.
   state = jax.eval_shape(lambda: train.create_train_state(
-      models.MLP(hidden=(), num_classes=5), {"odd": jnp.ones((3, 5))}, bt.momentum(0.1),
-      keep_best_params=True))
+      models.MLP(hidden=(), num_classes=5), {"odd": jnp.ones((3, 5))}, bt.momentum(0.1)))
+  state = state.replace(best_params=state.params)
   with pytest.warns(train.ReplicatedParameterWarning) as issued:
     train.state_sharding(state, abstract_mesh(1, 4, 2))
   assert len(issued) == 1 and "1 of 1 arrays" in str(issued[0].message)
