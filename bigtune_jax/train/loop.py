@@ -163,10 +163,7 @@ def _evaluate_with(eval_step: Callable, params, dataset: ArrayDataset, batch_siz
   sums = None
   for out in jax.device_get(outs):  # added up on the host in float32, in batch order
     sums = out if sums is None else jax.tree.map(np.add, sums, out)
-  result = {"loss": float(sums["loss_sum"] / sums["count"])}
-  if "correct" in sums:
-    result["accuracy"] = float(sums["correct"] / sums["count"])
-  return result
+  return {name: float(mean) for name, mean in step_lib.mean_metrics(sums).items()}
 
 
 def _mean_finite(values) -> float:

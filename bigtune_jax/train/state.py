@@ -51,16 +51,19 @@ def init_params(model: nn.Module, sample_input: jax.Array, seed: int = 0):
   try:
     hash(model)
   except TypeError:  # a module with unhashable fields: compile for this call only
-    return jax.jit(functools.partial(_init, model))(jax.random.key(seed), sample_input)
+    return jax.jit(functools.partial(params_from_key, model))(jax.random.key(seed),
+                                                              sample_input)
   return _init_jit(model, jax.random.key(seed), sample_input)
 
 
-def _init(model: nn.Module, key, x):
+def params_from_key(model: nn.Module, key: jax.Array, x: jax.Array):
+  """``model``'s parameters drawn from ``key`` for inputs like ``x`` (dropout off): the
+  init of :func:`init_params`, traceable (populations vmap it over their seeds)."""
   kwargs = {"train": False} if accepts_train_flag(model) else {}
   return model.init(key, x, **kwargs)["params"]
 
 
-_init_jit = jax.jit(_init, static_argnums=0)
+_init_jit = jax.jit(params_from_key, static_argnums=0)
 
 
 def create_train_state(model: nn.Module, params, tx: optax.GradientTransformation, *,

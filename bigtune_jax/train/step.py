@@ -206,6 +206,19 @@ def make_train_step(loss_fn: LossFn, *, params_in_use=None
   return train_step
 
 
+def mean_metrics(sums: dict) -> dict:
+  """The means of summed eval metrics: ``{"loss": loss_sum / count, "accuracy": correct /
+  count}`` (accuracy when the loss counts ``correct`` rows), elementwise and in the sums'
+  own dtype. The one reduction of ``make_eval_step``'s sums: for one dataset (``fit``,
+  ``evaluate``), for a population's ``(N,)`` sums on the host, or traced inside a program
+  (PBT's scores). A count of 0 (nothing evaluated) gives 0, not NaN."""
+  count = sums["count"] + (sums["count"] == 0)  # operators: numpy and jax arrays alike
+  means = {"loss": sums["loss_sum"] / count}
+  if "correct" in sums:
+    means["accuracy"] = sums["correct"] / count
+  return means
+
+
 def make_eval_step(loss_fn: LossFn, *, params_in_use=None) -> Callable[[Any, dict], dict]:
   """``step(params, batch) -> sums`` (deterministic: dropout off); ``params_in_use`` as in
   :func:`make_train_step`."""

@@ -36,8 +36,9 @@ import optax
 
 from bigtune_jax.data.pipeline import ArrayDataset
 from bigtune_jax.data.pipeline import epoch_order
-from bigtune_jax.train.state import accepts_train_flag
+from bigtune_jax.train import step as step_lib
 from bigtune_jax.train.state import create_train_state
+from bigtune_jax.train.state import params_from_key
 from bigtune_jax.train.step import LossFn
 from bigtune_jax.train.step import make_eval_step
 from bigtune_jax.train.step import make_train_step
@@ -109,8 +110,7 @@ def init_members(model: nn.Module, make_optimizer: MakeOptimizer, sample: jax.Ar
   step); member i is ``create_train_state(model, init_params(model, sample, seeds[i]),
   make_optimizer(hparams_i), seed=seeds[i])``. A scalar ``seeds`` is every member's: the
   parameters are then drawn once (vmapping flax's init compiles slowly on a CPU)."""
-  kwargs = {"train": False} if accepts_train_flag(model) else {}
-  init = lambda seed: model.init(jax.random.key(seed), sample, **kwargs)["params"]
+  init = lambda seed: params_from_key(model, jax.random.key(seed), sample)  # as init_params
 
   def state(hp, params, seed):
     return create_train_state(model, params, make_optimizer(hp), seed=seed).replace(tx=None)
@@ -214,11 +214,7 @@ def evaluate_members(loss_fn: LossFn, params, val_batches: Mapping[str, jax.Arra
 def mean_metrics(sums: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """``{"val_loss": (N,), "val_accuracy": (N,)}`` from summed eval metrics."""
   sums = {k: np.asarray(v, np.float64) for k, v in jax.device_get(dict(sums)).items()}
-  count = np.maximum(sums["count"], 1.0)
-  metrics = {"val_loss": sums["loss_sum"] / count}
-  if "correct" in sums:
-    metrics["val_accuracy"] = sums["correct"] / count
-  return metrics
+  return {f"val_{name}": mean for name, mean in step_lib.mean_metrics(sums).items()}
 
 
 class Programs(NamedTuple):

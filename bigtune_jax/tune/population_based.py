@@ -40,6 +40,7 @@ import numpy as np
 from bigtune_jax.data.pipeline import ArrayDataset
 from bigtune_jax.finetune.adapters import LoRA
 from bigtune_jax.train.step import LossFn
+from bigtune_jax.train.step import mean_metrics
 from bigtune_jax import validation
 from bigtune_jax.tune import adapter_population
 from bigtune_jax.tune import population
@@ -144,8 +145,7 @@ def _interval(loss_fn, make_optimizer, settings: Exploration, chunk, states, hpa
   if metric == "val_accuracy" and "correct" not in sums:
     raise ValueError("metric='val_accuracy' needs a classifier's loss_fn (it counts correct "
                      "rows); use metric='val_loss', mode='min'")
-  count = jnp.maximum(sums["count"], 1.0)
-  scores = (sums["correct"] if metric == "val_accuracy" else sums["loss_sum"]) / count
+  scores = mean_metrics(sums)["accuracy" if metric == "val_accuracy" else "loss"]
   _, new_hparams, source = exploit_and_explore(
       (), hparams, scores, rng, mutations=dict(settings.mutations),
       quantile_fraction=settings.quantile_fraction,
