@@ -36,8 +36,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 import numpy as np
 import optax
 
@@ -49,6 +47,7 @@ from bigtune_jax.tune import search as search_lib
 from bigtune_jax.tune import space as space_lib
 from bigtune_jax.tune import structure
 from experiments import common
+from experiments import plots
 
 _SPACE = dict(lr_range=(1e-3, 0.5), momentum_max=0.95, weight_decay_range=(1e-6, 1e-3))
 PRESETS = {
@@ -208,35 +207,28 @@ def _start_over_if_changed(final_dir: str, winner: dict) -> None:
     json.dump(winner, f)
 
 
-def _figure(width=6.4, height=4.0) -> Figure:
-  fig = Figure(figsize=(width, height), layout="constrained")
-  FigureCanvasAgg(fig)  # PNG output without pyplot or a display
-  return fig
-
-
 def plot_search(records: list[dict], workdir: str) -> None:
   """``search_progress.png`` and ``hyperparameters.png``."""
   accuracy = np.array([r["val_accuracy"] for r in records])
-  fig = _figure()
-  ax = fig.add_subplot()
-  ax.scatter(np.arange(1, len(records) + 1), accuracy, s=10, alpha=0.5, label="trial")
-  ax.plot(np.arange(1, len(records) + 1), np.maximum.accumulate(accuracy), color="C3",
-          label="best so far")
-  ax.set(xlabel="trial", ylabel="validation accuracy", title="search progress",
-         ylim=(max(0.0, np.min(accuracy) - 0.02), 1.0))
-  ax.grid(True, alpha=0.3)
-  ax.legend()
-  fig.savefig(os.path.join(workdir, "search_progress.png"), dpi=100)
-  names = CONTINUOUS + STRUCTURE
-  fig = _figure(10.0, 6.0)
-  for i, name in enumerate(names):
-    ax = fig.add_subplot(2, 3, i + 1)
-    ax.scatter([r[name] for r in records], accuracy, s=10, alpha=0.6)
-    if name in ("learning_rate", "weight_decay"):
-      ax.set_xscale("log")
-    ax.set(xlabel=name, ylabel="val accuracy", ylim=(max(0.0, np.min(accuracy) - 0.02), 1.0))
+  with plots.figure(os.path.join(workdir, "search_progress.png"), layout="constrained") as fig:
+    ax = fig.add_subplot()
+    ax.scatter(np.arange(1, len(records) + 1), accuracy, s=10, alpha=0.5, label="trial")
+    ax.plot(np.arange(1, len(records) + 1), np.maximum.accumulate(accuracy), color="C3",
+            label="best so far")
+    ax.set(xlabel="trial", ylabel="validation accuracy", title="search progress",
+           ylim=(max(0.0, np.min(accuracy) - 0.02), 1.0))
     ax.grid(True, alpha=0.3)
-  fig.savefig(os.path.join(workdir, "hyperparameters.png"), dpi=100)
+    ax.legend()
+  with plots.figure(os.path.join(workdir, "hyperparameters.png"), size=(10.0, 6.0),
+                    layout="constrained") as fig:
+    for i, name in enumerate(CONTINUOUS + STRUCTURE):
+      ax = fig.add_subplot(2, 3, i + 1)
+      ax.scatter([r[name] for r in records], accuracy, s=10, alpha=0.6)
+      if name in ("learning_rate", "weight_decay"):
+        ax.set_xscale("log")
+      ax.set(xlabel=name, ylabel="val accuracy",
+             ylim=(max(0.0, np.min(accuracy) - 0.02), 1.0))
+      ax.grid(True, alpha=0.3)
 
 
 def write_report(workdir: str, summary: dict, records: list[dict]) -> None:
