@@ -43,7 +43,6 @@ import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import train
 from bigtune_jax.tune import population
-from bigtune_jax.tune import search as search_lib
 from bigtune_jax.tune import space as space_lib
 from bigtune_jax.tune import structure
 from experiments import common
@@ -88,19 +87,6 @@ def model_and_loss(hidden: int, layers: int):
   """One model and loss object per structure, so populations reuse its compiled programs."""
   model = structure.build_structure({"layers": layers, "hidden": hidden})
   return model, train.classification_loss(model)
-
-
-def make_searcher(space, config, workdir):
-  """TPE (resumable from ``workdir/study.log``), or random search without optuna."""
-  try:
-    from bigtune_jax.tune.optuna_search import OptunaSearch  # pylint: disable=g-import-not-at-top
-    import optuna  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return search_lib.RandomSearch(space, seed=config["seed"])
-  optuna.logging.set_verbosity(optuna.logging.WARNING)
-  return OptunaSearch(space, seed=config["seed"], sampler=config["sampler"],
-                      pruner=config["pruner"], storage=f"journal:{workdir}/study.log",
-                      study_name="tune")
 
 
 def train_group(searcher, trials, splits, config) -> list[dict]:
@@ -152,7 +138,7 @@ def search(splits, config, workdir) -> tuple[list[dict], str, float]:
   """All rounds (resuming after the complete ones in ``workdir/trials.jsonl``); returns
   the trial records in trial order, the searcher's name and the wall time."""
   start = time.time()
-  searcher = make_searcher(make_space(config), config, workdir)
+  searcher = common.make_searcher(make_space(config), config, workdir, study_name="tune")
   path = os.path.join(workdir, "trials.jsonl")
   records = load_records(path, config["leaders"] * config["population"])
   for round_index in range(len({r["round"] for r in records}), config["rounds"]):
