@@ -30,12 +30,9 @@ accuracy near the 0.95 bar; ``full`` is the seed's 10 epochs of MNIST's 60k at b
   python -m experiments.cnn_momentum --workdir runs/cnn_momentum [--preset small|full|tiny]
 """
 
-import jax.numpy as jnp
-import optax
-
 import bigtune_jax as bt
 from bigtune_jax import models
-from bigtune_jax import train
+from experiments import classification
 from experiments import common
 
 PRESETS = {
@@ -52,21 +49,11 @@ PRESETS = {
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
-  splits = common.load_images(config, image_size=28)  # digits at 28x28, or MNIST files
-  model = models.SimpleCNN(num_classes=10)
-  params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
-  tx = optax.inject_hyperparams(bt.momentum)(  # the rate in the state: fit logs it
-      learning_rate=config["learning_rate"], gamma=config["momentum"])
-  fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
-                               eval_every=config["eval_every"], seed=config["seed"],
-                               progress=preset != "tiny")
-  summary = common.train_and_evaluate(
-      "cnn_momentum", preset, model, params, tx, train.classification_loss(model), splits,
-      fit_config, workdir,
-      extra={"params": models.count_params(params), "config": config})
-  common.print_summary(summary)
-  return summary
+  return classification.main(  # the digits at 28x28 (the seed's 320 = 20 x 4 x 4), or MNIST
+      argv, "cnn_momentum", PRESETS, __doc__,
+      model=lambda config: models.SimpleCNN(num_classes=10),
+      optimizer=lambda config: bt.momentum(config["learning_rate"], gamma=config["momentum"]),
+      describe=lambda params, splits: {"params": models.count_params(params)})
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import optax
 
 from bigtune_jax import data
 from bigtune_jax import train
+from bigtune_jax import tune
 
 PRESETS = ("tiny", "small", "full")
 
@@ -232,6 +234,33 @@ def load_images(config: Mapping[str, Any], image_size: int) -> dict[str, data.Ar
   if not os.path.exists(config["data_dir"]):
     raise ValueError(f"--set data_dir={config['data_dir']}: no such file or folder")
   return data.load_dataset(config["dataset"], config["data_dir"], seed=config["seed"])
+
+
+def make_searcher(space: tune.Space, config: Mapping[str, Any], workdir: str, *,
+                  study_name: str, mode: str = "max") -> tune.Searcher:
+  """The searcher of a tuning experiment (``tune``, ``tune_lm``): Optuna with the
+  ``sampler`` and ``pruner`` settings of ``config``, its study journaled in
+  ``workdir/study.log`` so that a run started again resumes it; or, where optuna is not
+  installed, random search seeded by ``config["seed"]`` (it never prunes). ``mode`` says
+  whether the searched value is best at its ``"max"`` (an accuracy) or ``"min"`` (a loss)."""
+  try:
+    import optuna  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return tune.RandomSearch(space, seed=config["seed"], mode=mode)
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  os.makedirs(workdir, exist_ok=True)
+  return tune.OptunaSearch(space, seed=config["seed"], sampler=config["sampler"],
+                           pruner=config["pruner"], storage=f"journal:{workdir}/study.log",
+                           study_name=study_name, mode=mode)
+
+
+def with_logged_rate(make_optimizer: Callable[[Mapping[str, Any]], Any],
+                     settings: Mapping[str, Any]):
+  """``make_optimizer(settings)`` with its ``learning_rate`` injected
+  (``optax.inject_hyperparams``): the rate then sits in the optimizer state, where
+  ``bt.train.fit`` reads it for its log and the learning-rate plot."""
+  return optax.inject_hyperparams(lambda learning_rate: make_optimizer(
+      dict(settings, learning_rate=learning_rate)))(learning_rate=settings["learning_rate"])
 
 
 def train_and_evaluate(experiment: str, preset: str, model, params, tx, loss_fn, splits,

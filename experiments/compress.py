@@ -42,8 +42,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 import bigtune_jax as bt
@@ -52,6 +50,7 @@ from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from experiments import common
+from experiments import plots
 
 PRESETS = {
     "tiny": dict(hidden=(64,), steps=150, batch_size=64, learning_rate=0.1,
@@ -119,26 +118,24 @@ def calibration_images(splits, config) -> list:
 
 def plot(workdir: str, results: list[dict], dense_accuracy: float) -> str:
   """``compress.png``: test accuracy against bytes (log scale), one marker a method."""
-  fig = Figure(figsize=(9, 4.8))
-  FigureCanvasAgg(fig)  # Agg canvas: a PNG without pyplot or a display
-  ax = fig.subplots()
-  for row in results:  # the marker tells the family: pruning, int8, low-rank, combinations
-    method = row["method"]
-    marker = ("*" if "+" in method else "s" if method.startswith("prune") else
-              "^" if method.startswith("int8") else "D" if method.startswith("lowrank") else "o")
-    ax.scatter(row["size_bytes"], 100 * row["test_accuracy"], marker=marker, s=45, alpha=0.8,
-               label=f"{method}: {row['size_bytes'] / 1e3:,.0f} kB, "
-                     f"{100 * row['test_accuracy']:.2f} %")
-  ax.axhline(100 * dense_accuracy - 1, color="grey", ls="--", lw=0.8, label="dense - 1 point")
-  ax.set_xscale("log")
-  ax.xaxis.set_minor_formatter(NullFormatter())
-  ax.set_xlabel("stored bytes (log scale)")
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_title("Compressing a trained MLP on the digits (28x28 view)")
-  ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
-  fig.tight_layout()
   path = os.path.join(workdir, "compress.png")
-  fig.savefig(path, dpi=120)
+  with plots.figure(path, size=(9, 4.8), dpi=120) as fig:
+    ax = fig.subplots()
+    for row in results:  # the marker tells the family: pruning, int8, low-rank, combinations
+      method = row["method"]
+      marker = ("*" if "+" in method else "s" if method.startswith("prune") else
+                "^" if method.startswith("int8") else "D" if method.startswith("lowrank") else "o")
+      ax.scatter(row["size_bytes"], 100 * row["test_accuracy"], marker=marker, s=45, alpha=0.8,
+                 label=f"{method}: {row['size_bytes'] / 1e3:,.0f} kB, "
+                       f"{100 * row['test_accuracy']:.2f} %")
+    ax.axhline(100 * dense_accuracy - 1, color="grey", ls="--", lw=0.8, label="dense - 1 point")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("stored bytes (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Compressing a trained MLP on the digits (28x28 view)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
+    fig.tight_layout()
   return path
 
 

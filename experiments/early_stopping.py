@@ -34,17 +34,14 @@ import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
+import optax
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optax  # noqa: E402
-
-import bigtune_jax as bt  # noqa: E402
-from bigtune_jax import models  # noqa: E402
-from bigtune_jax import train  # noqa: E402
-from experiments import common  # noqa: E402
-from experiments import regularization  # noqa: E402
+import bigtune_jax as bt
+from bigtune_jax import models
+from bigtune_jax import train
+from experiments import common
+from experiments import plots
+from experiments import regularization
 
 _DATA = dict(train_fraction=0.3, label_noise=0.3, image_size=8, seed=0)
 PRESETS = {
@@ -59,18 +56,17 @@ PRESETS = {
 
 
 def plot(path, histories, stopped_at, best_step) -> None:
-  figure, axis = plt.subplots(figsize=(7, 4))
-  for name, history in histories.items():
-    axis.plot([r["step"] for r in history], [r["val_loss"] for r in history], marker=".",
-              label=f"{name}: validation loss")
-  axis.axvline(best_step, color="green", linestyle="--", label=f"best (step {best_step})")
-  axis.axvline(stopped_at, color="red", linestyle=":", label=f"stopped (step {stopped_at})")
-  axis.set(xlabel="step", ylabel="validation loss", title="early stopping")
-  axis.grid(alpha=0.3)
-  axis.legend()
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
+  with plots.figure(path, size=(7, 4), dpi=120) as figure:
+    axis = figure.subplots()
+    for name, history in histories.items():
+      axis.plot([r["step"] for r in history], [r["val_loss"] for r in history], marker=".",
+                label=f"{name}: validation loss")
+    axis.axvline(best_step, color="green", linestyle="--", label=f"best (step {best_step})")
+    axis.axvline(stopped_at, color="red", linestyle=":", label=f"stopped (step {stopped_at})")
+    axis.set(xlabel="step", ylabel="validation loss", title="early stopping")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
 
 
 def best_evaluation(state: train.TrainState) -> dict:

@@ -52,6 +52,7 @@ from bigtune_jax import train
 from bigtune_jax import tune
 from experiments import common
 from experiments import lm
+from experiments import plots
 
 PRESETS = {
     "tiny": dict(hidden_size=32, n_layer=1, n_head=2, block_size=32, pretrain_steps=40,
@@ -302,21 +303,18 @@ def main(argv=None) -> dict:
 
 def write_report(workdir, summary, curves) -> None:
   """``report.md``: the table of methods and a plot of their validation curves."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  figure, axes = plt.subplots(figsize=(6, 4))
-  for name, curve in curves.items():
-    if curve:
-      steps, losses = zip(*curve)
-      axes.plot(steps, losses, marker="o", label=name)
-  axes.axhline(summary["methods"]["base"]["test_loss"], color="gray", ls="--", label="base (test)")
-  axes.set(xlabel="fine-tuning step", ylabel="validation loss (nats/token)",
-           title="Fine-tuning to the new domain")
-  axes.legend()
-  figure.tight_layout()
-  figure.savefig(os.path.join(workdir, "curves.png"), dpi=100)
-  plt.close(figure)
+  with plots.figure(os.path.join(workdir, "curves.png"), size=(6, 4)) as figure:
+    axes = figure.subplots()
+    for name, curve in curves.items():
+      if curve:
+        steps, losses = zip(*curve)
+        axes.plot(steps, losses, marker="o", label=name)
+    axes.axhline(summary["methods"]["base"]["test_loss"], color="gray", ls="--",
+                 label="base (test)")
+    axes.set(xlabel="fine-tuning step", ylabel="validation loss (nats/token)",
+             title="Fine-tuning to the new domain")
+    axes.legend()
+    figure.tight_layout()
   lines = [f"# finetune_lm ({summary['preset']})", "",
            f"Base: {summary['base_checkpoint']} ({summary['model']}, "
            f"{summary['model_params']:,} parameters).", "",

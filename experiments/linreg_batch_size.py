@@ -59,13 +59,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import train
 from experiments import common
+from experiments import plots
 from experiments import linreg_sgd
 
 PRESETS = {
@@ -115,25 +114,23 @@ def steady_state_throughput(params, tx, split: data.ArrayDataset, batch_size: in
 def plot(workdir: str, results: dict) -> str:
   """``batch_size.png``: final losses (left) and examples/s (right) against the batch size."""
   sizes = np.array([run["batch_size"] for run in results.values()])
-  fig = Figure(figsize=(11, 4.2))
-  FigureCanvasAgg(fig)  # Agg canvas: a PNG without pyplot or a display
-  fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
-  loss_ax, speed_ax = fig.subplots(1, 2)
-  for key, marker in (("final_train_loss", "o"), ("val_loss", "s"), ("test_loss", "^")):
-    loss_ax.plot(sizes, [run[key] for run in results.values()], marker=marker, label=key)
-  speed_ax.plot(sizes, [run["examples_per_s"] for run in results.values()], marker="o",
-                label="jitted train step, steady state")
-  for ax, ylabel, title in ((loss_ax, "mean squared error", "final loss, same epochs"),
-                            (speed_ax, "examples / s", "throughput")):
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"seed 002 §4.4: {title}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
   path = os.path.join(workdir, "batch_size.png")
-  fig.savefig(path, dpi=100)
+  with plots.figure(path, size=(11, 4.2)) as fig:
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
+    loss_ax, speed_ax = fig.subplots(1, 2)
+    for key, marker in (("final_train_loss", "o"), ("val_loss", "s"), ("test_loss", "^")):
+      loss_ax.plot(sizes, [run[key] for run in results.values()], marker=marker, label=key)
+    speed_ax.plot(sizes, [run["examples_per_s"] for run in results.values()], marker="o",
+                  label="jitted train step, steady state")
+    for ax, ylabel, title in ((loss_ax, "mean squared error", "final loss, same epochs"),
+                              (speed_ax, "examples / s", "throughput")):
+      ax.set_xscale("log", base=2)
+      ax.set_yscale("log")
+      ax.set_xlabel("batch size")
+      ax.set_ylabel(ylabel)
+      ax.set_title(f"seed 002 §4.4: {title}")
+      ax.grid(True, which="both", alpha=0.3)
+      ax.legend(fontsize="small")
   return path
 
 

@@ -59,13 +59,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import train
 from experiments import common
+from experiments import plots
 from experiments import linreg_sgd
 
 PRESETS = {
@@ -95,28 +94,26 @@ def schedules(config) -> dict:
 
 def plot(workdir: str, runs: dict, steps: int) -> str:
   """``schedules.png``: loss (left) and learning rate (right) against the step, per run."""
-  fig = Figure(figsize=(11, 4.2))
-  FigureCanvasAgg(fig)  # Agg canvas: a PNG without pyplot or a display
-  fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
-  loss_ax, lr_ax = fig.subplots(1, 2)
-  every_step = np.arange(steps)
-  for (name, (schedule, _)), color in zip(runs.items(), ("C0", "C1", "C2")):
-    log = train.MetricsLog(os.path.join(workdir, name, "metrics.jsonl"))
-    loss_ax.plot(*log.series("train_loss"), color=color, label=f"{name}: train")
-    loss_ax.plot(*log.series("val_loss"), color=color, linestyle="--", label=f"{name}: val")
-    lr_ax.plot(every_step, np.asarray(jax.device_get(schedule(every_step))), color=color,
-               label=name)
-  for ax, ylabel, title in ((loss_ax, "mean squared error", "loss"),
-                            (lr_ax, "learning rate (step t uses lr(t))", "learning rate")):
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_xscale("log" if ax is loss_ax else "linear")  # the descent is in the first steps
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"seed 002 §4.2-4.3: {title}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
   path = os.path.join(workdir, "schedules.png")
-  fig.savefig(path, dpi=100)
+  with plots.figure(path, size=(11, 4.2)) as fig:
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
+    loss_ax, lr_ax = fig.subplots(1, 2)
+    every_step = np.arange(steps)
+    for (name, (schedule, _)), color in zip(runs.items(), ("C0", "C1", "C2")):
+      log = train.MetricsLog(os.path.join(workdir, name, "metrics.jsonl"))
+      loss_ax.plot(*log.series("train_loss"), color=color, label=f"{name}: train")
+      loss_ax.plot(*log.series("val_loss"), color=color, linestyle="--", label=f"{name}: val")
+      lr_ax.plot(every_step, np.asarray(jax.device_get(schedule(every_step))), color=color,
+                 label=name)
+    for ax, ylabel, title in ((loss_ax, "mean squared error", "loss"),
+                              (lr_ax, "learning rate (step t uses lr(t))", "learning rate")):
+      ax.set_yscale("log")
+      ax.set_xlabel("step")
+      ax.set_xscale("log" if ax is loss_ax else "linear")  # the descent is in the first steps
+      ax.set_ylabel(ylabel)
+      ax.set_title(f"seed 002 §4.2-4.3: {title}")
+      ax.grid(True, alpha=0.3)
+      ax.legend(fontsize="small")
   return path
 
 

@@ -15,8 +15,8 @@ gradient clipping at 1.0 (``optax.clip_by_global_norm``), on next-byte predictio
 Python: ``bt.data.stdlib_corpus()``), read byte by byte (vocabulary 256: no tokenizer, no
 download); ``--set text=PATH`` reads a ``.txt`` file or a folder of them instead. The byte
 stream is cut into contiguous parts — train (the first 90%), validation (the next 5%), test
-(the last 5%) — so that no window of one part overlaps another, then tiled into windows of
-``block_size`` bytes (targets shifted by one).
+(the last 5%), cut by ``bt.data.text_splits`` — so that no window of one part overlaps
+another, then tiled into windows of ``block_size`` bytes (targets shifted by one).
 
 ``summary.json`` adds ``val_loss``, ``test_perplexity`` = exp(test loss), ``test_bits_per_byte``
 = test loss / ln 2 (a unigram byte model of English scores ~4.5-5 bits; a good small model
@@ -64,7 +64,7 @@ PRESETS = {
                  learning_rate=6e-4, warmup_steps=200, eval_every=250, dropout=0.0, text="",
                  sample_bytes=200, seed=0, fsdp=1, tensor=1),
 }
-FRACTIONS = {"train": 0.90, "validation": 0.05, "test": 0.05}
+HELD_OUT = 0.05  # the fraction of the stream for validation, and again for test
 
 
 def load(config) -> dict[str, data.ArrayDataset]:
@@ -76,17 +76,10 @@ def load(config) -> dict[str, data.ArrayDataset]:
 
 
 def split_windows(tokens: np.ndarray, block_size: int, what: str) -> dict[str, data.ArrayDataset]:
-  """Windows of ``block_size`` tokens from contiguous train / validation / test parts
-  (``FRACTIONS``), so that no window of one part overlaps another."""
-  cuts = np.cumsum([int(len(tokens) * FRACTIONS[name]) for name in ("train", "validation")])
-  parts = dict(zip(FRACTIONS, np.split(tokens, cuts)))
-  splits = {name: data.ArrayDataset(data.lm_windows(part, block_size))
-            for name, part in parts.items()}
-  for name, split in splits.items():
-    if len(split) == 0:
-      raise ValueError(f"{what}: its {name} part ({len(parts[name])} tokens) is shorter than "
-                       f"one window of block_size + 1 = {block_size + 1} tokens")
-  return splits
+  """Windows of ``block_size`` tokens from the contiguous train / validation / test parts of
+  ``tokens`` (the first 90 %, then ``HELD_OUT`` and ``HELD_OUT``, cut by the library's
+  ``bt.data.text_splits``), so that no window of one part overlaps another."""
+  return data.text_splits(tokens, block_size, HELD_OUT, HELD_OUT, what=what)
 
 
 def gpt_config(config) -> models.GPTConfig:

@@ -36,12 +36,9 @@ MNIST, 28 rows of 28). The small preset runs 400 steps of 64 (20 epochs of 1,258
   python -m experiments.lstm_adam --workdir runs/lstm_adam [--preset small|full|tiny]
 """
 
-import jax.numpy as jnp
-import optax
-
 import bigtune_jax as bt
 from bigtune_jax import models
-from bigtune_jax import train
+from experiments import classification
 from experiments import common
 
 PRESETS = {
@@ -57,23 +54,14 @@ PRESETS = {
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
-  splits = common.load_images(config, config["image_size"])
-  model = models.LSTMClassifier(hidden_size=config["hidden_size"], num_classes=10)
-  params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
-  fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
-                               eval_every=config["eval_every"], seed=config["seed"],
-                               progress=preset != "tiny")
-  # inject_hyperparams: the rate sits in the optimizer state, where fit reads it to log it
-  summary = common.train_and_evaluate(
-      "lstm_adam", preset, model, params,
-      optax.inject_hyperparams(bt.adam)(learning_rate=config["learning_rate"]),
-      train.classification_loss(model), splits, fit_config, workdir,
-      extra={"params": models.count_params(params),
-             "sequence": list(splits["train"]["image"].shape[1:3]),  # [steps, features]
-             "config": config})
-  common.print_summary(summary)
-  return summary
+  return classification.main(
+      argv, "lstm_adam", PRESETS, __doc__,
+      model=lambda config: models.LSTMClassifier(hidden_size=config["hidden_size"],
+                                                 num_classes=10),
+      optimizer=lambda config: bt.adam(config["learning_rate"]),
+      describe=lambda params, splits: {
+          "params": models.count_params(params),
+          "sequence": list(splits["train"]["image"].shape[1:3])})  # [steps, features]
 
 
 if __name__ == "__main__":

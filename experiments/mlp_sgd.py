@@ -9,12 +9,9 @@ dataset=mnist --set data_dir=DIR`` trains on real MNIST IDX files instead.
   python -m experiments.mlp_sgd --workdir runs/mlp_sgd [--preset small|full|tiny]
 """
 
-import jax.numpy as jnp
-import optax
-
 import bigtune_jax as bt
 from bigtune_jax import models
-from bigtune_jax import train
+from experiments import classification
 from experiments import common
 
 PRESETS = {
@@ -28,21 +25,10 @@ PRESETS = {
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
-  splits = common.load_images(config, image_size=28)
-  model = models.MLP(hidden=config["hidden"], num_classes=10)
-  params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
-  fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
-                               eval_every=config["eval_every"], seed=config["seed"],
-                               progress=preset != "tiny")
-  # inject_hyperparams: the rate sits in the optimizer state, where fit reads it to log it
-  summary = common.train_and_evaluate(
-      "mlp_sgd", preset, model, params,
-      optax.inject_hyperparams(bt.sgd)(learning_rate=config["learning_rate"]),
-      train.classification_loss(model), splits, fit_config, workdir,
-      extra={"config": config})
-  common.print_summary(summary)
-  return summary
+  return classification.main(
+      argv, "mlp_sgd", PRESETS, __doc__,
+      model=lambda config: models.MLP(hidden=config["hidden"], num_classes=10),
+      optimizer=lambda config: bt.sgd(config["learning_rate"]))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 import optax
 
@@ -33,9 +32,7 @@ import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import models
 from experiments import common
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from experiments import plots
 
 BATCH_SIZE = 64
 HIDDEN = (64,)
@@ -118,20 +115,19 @@ def evaluate(model, params, split):
 
 
 def plot(curves, learning_rates, path):
-  fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(12, 4.5))
-  for name, losses in curves.items():
-    ax_loss.plot(losses, label=name, linewidth=1.2)
-  ax_loss.set(xlabel="step", ylabel="training loss (full training set)", yscale="log",
-              title="Seed optimizers on the digits (same MLP, same init)")
-  ax_loss.legend()
-  for name, lrs in learning_rates.items():
-    ax_lr.plot(lrs, label=name)
-  ax_lr.set(xlabel="step", ylabel="learning rate", yscale="log",
-            title="Rates that the optimizer adapts itself")
-  ax_lr.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with plots.figure(path, size=(12, 4.5), dpi=120) as fig:
+    ax_loss, ax_lr = fig.subplots(1, 2)
+    for name, losses in curves.items():
+      ax_loss.plot(losses, label=name, linewidth=1.2)
+    ax_loss.set(xlabel="step", ylabel="training loss (full training set)", yscale="log",
+                title="Seed optimizers on the digits (same MLP, same init)")
+    ax_loss.legend()
+    for name, lrs in learning_rates.items():
+      ax_lr.plot(lrs, label=name)
+    ax_lr.set(xlabel="step", ylabel="learning rate", yscale="log",
+              title="Rates that the optimizer adapts itself")
+    ax_lr.legend()
+    fig.tight_layout()
 
 
 def run_zoo(workdir: str, steps: int = 600, seed: int = 0, names=tuple(OPTIMIZERS)) -> dict:

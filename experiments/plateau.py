@@ -49,17 +49,14 @@ import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import optax
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-import bigtune_jax as bt  # noqa: E402
-from bigtune_jax import models  # noqa: E402
-from bigtune_jax import train  # noqa: E402
-from experiments import common  # noqa: E402
-from experiments import grad_accum  # noqa: E402
+import bigtune_jax as bt
+from bigtune_jax import models
+from bigtune_jax import train
+from experiments import common
+from experiments import grad_accum
+from experiments import plots
 
 _RULE = dict(factor=0.1, patience=5, threshold=1e-4, cooldown=0)
 PRESETS = {
@@ -92,19 +89,18 @@ def build(config, splits):
 
 
 def plot(path, runs) -> None:
-  figure, (loss_axis, lr_axis) = plt.subplots(1, 2, figsize=(10, 4))
-  for name, history in runs.items():
-    steps = [row["step"] for row in history]
-    loss_axis.plot(steps, [row["val_loss"] for row in history], marker=".", label=name)
-    lr_axis.plot(steps, [row["lr"] for row in history], marker=".", label=name)
-  loss_axis.set(xlabel="step", ylabel="validation loss", title="validation loss")
-  lr_axis.set(xlabel="step", ylabel="learning rate", yscale="log", title="learning rate")
-  for axis in (loss_axis, lr_axis):
-    axis.grid(alpha=0.3)
-    axis.legend()
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
+  with plots.figure(path, size=(10, 4), dpi=120) as figure:
+    loss_axis, lr_axis = figure.subplots(1, 2)
+    for name, history in runs.items():
+      steps = [row["step"] for row in history]
+      loss_axis.plot(steps, [row["val_loss"] for row in history], marker=".", label=name)
+      lr_axis.plot(steps, [row["lr"] for row in history], marker=".", label=name)
+    loss_axis.set(xlabel="step", ylabel="validation loss", title="validation loss")
+    lr_axis.set(xlabel="step", ylabel="learning rate", yscale="log", title="learning rate")
+    for axis in (loss_axis, lr_axis):
+      axis.grid(alpha=0.3)
+      axis.legend()
+    figure.tight_layout()
 
 
 def main(argv=None) -> dict:

@@ -71,14 +71,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from experiments import common
+from experiments import plots
 
 # name -> (activation, regularizer); "relu" is the unregularized baseline.
 VARIANTS = {
@@ -176,29 +175,27 @@ def run_variant(name: str, config, splits, params, fit_config: train.FitConfig, 
 
 def plot(results, histories, path: str) -> None:
   """Train vs test accuracy per variant (bars), and validation accuracy against the step."""
-  fig = Figure(figsize=(11, 4.2), layout="constrained")
-  FigureCanvasAgg(fig)  # Agg without pyplot: no display needed, the user's backend untouched
-  bars, curves = fig.subplots(1, 2)
-  names = list(results)
-  x = np.arange(len(names))
-  for offset, key, label in ((-0.2, "train_accuracy", "train (labels trained on)"),
-                             (0.2, "test_accuracy", "test")):
-    bars.bar(x + offset, [results[n][key] for n in names], width=0.4, label=label)
-  bars.set_xticks(x, names, rotation=20)
-  bars.set_ylim(0, 1.15)
-  bars.set_ylabel("accuracy")
-  bars.set_title("train vs test accuracy")
-  bars.legend(loc="upper center", ncols=2)
-  for name in names:
-    rows = [r for r in histories[name] if "val_accuracy" in r]
-    curves.plot([r["step"] for r in rows], [r["val_accuracy"] for r in rows], marker="o",
-                markersize=3, label=name)
-  curves.set_xlabel("step")
-  curves.set_ylabel("validation accuracy (clean labels)")
-  curves.set_title("validation accuracy while training")
-  curves.grid(True, alpha=0.3)
-  curves.legend()
-  fig.savefig(path, dpi=100)
+  with plots.figure(path, size=(11, 4.2), layout="constrained") as fig:
+    bars, curves = fig.subplots(1, 2)
+    names = list(results)
+    x = np.arange(len(names))
+    for offset, key, label in ((-0.2, "train_accuracy", "train (labels trained on)"),
+                               (0.2, "test_accuracy", "test")):
+      bars.bar(x + offset, [results[n][key] for n in names], width=0.4, label=label)
+    bars.set_xticks(x, names, rotation=20)
+    bars.set_ylim(0, 1.15)
+    bars.set_ylabel("accuracy")
+    bars.set_title("train vs test accuracy")
+    bars.legend(loc="upper center", ncols=2)
+    for name in names:
+      rows = [r for r in histories[name] if "val_accuracy" in r]
+      curves.plot([r["step"] for r in rows], [r["val_accuracy"] for r in rows], marker="o",
+                  markersize=3, label=name)
+    curves.set_xlabel("step")
+    curves.set_ylabel("validation accuracy (clean labels)")
+    curves.set_title("validation accuracy while training")
+    curves.grid(True, alpha=0.3)
+    curves.legend()
 
 
 def print_table(results) -> None:

@@ -36,8 +36,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 import numpy as np
 import optax
 
@@ -45,10 +43,10 @@ import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import train
 from bigtune_jax.tune import population
-from bigtune_jax.tune import search as search_lib
 from bigtune_jax.tune import space as space_lib
 from bigtune_jax.tune import structure
 from experiments import common
+from experiments import plots
 
 _SPACE = dict(lr_range=(1e-3, 0.5), momentum_max=0.95, weight_decay_range=(1e-6, 1e-3))
 PRESETS = {
@@ -89,19 +87,6 @@ def model_and_loss(hidden: int, layers: int):
   """One model and loss object per structure, so populations reuse its compiled programs."""
   model = structure.build_structure({"layers": layers, "hidden": hidden})
   return model, train.classification_loss(model)
-
-
-def make_searcher(space, config, workdir):
-  """TPE (resumable from ``workdir/study.log``), or random search without optuna."""
-  try:
-    from bigtune_jax.tune.optuna_search import OptunaSearch  # pylint: disable=g-import-not-at-top
-    import optuna  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return search_lib.RandomSearch(space, seed=config["seed"])
-  optuna.logging.set_verbosity(optuna.logging.WARNING)
-  return OptunaSearch(space, seed=config["seed"], sampler=config["sampler"],
-                      pruner=config["pruner"], storage=f"journal:{workdir}/study.log",
-                      study_name="tune")
 
 
 def train_group(searcher, trials, splits, config) -> list[dict]:
@@ -153,7 +138,7 @@ def search(splits, config, workdir) -> tuple[list[dict], str, float]:
   """All rounds (resuming after the complete ones in ``workdir/trials.jsonl``); returns
   the trial records in trial order, the searcher's name and the wall time."""
   start = time.time()
-  searcher = make_searcher(make_space(config), config, workdir)
+  searcher = common.make_searcher(make_space(config), config, workdir, study_name="tune")
   path = os.path.join(workdir, "trials.jsonl")
   records = load_records(path, config["leaders"] * config["population"])
   for round_index in range(len({r["round"] for r in records}), config["rounds"]):
@@ -185,10 +170,8 @@ def train_best(best: dict, splits, config, workdir) -> dict:
                                batch_size=best["batch_size"], eval_every=steps_per_epoch,
                                seed=config["seed"], checkpoint_every_evals=5, progress=False)
   winner = {k: best[k] for k in CONTINUOUS}
-  # inject_hyperparams: the rate is in the optimizer state, where fit reads it for its log
-  rated = optax.inject_hyperparams(lambda learning_rate: momentum_l2(
-      dict(winner, learning_rate=learning_rate)))(learning_rate=winner["learning_rate"])
-  tx = optax.chain(rated, bt.reduce_on_plateau(factor=0.5, patience=3))
+  tx = optax.chain(common.with_logged_rate(momentum_l2, winner),
+                   bt.reduce_on_plateau(factor=0.5, patience=3))
   final_dir = os.path.join(workdir, "final")
   _start_over_if_changed(final_dir, {k: best[k] for k in CONTINUOUS + STRUCTURE})
   return common.train_and_evaluate(
@@ -210,35 +193,28 @@ def _start_over_if_changed(final_dir: str, winner: dict) -> None:
     json.dump(winner, f)
 
 
-def _figure(width=6.4, height=4.0) -> Figure:
-  fig = Figure(figsize=(width, height), layout="constrained")
-  FigureCanvasAgg(fig)  # PNG output without pyplot or a display
-  return fig
-
-
 def plot_search(records: list[dict], workdir: str) -> None:
   """``search_progress.png`` and ``hyperparameters.png``."""
   accuracy = np.array([r["val_accuracy"] for r in records])
-  fig = _figure()
-  ax = fig.add_subplot()
-  ax.scatter(np.arange(1, len(records) + 1), accuracy, s=10, alpha=0.5, label="trial")
-  ax.plot(np.arange(1, len(records) + 1), np.maximum.accumulate(accuracy), color="C3",
-          label="best so far")
-  ax.set(xlabel="trial", ylabel="validation accuracy", title="search progress",
-         ylim=(max(0.0, np.min(accuracy) - 0.02), 1.0))
-  ax.grid(True, alpha=0.3)
-  ax.legend()
-  fig.savefig(os.path.join(workdir, "search_progress.png"), dpi=100)
-  names = CONTINUOUS + STRUCTURE
-  fig = _figure(10.0, 6.0)
-  for i, name in enumerate(names):
-    ax = fig.add_subplot(2, 3, i + 1)
-    ax.scatter([r[name] for r in records], accuracy, s=10, alpha=0.6)
-    if name in ("learning_rate", "weight_decay"):
-      ax.set_xscale("log")
-    ax.set(xlabel=name, ylabel="val accuracy", ylim=(max(0.0, np.min(accuracy) - 0.02), 1.0))
+  with plots.figure(os.path.join(workdir, "search_progress.png"), layout="constrained") as fig:
+    ax = fig.add_subplot()
+    ax.scatter(np.arange(1, len(records) + 1), accuracy, s=10, alpha=0.5, label="trial")
+    ax.plot(np.arange(1, len(records) + 1), np.maximum.accumulate(accuracy), color="C3",
+            label="best so far")
+    ax.set(xlabel="trial", ylabel="validation accuracy", title="search progress",
+           ylim=(max(0.0, np.min(accuracy) - 0.02), 1.0))
     ax.grid(True, alpha=0.3)
-  fig.savefig(os.path.join(workdir, "hyperparameters.png"), dpi=100)
+    ax.legend()
+  with plots.figure(os.path.join(workdir, "hyperparameters.png"), size=(10.0, 6.0),
+                    layout="constrained") as fig:
+    for i, name in enumerate(CONTINUOUS + STRUCTURE):
+      ax = fig.add_subplot(2, 3, i + 1)
+      ax.scatter([r[name] for r in records], accuracy, s=10, alpha=0.6)
+      if name in ("learning_rate", "weight_decay"):
+        ax.set_xscale("log")
+      ax.set(xlabel=name, ylabel="val accuracy",
+             ylim=(max(0.0, np.min(accuracy) - 0.02), 1.0))
+      ax.grid(True, alpha=0.3)
 
 
 def write_report(workdir: str, summary: dict, records: list[dict]) -> None:

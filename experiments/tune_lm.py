@@ -39,7 +39,6 @@ Presets: ``tiny`` (CI), ``small`` (about two CPU-minutes: 12 trials of 1-2 layer
 
 import functools
 import math
-import os
 import time
 
 import jax.numpy as jnp
@@ -117,19 +116,6 @@ def make_optimizer(schedule: str, batch_size: int, steps: int, base_batch_size: 
   return make
 
 
-def make_searcher(space, config, workdir):
-  """TPE with pruning (resumable from ``workdir/study.log``), or random without optuna."""
-  try:
-    import optuna  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return tune.RandomSearch(space, seed=config["seed"], mode="min")
-  optuna.logging.set_verbosity(optuna.logging.WARNING)
-  os.makedirs(workdir, exist_ok=True)
-  return tune.OptunaSearch(space, seed=config["seed"], sampler=config["sampler"],
-                           pruner=config["pruner"], storage=f"journal:{workdir}/study.log",
-                           study_name="tune_lm", mode="min")
-
-
 def train_trials(searcher, trials, splits, config) -> None:
   """Trains trials of one structure, schedule and batch as one population; tells each."""
   fixed = trials[0].params
@@ -163,7 +149,8 @@ def train_trials(searcher, trials, splits, config) -> None:
 def search(splits, config, workdir):
   """Rounds of populations until ``rounds * leaders * population`` trials are finished
   (those of an earlier run on the workdir count); returns the searcher."""
-  searcher = make_searcher(make_space(config), config, workdir)
+  searcher = common.make_searcher(make_space(config), config, workdir, study_name="tune_lm",
+                                  mode="min")
   total = config["rounds"] * config["leaders"] * config["population"]
   while len(searcher.results) < total:
     for trials in searcher.ask_populations(config["leaders"], config["population"]):

@@ -247,6 +247,26 @@ def test_split_tokens_and_load_dataset_text(tmp_path):
   assert user["train"]["inputs"][0].tobytes() == expected[:4]
 
 
+def test_split_tokens_three_ways_and_text_splits():
+  """Test after validation at the end of the stream, each round(fraction * len) tokens:
+  the one cut that load_dataset("text") and the LM experiments share."""
+  tokens = np.arange(101, dtype=np.uint8)
+  train, validation, test = data.split_tokens(tokens, 0.1, 0.05)
+  assert (len(train), len(validation), len(test)) == (86, 10, 5)
+  np.testing.assert_array_equal(np.concatenate([train, validation, test]), tokens)
+  with pytest.raises(ValueError, match="validation_fraction \\+ test_fraction must be < 1"):
+    data.split_tokens(tokens, 0.5, 0.5)
+  with pytest.raises(ValueError, match=r"test_fraction must lie in \[0, 1\), got 1.5"):
+    data.split_tokens(tokens, 0.1, 1.5)
+  splits = data.text_splits(tokens, 4, 0.1, 0.05)
+  assert {k: len(v) for k, v in splits.items()} == {"train": 21, "validation": 2, "test": 1}
+  assert splits["test"]["inputs"][0].tolist() == [96, 97, 98, 99]
+  assert set(data.text_splits(tokens, 4, 0.1)) == {"train", "validation"}
+  with pytest.raises(ValueError, match=r"corpus: its test part \(5 bytes\) is shorter than "
+                                       r"one window of block_size \+ 1 = 6 bytes"):
+    data.text_splits(tokens, 5, 0.1, 0.05, what="corpus")
+
+
 def test_sizes_are_integers_by_the_library_wide_rule():
   """bigtune_jax.validation's one rule, as for FitConfig: integers (NumPy's too) pass;
   integral floats are refused like every other non-integer."""

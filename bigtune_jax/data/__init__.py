@@ -14,6 +14,7 @@ from bigtune_jax.data.cifar import read_cifar10_binary
 from bigtune_jax.data.cifar import read_cifar10_pickle
 from bigtune_jax.data.datasets import DATASETS
 from bigtune_jax.data.datasets import load_dataset
+from bigtune_jax.data.datasets import text_splits
 from bigtune_jax.data.digits import load_digits
 from bigtune_jax.data.digits import resize_bilinear
 from bigtune_jax.data.idx import load_mnist
@@ -63,6 +64,7 @@ __all__ = (
     "split_tokens",
     "stdlib_corpus",
     "steps_per_epoch",
+    "text_splits",
     "tokenize_corpus",
     "train_bpe",
 )

@@ -103,16 +103,8 @@ def load_dataset(name: str, data_dir=None, *, seed: int = 0, validation_fraction
     raise ValueError(f"stratify must be True or False, got {stratify!r}")
   if name == "text":
     tokens = text.stdlib_corpus() if data_dir is None else text.read_text(data_dir)
-    parts = text.split_tokens(tokens, validation_fraction)
-    size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
-    windows = {split: text.lm_windows(part, size)
-               for split, part in zip(("train", "validation"), parts)}
-    for split, arrays in windows.items():
-      if len(arrays["inputs"]) == 0 and (split == "train" or validation_fraction > 0):
-        raise ValueError(f"the text's {split} part ({len(parts[split == 'validation'])} bytes) "
-                         f"is shorter than one window of block_size + 1 = {size + 1} bytes; "
-                         "use a smaller block_size or more text")
-    return {split: ArrayDataset(arrays) for split, arrays in windows.items()}
+    return text_splits(tokens, DEFAULT_BLOCK_SIZE if block_size is None else block_size,
+                       validation_fraction)
   if name in _SPLIT_THREE_WAYS:
     if name == "digits":
       arrays = digits.load_digits(image_size=digits.NATIVE_SIZE if image_size is None
@@ -130,3 +122,33 @@ def load_dataset(name: str, data_dir=None, *, seed: int = 0, validation_fraction
       seed=seed, stratify="label" if stratify else None)
   parts["test"] = official["test"]
   return {split: ArrayDataset(_images_to_unit(part)) for split, part in parts.items()}
+
+
+def text_splits(tokens: np.ndarray, block_size: int, validation_fraction: float,
+                test_fraction: float | None = None, *,
+                what: str = "the text") -> dict[str, ArrayDataset]:
+  """Windows of ``block_size`` tokens from the contiguous train / validation (/ test)
+  pieces of ``text.split_tokens``: no window of one split overlaps another's.
+
+  Args:
+    tokens: a 1-D token array (bytes).
+    block_size: the context length of the windows.
+    validation_fraction: the fraction of the tokens held out for validation.
+    test_fraction: the fraction held out for testing; None: no "test" split.
+    what: names the tokens in the error raised when a piece is too short.
+
+  Returns:
+    ``{"train", "validation"(, "test")}`` -> ``ArrayDataset`` of ``{"inputs", "targets"}``.
+    A piece of fraction 0 is an empty split; any other must hold at least one window.
+  """
+  pieces = text.split_tokens(tokens, validation_fraction, test_fraction)
+  fractions = (1.0, validation_fraction, test_fraction)
+  datasets = {}
+  for name, piece, fraction in zip(("train", "validation", "test"), pieces, fractions):
+    windows = text.lm_windows(piece, block_size)
+    if len(windows["inputs"]) == 0 and fraction > 0:
+      raise ValueError(f"{what}: its {name} part ({len(piece)} bytes) is shorter than one "
+                       f"window of block_size + 1 = {block_size + 1} bytes; use a smaller "
+                       "block_size or more text")
+    datasets[name] = ArrayDataset(windows)
+  return datasets

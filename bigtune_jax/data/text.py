@@ -12,8 +12,9 @@ Choices:
   train or ship, and any file can be read without decoding it.
 * The corpus depends on the Python version (the topics are regenerated for each release);
   it is fixed for one interpreter.
-* Validation is the last ``validation_fraction`` of the bytes, one contiguous piece (as in
-  nanoGPT), so no training window overlaps a validation window.
+* The splits are contiguous pieces of the stream, in its order (as in nanoGPT): train, then
+  validation, then (if asked for) test; each held-out piece is ``round(fraction * len)``
+  bytes, train the rest at the start. No window of one split overlaps another's.
 * ``lm_windows`` returns read-only views into the token buffer (no copy, whatever the
   stride); batching copies only the rows of a batch. ``targets`` are ``inputs`` shifted by
   one byte. The default stride is ``block_size``: windows tile the text and one epoch reads
@@ -59,13 +60,31 @@ def read_text(path) -> np.ndarray:
   return np.frombuffer(data, dtype=np.uint8)
 
 
-def split_tokens(tokens: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-  """``(train, validation)``: the first and the last ``validation_fraction`` of the tokens."""
-  if isinstance(validation_fraction, bool) or not isinstance(
-      validation_fraction, (int, float, np.number)) or not 0.0 <= validation_fraction < 1.0:
-    raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction!r}")
-  cut = len(tokens) - int(round(validation_fraction * len(tokens)))
-  return tokens[:cut], tokens[cut:]
+def _check_fraction(name: str, value) -> float:
+  """``value`` if it is a number in [0, 1); else a ValueError naming ``name``."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (
+      0.0 <= value < 1.0):
+    raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+  return value
+
+
+def split_tokens(tokens: np.ndarray, validation_fraction: float,
+                 test_fraction: float | None = None) -> tuple[np.ndarray, ...]:
+  """Contiguous pieces of the tokens, in their order: ``(train, validation)``, or
+  ``(train, validation, test)`` when ``test_fraction`` is given.
+
+  Each held-out piece holds ``round(fraction * len(tokens))`` tokens, validation before
+  test at the end of the stream; train is the rest, from the start.
+  """
+  fractions = [_check_fraction("validation_fraction", validation_fraction)]
+  if test_fraction is not None:
+    fractions.append(_check_fraction("test_fraction", test_fraction))
+  if sum(fractions) >= 1.0:
+    raise ValueError(f"validation_fraction + test_fraction must be < 1 (the rest is train), "
+                     f"got {validation_fraction} + {test_fraction}")
+  sizes = [int(round(f * len(tokens))) for f in fractions]
+  starts = len(tokens) - np.cumsum(sizes[::-1])[::-1]  # where each held-out piece begins
+  return tuple(np.split(tokens, starts))
 
 
 def lm_windows(tokens: np.ndarray, block_size: int, *,
