@@ -183,19 +183,23 @@ def train_adapter_population(lora: LoRA, loss_fn: LossFn, params,
       if stop is not None:
         active &= ~np.asarray(stop, bool).reshape(n)
     if compact and active.any() and not active[slots].all():
-      keep = active[slots]
-      for j in np.flatnonzero(~keep):  # the stopped members' adapters, to the host
-        stopped_params[int(slots[j])] = jax.device_get(
-            jax.tree.map(lambda x, j=j: x[j], states.params))
-      take = jnp.asarray(np.flatnonzero(keep))
-      states = jax.tree.map(lambda x: x[take], states)
-      hp = {name: h[take] for name, h in hp.items()}
-      slots = slots[keep]
+      states, hp, slots = _compact(states, hp, slots, active[slots], stopped_params)
   lora_params = _gather(jax.device_get(states.params), slots, stopped_params, n)
   return AdapterPopulationResult(
       lora_params=lora_params, hparams=values, history=history, final={"val_loss": last_val},
       steps=step, member_steps=member_steps, program_sizes=sizes, stopped=~active,
       wall_s=time.time() - start_time)
+
+
+def _compact(states, hp, slots: np.ndarray, keep: np.ndarray, stopped_params: dict):
+  """The program's members where ``keep``: the others' adapters go to ``stopped_params``
+  (on the host, by member index) and their slots leave the states, ``hp`` and ``slots``."""
+  for j in np.flatnonzero(~keep):
+    stopped_params[int(slots[j])] = jax.device_get(
+        jax.tree.map(lambda x, j=j: x[j], states.params))
+  take = jnp.asarray(np.flatnonzero(keep))
+  states = jax.tree.map(lambda x: x[take], states)
+  return states, {name: h[take] for name, h in hp.items()}, slots[keep]
 
 
 def _gather(params, slots: np.ndarray, stopped: Mapping[int, Any], n: int):

@@ -198,6 +198,51 @@ def _check_mutation_ends(make_optimizer, values, mutation_items) -> None:
         return  # a builder that needs traced arrays: the traced run reports its own errors
 
 
+def _check_exploration(make_optimizer, values, mutations, metric, mode, quantile_fraction,
+                       resample_probability, perturbation_factors) -> Exploration:
+  """PBT's exploit-and-explore settings, each checked by name before any work."""
+  mutation_items = _check_mutations(mutations, values)
+  population.check_member_optimizers(make_optimizer, values, len(next(iter(values.values()))))
+  _check_mutation_ends(make_optimizer, values, mutation_items)
+  validation.check_choice("metric", metric, METRICS)
+  mode = mode or ("max" if metric == "val_accuracy" else "min")
+  validation.check_choice("mode", mode, ("max", "min"))
+  validation.check_interval("quantile_fraction", quantile_fraction, 0.0, 0.5, high_closed=True)
+  validation.check_interval("resample_probability", resample_probability, 0.0, 1.0,
+                            high_closed=True)
+  factors = tuple(float(c) for c in perturbation_factors)
+  if not factors or not all(math.isfinite(c) and c > 0 for c in factors):
+    raise ValueError(f"perturbation_factors must be a non-empty list of positive numbers, "
+                     f"got {perturbation_factors!r}")
+  return Exploration(metric, mutation_items, float(quantile_fraction),
+                     float(resample_probability), factors, mode)
+
+
+def _first_members(model, loss_fn, make_optimizer, values, hp, seeds, data_args, input_key,
+                   base_params, mutations):
+  """``(member loss, PopulationData, stacked states)`` at step 0: full models, or for a
+  ``finetune.LoRA`` adapters over the frozen ``base_params``."""
+  if not isinstance(model, LoRA):
+    if base_params is not None:
+      raise ValueError("base_params is for a finetune.LoRA model (adapter populations)")
+    data = population.PopulationData(*data_args)
+    return loss_fn, data, population.init_states(model, make_optimizer, data, hp, seeds,
+                                                 input_key)
+  lora = model
+  adapter_population.check_adapter_hparams(lora, values)
+  if "rank" in mutations:
+    raise ValueError("mutations: 'rank' cannot explore (a perturbed rank is not an "
+                     "integer); give it in hparams only")
+  if base_params is None:
+    raise ValueError("base_params: the frozen parameters the LoRA adapters train over")
+  lora.layers(base_params)
+  train_data, val_data, *rest = data_args
+  data = population.PopulationData(adapter_population.as_arrays(train_data, "train_data"),
+                                   adapter_population.as_arrays(val_data, "val_data"), *rest)
+  states = adapter_population.init_states(lora, make_optimizer, base_params, hp, seeds)
+  return adapter_population.member_loss(lora, loss_fn), data, states
+
+
 def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimizer,
         hparams: Mapping[str, Sequence[float] | np.ndarray], mutations: Any,
         train_data: ArrayDataset, val_data: ArrayDataset, *, steps: int, batch_size: int,
@@ -234,44 +279,16 @@ def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimi
   values, n = population.check_hparams(hparams)
   seeds = population.check_seeds(member_seeds, seed, n)
   population.check_member_chunk(member_chunk, n)
-  mutation_items = _check_mutations(mutations, values)
-  population.check_member_optimizers(make_optimizer, values, n)
-  _check_mutation_ends(make_optimizer, values, mutation_items)
   validation.check_int("steps", steps, 1)
   validation.check_int("perturbation_interval", perturbation_interval, 1)
-  validation.check_choice("metric", metric, METRICS)
-  mode = mode or ("max" if metric == "val_accuracy" else "min")
-  validation.check_choice("mode", mode, ("max", "min"))
-  validation.check_interval("quantile_fraction", quantile_fraction, 0.0, 0.5, high_closed=True)
-  validation.check_interval("resample_probability", resample_probability, 0.0, 1.0,
-                            high_closed=True)
-  factors = tuple(float(c) for c in perturbation_factors)
-  if not factors or not all(math.isfinite(c) and c > 0 for c in factors):
-    raise ValueError(f"perturbation_factors must be a non-empty list of positive numbers, "
-                     f"got {perturbation_factors!r}")
+  settings = _check_exploration(make_optimizer, values, mutations, metric, mode,
+                                quantile_fraction, resample_probability, perturbation_factors)
   hp = {name: jnp.asarray(v) for name, v in values.items()}
-  if isinstance(model, LoRA):
-    lora = model
-    adapter_population.check_adapter_hparams(lora, values)
-    if "rank" in dict(mutation_items):
-      raise ValueError("mutations: 'rank' cannot explore (a perturbed rank is not an "
-                       "integer); give it in hparams only")
-    if base_params is None:
-      raise ValueError("base_params: the frozen parameters the LoRA adapters train over")
-    lora.layers(base_params)
-    loss_fn = adapter_population.member_loss(lora, loss_fn)
-    train_data = adapter_population.as_arrays(train_data, "train_data")
-    val_data = adapter_population.as_arrays(val_data, "val_data")
-    data = population.PopulationData(train_data, val_data, batch_size, seed, eval_batch_size)
-    states = adapter_population.init_states(lora, make_optimizer, base_params, hp, seeds)
-  else:
-    if base_params is not None:
-      raise ValueError("base_params is for a finetune.LoRA model (adapter populations)")
-    data = population.PopulationData(train_data, val_data, batch_size, seed, eval_batch_size)
-    states = population.init_states(model, make_optimizer, data, hp, seeds, input_key)
+  data_args = (train_data, val_data, batch_size, seed, eval_batch_size)
+  loss_fn, data, states = _first_members(model, loss_fn, make_optimizer, values, hp, seeds,
+                                         data_args, input_key, base_params,
+                                         dict(settings.mutations))
   chunk = member_chunk or population.choose_chunk(states.params)
-  settings = Exploration(metric, mutation_items, float(quantile_fraction),
-                         float(resample_probability), factors, mode)
   rng = jax.random.key(seed)
   history, step = [], 0
   while step < steps:
