@@ -1,7 +1,39 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures and settings."""
+
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
+
+_CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
+_MIN_TIME_VARIABLE = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
+
+
+def pytest_configure(config):
+  """One JAX compilation cache for the whole run, in a fresh temporary folder: the suite's
+  subprocesses (a SIGKILLed run and its restart, the two processes of a distributed test,
+  the 8-device workers) and xdist workers compile many identical programs, and each is
+  then compiled once. Set by the controller before xdist starts its workers, so they and
+  every subprocess inherit it; removed when the run ends."""
+  if not hasattr(config, "workerinput") and _CACHE_VARIABLE not in os.environ:
+    os.environ[_CACHE_VARIABLE] = tempfile.mkdtemp(prefix="bigtune-jax-cache-")
+    os.environ.setdefault(_MIN_TIME_VARIABLE, "0.2")  # most of the suite's compiles are short
+    config.stash[_OWNED_CACHE] = os.environ[_CACHE_VARIABLE]
+  if _CACHE_VARIABLE in os.environ:
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_VARIABLE])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ.get(_MIN_TIME_VARIABLE, 1.0)))
+
+
+def pytest_unconfigure(config):
+  cache = config.stash.get(_OWNED_CACHE, None)
+  if cache is not None:
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+_OWNED_CACHE = pytest.StashKey[str]()
 
 
 @pytest.fixture
