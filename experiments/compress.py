@@ -49,8 +49,8 @@ from bigtune_jax import compress
 from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
+from bigtune_jax.train.metrics import png_figure
 from experiments import common
-from experiments import plots
 
 PRESETS = {
     "tiny": dict(hidden=(64,), steps=150, batch_size=64, learning_rate=0.1,
@@ -119,7 +119,7 @@ def calibration_images(splits, config) -> list:
 def plot(workdir: str, results: list[dict], dense_accuracy: float) -> str:
   """``compress.png``: test accuracy against bytes (log scale), one marker a method."""
   path = os.path.join(workdir, "compress.png")
-  with plots.figure(path, size=(9, 4.8), dpi=120) as fig:
+  with png_figure(path, size=(9, 4.8), dpi=120) as fig:
     ax = fig.subplots()
     for row in results:  # the marker tells the family: pruning, int8, low-rank, combinations
       method = row["method"]

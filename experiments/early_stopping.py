@@ -39,8 +39,8 @@ import optax
 import bigtune_jax as bt
 from bigtune_jax import models
 from bigtune_jax import train
+from bigtune_jax.train.metrics import png_figure
 from experiments import common
-from experiments import plots
 from experiments import regularization
 
 _DATA = dict(train_fraction=0.3, label_noise=0.3, image_size=8, seed=0)
@@ -56,7 +56,7 @@ PRESETS = {
 
 
 def plot(path, histories, stopped_at, best_step) -> None:
-  with plots.figure(path, size=(7, 4), dpi=120) as figure:
+  with png_figure(path, size=(7, 4), dpi=120) as figure:
     axis = figure.subplots()
     for name, history in histories.items():
       axis.plot([r["step"] for r in history], [r["val_loss"] for r in history], marker=".",

@@ -50,9 +50,9 @@ from bigtune_jax import hub
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax import tune
+from bigtune_jax.train.metrics import png_figure
 from experiments import common
 from experiments import lm
-from experiments import plots
 
 PRESETS = {
     "tiny": dict(hidden_size=32, n_layer=1, n_head=2, block_size=32, pretrain_steps=40,
@@ -303,7 +303,7 @@ def main(argv=None) -> dict:
 
 def write_report(workdir, summary, curves) -> None:
   """``report.md``: the table of methods and a plot of their validation curves."""
-  with plots.figure(os.path.join(workdir, "curves.png"), size=(6, 4)) as figure:
+  with png_figure(os.path.join(workdir, "curves.png"), size=(6, 4)) as figure:
     axes = figure.subplots()
     for name, curve in curves.items():
       if curve:

@@ -63,8 +63,8 @@ import optax
 import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import train
+from bigtune_jax.train.metrics import png_figure
 from experiments import common
-from experiments import plots
 from experiments import linreg_sgd
 
 PRESETS = {
@@ -115,7 +115,7 @@ def plot(workdir: str, results: dict) -> str:
   """``batch_size.png``: final losses (left) and examples/s (right) against the batch size."""
   sizes = np.array([run["batch_size"] for run in results.values()])
   path = os.path.join(workdir, "batch_size.png")
-  with plots.figure(path, size=(11, 4.2)) as fig:
+  with png_figure(path, size=(11, 4.2)) as fig:
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
     loss_ax, speed_ax = fig.subplots(1, 2)
     for key, marker in (("final_train_loss", "o"), ("val_loss", "s"), ("test_loss", "^")):

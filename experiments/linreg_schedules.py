@@ -63,8 +63,8 @@ import optax
 import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import train
+from bigtune_jax.train.metrics import png_figure
 from experiments import common
-from experiments import plots
 from experiments import linreg_sgd
 
 PRESETS = {
@@ -95,7 +95,7 @@ def schedules(config) -> dict:
 def plot(workdir: str, runs: dict, steps: int) -> str:
   """``schedules.png``: loss (left) and learning rate (right) against the step, per run."""
   path = os.path.join(workdir, "schedules.png")
-  with plots.figure(path, size=(11, 4.2)) as fig:
+  with png_figure(path, size=(11, 4.2)) as fig:
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
     loss_ax, lr_ax = fig.subplots(1, 2)
     every_step = np.arange(steps)

@@ -31,8 +31,8 @@ import optax
 import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import models
+from bigtune_jax.train.metrics import png_figure
 from experiments import common
-from experiments import plots
 
 BATCH_SIZE = 64
 HIDDEN = (64,)
@@ -115,7 +115,7 @@ def evaluate(model, params, split):
 
 
 def plot(curves, learning_rates, path):
-  with plots.figure(path, size=(12, 4.5), dpi=120) as fig:
+  with png_figure(path, size=(12, 4.5), dpi=120) as fig:
     ax_loss, ax_lr = fig.subplots(1, 2)
     for name, losses in curves.items():
       ax_loss.plot(losses, label=name, linewidth=1.2)

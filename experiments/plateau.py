@@ -54,9 +54,9 @@ import optax
 import bigtune_jax as bt
 from bigtune_jax import models
 from bigtune_jax import train
+from bigtune_jax.train.metrics import png_figure
 from experiments import common
 from experiments import grad_accum
-from experiments import plots
 
 _RULE = dict(factor=0.1, patience=5, threshold=1e-4, cooldown=0)
 PRESETS = {
@@ -89,7 +89,7 @@ def build(config, splits):
 
 
 def plot(path, runs) -> None:
-  with plots.figure(path, size=(10, 4), dpi=120) as figure:
+  with png_figure(path, size=(10, 4), dpi=120) as figure:
     loss_axis, lr_axis = figure.subplots(1, 2)
     for name, history in runs.items():
       steps = [row["step"] for row in history]

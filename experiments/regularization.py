@@ -76,8 +76,8 @@ import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
+from bigtune_jax.train.metrics import png_figure
 from experiments import common
-from experiments import plots
 
 # name -> (activation, regularizer); "relu" is the unregularized baseline.
 VARIANTS = {
@@ -175,7 +175,7 @@ def run_variant(name: str, config, splits, params, fit_config: train.FitConfig, 
 
 def plot(results, histories, path: str) -> None:
   """Train vs test accuracy per variant (bars), and validation accuracy against the step."""
-  with plots.figure(path, size=(11, 4.2), layout="constrained") as fig:
+  with png_figure(path, size=(11, 4.2), layout="constrained") as fig:
     bars, curves = fig.subplots(1, 2)
     names = list(results)
     x = np.arange(len(names))

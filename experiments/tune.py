@@ -45,8 +45,8 @@ from bigtune_jax import train
 from bigtune_jax.tune import population
 from bigtune_jax.tune import space as space_lib
 from bigtune_jax.tune import structure
+from bigtune_jax.train.metrics import png_figure
 from experiments import common
-from experiments import plots
 
 _SPACE = dict(lr_range=(1e-3, 0.5), momentum_max=0.95, weight_decay_range=(1e-6, 1e-3))
 PRESETS = {
@@ -196,7 +196,7 @@ def _start_over_if_changed(final_dir: str, winner: dict) -> None:
 def plot_search(records: list[dict], workdir: str) -> None:
   """``search_progress.png`` and ``hyperparameters.png``."""
   accuracy = np.array([r["val_accuracy"] for r in records])
-  with plots.figure(os.path.join(workdir, "search_progress.png"), layout="constrained") as fig:
+  with png_figure(os.path.join(workdir, "search_progress.png"), layout="constrained") as fig:
     ax = fig.add_subplot()
     ax.scatter(np.arange(1, len(records) + 1), accuracy, s=10, alpha=0.5, label="trial")
     ax.plot(np.arange(1, len(records) + 1), np.maximum.accumulate(accuracy), color="C3",
@@ -205,7 +205,7 @@ def plot_search(records: list[dict], workdir: str) -> None:
            ylim=(max(0.0, np.min(accuracy) - 0.02), 1.0))
     ax.grid(True, alpha=0.3)
     ax.legend()
-  with plots.figure(os.path.join(workdir, "hyperparameters.png"), size=(10.0, 6.0),
+  with png_figure(os.path.join(workdir, "hyperparameters.png"), size=(10.0, 6.0),
                     layout="constrained") as fig:
     for i, name in enumerate(CONTINUOUS + STRUCTURE):
       ax = fig.add_subplot(2, 3, i + 1)

@@ -1,4 +1,4 @@
-"""The helpers every experiment shares: ``plots.figure`` and ``common.make_searcher``."""
+"""The helpers every experiment shares: ``bt.train.png_figure`` and ``common.make_searcher``."""
 
 import os
 import sys
@@ -7,18 +7,18 @@ import matplotlib.image
 import pytest
 
 from bigtune_jax import tune
+from bigtune_jax.train.metrics import png_figure
 from experiments import common
-from experiments import plots
 
 
 def test_figure_writes_one_png_and_nothing_on_an_error(tmp_path):
   path = str(tmp_path / "curve.png")
-  with plots.figure(path, size=(4, 3), dpi=50) as fig:
+  with png_figure(path, size=(4, 3), dpi=50) as fig:
     fig.subplots().plot([0, 1], [1, 0])
   assert matplotlib.image.imread(path).shape[:2] == (150, 200)  # inches x dpi
   before = os.path.getmtime(path), os.path.getsize(path)
   with pytest.raises(RuntimeError):
-    with plots.figure(path) as fig:
+    with png_figure(path) as fig:
       raise RuntimeError("drawing failed")
   assert (os.path.getmtime(path), os.path.getsize(path)) == before  # the old plot stays
   assert os.listdir(tmp_path) == ["curve.png"]  # no temporary file left behind

@@ -14,6 +14,7 @@ from bigtune_jax.train.workdir import WorkdirInUseError
 from bigtune_jax.train.workdir import WorkdirLock
 from bigtune_jax.train.metrics import Progress
 from bigtune_jax.train.metrics import plot_metrics
+from bigtune_jax.train.metrics import png_figure
 from bigtune_jax.train.sharding import LOGICAL_RULES
 from bigtune_jax.train.sharding import MeshConfig
 from bigtune_jax.train.sharding import ReplicatedParameterWarning
@@ -62,6 +63,7 @@ __all__ = (
     "maybe_initialize",
     "param_sharding",
     "plot_metrics",
+    "png_figure",
     "regression_loss",
     "shard_state",
     "state_sharding",

@@ -25,12 +25,13 @@ Choices:
   before Python starts (tqdm reads it when first imported; any non-empty value disables).
 """
 
+import contextlib
 import json
 import math
 import os
 import pathlib
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import tqdm
@@ -166,25 +167,49 @@ def _is_loss(key):
 
 
 def _plot(path, rows, keys, *, ylabel, title, log_if_positive):
-  fig = Figure(figsize=(6.4, 4.0), layout="constrained")
-  FigureCanvasAgg(fig)  # attaches the Agg canvas: PNG output without pyplot or a display
-  ax = fig.add_subplot()
-  all_values = []
-  for key in keys:
-    steps, values = _series(rows, key)
-    marker = "o" if len(steps) <= 30 else None  # sparse series (per-epoch evals) get dots
-    ax.plot(steps, values, label=key, marker=marker, markersize=3)
-    all_values.append(values[np.isfinite(values)])
-  finite = np.concatenate(all_values)
-  if log_if_positive and finite.size and np.all(finite > 0):
-    ax.set_yscale("log")
-  ax.set_xlabel("step")
-  ax.set_ylabel(ylabel)
-  ax.set_title(f"{title}: {ylabel}" if title else ylabel)
-  ax.grid(True, alpha=0.3)
-  ax.legend()
-  fig.savefig(path, dpi=100)
+  with png_figure(str(path), layout="constrained") as fig:
+    ax = fig.add_subplot()
+    all_values = []
+    for key in keys:
+      steps, values = _series(rows, key)
+      marker = "o" if len(steps) <= 30 else None  # sparse series (per-epoch evals) get dots
+      ax.plot(steps, values, label=key, marker=marker, markersize=3)
+      all_values.append(values[np.isfinite(values)])
+    finite = np.concatenate(all_values)
+    if log_if_positive and finite.size and np.all(finite > 0):
+      ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title}: {ylabel}" if title else ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
   return str(path)
+
+
+@contextlib.contextmanager
+def png_figure(path: str, *, size: tuple[float, float] = (6.4, 4.0), dpi: int = 100,
+           layout: str | None = None) -> Iterator[Figure]:
+  """Yields a ``Figure`` of ``size`` inches to draw on; when the block ends without an
+  error it is saved to ``path`` as a PNG of ``dpi`` dots per inch. The one way this
+  library and its experiments draw: a ``Figure`` on the Agg canvas, never ``pyplot`` (no
+  display, the user's backend untouched, no figure left open in a global registry), and
+  the PNG written atomically (a temporary file renamed over ``path``), so a run killed
+  while saving leaves the previous plot or none, never half a file.
+
+  Args:
+    path: the PNG to write (its folder must exist).
+    size: (width, height) in inches.
+    dpi: the resolution of the PNG.
+    layout: matplotlib's layout engine, None (as placed) or ``"constrained"``; for a tight
+      layout call ``fig.tight_layout()`` once the figure is drawn (it places the axes at
+      this figure's own dpi, as pyplot's ``tight_layout`` does).
+  """
+  fig = Figure(figsize=size, layout=layout)
+  FigureCanvasAgg(fig)  # attaches the Agg canvas: PNG output without pyplot
+  yield fig
+  tmp = f"{path}.tmp"
+  fig.savefig(tmp, dpi=dpi, format="png")
+  os.replace(tmp, path)
 
 
 def plot_metrics(log_or_rows: MetricsLog | Iterable[Mapping], workdir: str | os.PathLike, *,
