@@ -127,7 +127,12 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, mode: str = "min"
       value_count = jnp.asarray(value_count, jnp.int32)
       new_state = jax.tree.map(lambda new, old: jnp.where(value_count > state.count, new, old),
                                _consume(state, value, value_count), state)
-    updates = jax.tree.map(lambda u: (new_state.scale * u).astype(u.dtype), updates)
+    # At scale 1 the updates pass as they are: XLA would otherwise fuse the product into
+    # the parameter update differently (1 ulp), and a run with a plateau would not be bit
+    # for bit the run without one until its first cut.
+    scale = new_state.scale
+    updates = jax.tree.map(lambda u: jnp.where(scale == 1, u, (scale * u).astype(u.dtype)),
+                           updates)
     return updates, new_state
 
   def _consume(state, value, count) -> ReduceOnPlateauState:
