@@ -4,6 +4,7 @@ import math
 
 from experiments import finetune_basic
 from experiments import lm
+from tests import utils
 
 
 def test_finetune_basic_tiny_loads_the_pretrained_backbone(tmp_path):
@@ -20,8 +21,19 @@ def test_lm_tiny_learns_bytes_and_samples(tmp_path):
   assert summary["test_loss"] < math.log(256)  # better than uniform over bytes
   assert math.isclose(summary["test_perplexity"], math.exp(summary["test_loss"]))
   assert len(summary["sample"]) > 0
-  for key in ("experiment", "steps", "final_train_loss", "devices", "wall_s"):
-    assert summary[key] is not None, key
+  utils.assert_run_facts(summary, "lm")
+  tiny = lm.PRESETS["tiny"]
+  assert summary["steps"] == tiny["steps"]
+  # Bits per byte below the uniform guess's 8; the validation loss below ln 256 as well.
+  assert 0 < summary["test_bits_per_byte"] < 8
+  assert summary["val_loss"] < math.log(256)
+  # GPT-2's parameter count, by hand: token (256 x C) and position (block x C) embeddings,
+  # per layer two LayerNorms (2C each), c_attn (C x 3C + 3C), the attention's c_proj
+  # (C x C + C), c_fc (C x 4C + 4C), the MLP's c_proj (4C x C + C): 12C^2 + 13C; the final
+  # LayerNorm (2C); the head is tied to the token embedding.
+  c = tiny["n_embd"]
+  assert summary["params"] == (256 + tiny["block_size"]) * c + tiny["n_layer"] * (
+      12 * c * c + 13 * c) + 2 * c
 
 
 def test_lm_rejects_a_text_shorter_than_a_window(tmp_path):
