@@ -57,6 +57,6 @@ def test_compress_small_preset_reaches_the_bar(tmp_path):
     if method == "dense":
       assert summary["test_loss"] == pytest.approx(loss, rel=1e-4)
       utils.assert_loss_fits_accuracy(summary["test_loss"], summary["test_accuracy"], 10)
-  kernels = [params[layer]["kernel"] for layer in ("hidden_0", "head")]
+  kernels = [params[layer]["kernel"] for layer in ("hidden_0", "head")]  # prune90's, the last
   zeros = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
   assert zeros >= 0.9 - 1e-3, zeros
