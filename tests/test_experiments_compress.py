@@ -8,7 +8,6 @@ steps, not by the steps.)
 
 import json
 
-import jax.numpy as jnp
 import pytest
 
 from bigtune_jax import data
@@ -48,7 +47,8 @@ def test_compress_small_preset_reaches_the_bar(tmp_path):
   # a float64 NumPy forward pass of each run's checkpointed parameters over the test digits;
   # the 90 % run's checkpoint really is at least 90 % zeros in its kernels (global scope).
   test = data.load_dataset("digits", seed=0, image_size=28)["test"]
-  target = train.init_params(models.MLP(hidden=(256,), num_classes=10), jnp.ones((1, 28, 28)), 0)
+  target = train.init_params(models.MLP(hidden=(256,), num_classes=10),
+                             test["image"][:1], 0)  # the experiment's shape: its compiled init
   for method in ("dense", "prune50", "prune90"):
     params = utils.trained_params(tmp_path / method, target)
     loss, accuracy = reference.cross_entropy_and_accuracy(

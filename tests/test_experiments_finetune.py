@@ -2,7 +2,6 @@
 
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -38,12 +37,12 @@ def test_finetune_tiny_compares_methods(tmp_path):
   # parameters: the pretrained model's on the test digits 0-4, each plain-MLP method's on the
   # test digits 5-9 (relabelled 0-4 in class order), and the summary's loss, full's.
   test = common.load_images(tiny, tiny["image_size"])["test"]
+  target = train.init_params(models.MLP(hidden=tiny["hidden"], num_classes=5),
+                             test["image"][:1], 0)  # the experiment's shape: its compiled init
   for classes, runs in ((finetune_basic.OLD_CLASSES, {"pretrain": summary}),
                         (finetune_basic.NEW_CLASSES, results)):
     keep = np.isin(test["label"], classes)
     images, labels = test["image"][keep], test["label"][keep] - classes[0]
-    target = train.init_params(models.MLP(hidden=tiny["hidden"], num_classes=5),
-                               jnp.ones((1, 8, 8)), 0)
     for name, run in runs.items():
       if name.startswith("lora"):  # its checkpoint holds the adapters, not the model
         continue
