@@ -129,6 +129,29 @@ def mlp_logits(params, images, activation="relu"):
   return x @ np.asarray(params["head"]["kernel"], np.float64) + params["head"]["bias"]
 
 
+def _conv_valid(x, kernel, bias):
+  """A stride-1 VALID cross-correlation of NHWC ``x`` with an HWIO ``kernel`` (flax's layout)."""
+  h, w = kernel.shape[:2]
+  windows = np.lib.stride_tricks.sliding_window_view(x, (h, w), axis=(1, 2))  # B,H',W',C,h,w
+  return np.einsum("bijcuv,uvco->bijo", windows, np.asarray(kernel, np.float64)) + bias
+
+
+def _max_pool_2x2(x):
+  b, h, w, c = x.shape
+  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def simple_cnn_logits(params, images):
+  """``bt.models.SimpleCNN``'s forward pass (the seed's network): conv 5x5 -> ReLU -> 2x2
+  max-pool, twice, then the NHWC features flattened, Dense -> ReLU -> Dense."""
+  x = np.asarray(images, np.float64)
+  for conv in ("conv1", "conv2"):
+    x = _max_pool_2x2(np.maximum(_conv_valid(x, params[conv]["kernel"], params[conv]["bias"]), 0))
+  x = x.reshape(len(x), -1)
+  x = np.maximum(x @ np.asarray(params["fc1"]["kernel"], np.float64) + params["fc1"]["bias"], 0)
+  return x @ np.asarray(params["fc2"]["kernel"], np.float64) + params["fc2"]["bias"]
+
+
 def cross_entropy_and_accuracy(logits, labels):
   """Mean ``-log softmax(logits)[label]``, and the fraction whose largest logit is the
   label's."""
