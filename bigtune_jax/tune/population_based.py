@@ -198,11 +198,11 @@ def _check_mutation_ends(make_optimizer, values, mutation_items) -> None:
         return  # a builder that needs traced arrays: the traced run reports its own errors
 
 
-def _check_exploration(make_optimizer, values, mutations, metric, mode, quantile_fraction,
+def _check_exploration(make_optimizer, values, n, mutations, metric, mode, quantile_fraction,
                        resample_probability, perturbation_factors) -> Exploration:
   """PBT's exploit-and-explore settings, each checked by name before any work."""
   mutation_items = _check_mutations(mutations, values)
-  population.check_member_optimizers(make_optimizer, values, len(next(iter(values.values()))))
+  population.check_member_optimizers(make_optimizer, values, n)
   _check_mutation_ends(make_optimizer, values, mutation_items)
   validation.check_choice("metric", metric, METRICS)
   mode = mode or ("max" if metric == "val_accuracy" else "min")
@@ -281,7 +281,7 @@ def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimi
   population.check_member_chunk(member_chunk, n)
   validation.check_int("steps", steps, 1)
   validation.check_int("perturbation_interval", perturbation_interval, 1)
-  settings = _check_exploration(make_optimizer, values, mutations, metric, mode,
+  settings = _check_exploration(make_optimizer, values, n, mutations, metric, mode,
                                 quantile_fraction, resample_probability, perturbation_factors)
   hp = {name: jnp.asarray(v) for name, v in values.items()}
   data_args = (train_data, val_data, batch_size, seed, eval_batch_size)
