@@ -15,6 +15,7 @@ Seed 001 §3.2's steps, each a piece here:
 Parameters are chosen by path (``hidden_0/kernel``) with prefixes or predicates (``paths``).
 """
 
+from bigtune_jax.finetune.adapters import Adapters
 from bigtune_jax.finetune.adapters import LinearLayer
 from bigtune_jax.finetune.adapters import LoRA
 from bigtune_jax.finetune.adapters import adapter_parameter_count
@@ -32,6 +33,7 @@ from bigtune_jax.finetune.pretrained import load_pretrained
 from bigtune_jax.tree_paths import path_name
 
 __all__ = (
+    "Adapters",
     "LinearLayer",
     "LoRA",
     "Selection",

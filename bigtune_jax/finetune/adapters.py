@@ -41,6 +41,7 @@ import re
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -159,6 +160,20 @@ def _union(base, extra):
     else:
       out[key] = value
   return out
+
+
+@flax.struct.dataclass
+class Adapters:
+  """Trained LoRA adapters that carry the rank and alpha they were trained at, so that
+  ``LoRA.merge``, ``save_peft`` and a parameter count need not be told them again.
+
+  ``params`` is ``{layer path: {"lora_a": (*stack, in, rank), "lora_b": (*stack, rank,
+  out)}}`` (a pytree node); ``rank`` and ``alpha`` are static metadata. A population
+  member (``result.member(i)``) is one of these, sliced to its own rank.
+  """
+  params: Any
+  rank: int = flax.struct.field(pytree_node=False)
+  alpha: float = flax.struct.field(pytree_node=False)
 
 
 @dataclasses.dataclass(frozen=True)
