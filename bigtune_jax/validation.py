@@ -98,3 +98,27 @@ def check_choice(name: str, value: Any, choices: Collection[str]) -> None:
   if value not in choices:
     accepted = ", ".join(repr(c) for c in choices)
     raise ValueError(f"{name} must be one of {accepted}, got {value!r}")
+
+
+def check_token_ids(ids: Any, vocab_size: int, where: str) -> None:
+  """Token ids (any integer array on the host or a device) within ``[0, vocab_size)``.
+
+  A ``ValueError`` names the first offending id, its position, the vocabulary size and
+  ``where`` the ids came from (e.g. ``"generate's prompt"``, ``"the train split"``); an
+  out-of-range id would otherwise be clipped by the embedding lookup (a wrong model) or give
+  NaN losses. Traced ids cannot be inspected and pass. One min/max pass: cheap next to a step.
+  """
+  if isinstance(ids, jax.core.Tracer):
+    return
+  array = np.asarray(ids)
+  if array.size == 0:
+    return
+  if not np.issubdtype(array.dtype, np.integer):
+    raise ValueError(f"{where}: token ids must be integers, got dtype {array.dtype}")
+  low, high = array.min(), array.max()
+  if low >= 0 and high < vocab_size:
+    return
+  bad = int(low) if low < 0 else int(high)
+  position = tuple(int(i) for i in np.unravel_index(np.argmax(array == bad), array.shape))
+  raise ValueError(f"{where}: token id {bad} at position {position} is outside the model's "
+                   f"vocabulary [0, {vocab_size}); was the data tokenized with another tokenizer?")
