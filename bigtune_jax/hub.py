@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,7 @@ import safetensors.numpy
 
 from bigtune_jax import hub_tables
 from bigtune_jax.hub_tables import SUPPORTED_MODEL_TYPES
+from bigtune_jax.models.nnx import params as nnx_params
 from bigtune_jax.tree_paths import path_name
 from bigtune_jax import validation
 
@@ -128,8 +130,10 @@ def _shardings(mesh, abstract):
 
 def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
             param_dtype: Any = jnp.float32, mesh: jax.sharding.Mesh | None = None,
-            **config_overrides):
-  """A transformers checkpoint directory as ``(model, params)``.
+            api: str = "linen", **config_overrides):
+  """A transformers checkpoint directory as ``(model, params)``, or with ``api="nnx"`` as
+  one ``nnx.Module`` (``bt.models.nnx.GPT`` / ``Llama``) holding the same arrays, placed
+  the same way.
 
   Args:
     path: a directory with ``config.json`` and ``model.safetensors`` or a sharded
@@ -139,6 +143,7 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
     param_dtype: the dtype the parameters are stored in.
     mesh: a device mesh (``bt.train.MeshConfig(...).make_mesh()``): every parameter is
       placed straight onto its shards. None: the default device.
+    api: ``"linen"`` or ``"nnx"``.
     **config_overrides: fields of the model config to set (``remat=True``, ``head_chunk``).
 
   Returns:
@@ -150,6 +155,7 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
     unsupported ``model_type``, a missing shard or tensor, a tensor of the wrong shape, an
     unknown ``rope_scaling`` type; all before any tensor is read or placed.
   """
+  validation.check_choice("api", api, ("linen", "nnx"))
   path = Path(path)
   config = read_config(path)
   family = hub_tables.family(config["model_type"])
@@ -178,6 +184,8 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
     leaves[entry.path] = jax.device_put(host, sharding) if sharding is not None else \
         jnp.asarray(host)
     del host
+  if api == "nnx":
+    return nnx_params.from_linen(model, _fill(abstract, leaves))
   return model, _fill(abstract, leaves)
 
 
@@ -258,7 +266,7 @@ def _shards(plan, max_shard_size: int) -> list[list]:
   return shards
 
 
-def save_hf(path: str | os.PathLike, model: nn.Module, params, *,
+def save_hf(path: str | os.PathLike, model: nn.Module, params=None, *,
             max_shard_size: int | str = "5GB", dtype: Any = None) -> Path:
   """Writes ``model``/``params`` as a transformers checkpoint directory at ``path``.
 
@@ -268,8 +276,13 @@ def save_hf(path: str | os.PathLike, model: nn.Module, params, *,
   ``load_hf`` returns them (or ``model.init``'s ``{"params": ...}``). ``dtype``: the stored
   dtype (default: the parameters' own). Host memory holds one shard at a time. The files
   are written to a temporary directory beside ``path`` and moved into place at the end,
-  so a failed save leaves any checkpoint already at ``path`` as it was.
+  so a failed save leaves any checkpoint already at ``path`` as it was. An NNX
+  ``bt.models.nnx.GPT`` / ``Llama`` is saved with ``params=None`` (its own).
   """
+  if isinstance(model, nnx.Module):
+    if params is not None:
+      raise ValueError("save_hf of an NNX model takes params=None: it saves the model's own")
+    model, params = nnx_params.to_linen(model)
   family = hub_tables.family_of(model)
   size = _parse_size(max_shard_size)
   dtype = None if dtype is None else jnp.dtype(dtype)

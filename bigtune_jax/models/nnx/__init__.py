@@ -8,6 +8,8 @@ size is a constructor argument (``in_features``, ``image_size``).
 """
 
 from bigtune_jax.models.nnx.cnn import SimpleCNN
+from bigtune_jax.models.nnx.gpt import GPT
+from bigtune_jax.models.nnx.llama import Llama
 from bigtune_jax.models.nnx.mlp import MLP
 
-__all__ = ("MLP", "SimpleCNN")
+__all__ = ("GPT", "Llama", "MLP", "SimpleCNN")
