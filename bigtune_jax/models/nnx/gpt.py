@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from bigtune_jax.models import decoder_math
 from bigtune_jax.models import gpt as linen_gpt
 from bigtune_jax.models.nnx.dropout import dropout_layers
-from bigtune_jax.models.nnx.layers import axes, param, scan_layers, stacked
+from bigtune_jax.models.nnx.layers import axes, check_config, param, scan_layers, stacked, \
+    token_embedding
 
 _NORMAL = nnx.initializers.normal(0.02)
 
@@ -101,12 +102,9 @@ class GPT(nnx.Module):
   """
 
   def __init__(self, config: linen_gpt.GPTConfig, *, rngs: nnx.Rngs):
-    if not isinstance(config, linen_gpt.GPTConfig):
-      raise ValueError(f"config must be a bt.models.GPTConfig, got {config!r}")
+    check_config(config, linen_gpt.GPTConfig)
     self.config = cfg = config
-    self.wte = nnx.Embed(cfg.vocab_size, cfg.n_embd, dtype=cfg.dtype,
-                         param_dtype=cfg.param_dtype, embedding_init=_NORMAL,
-                         embedding_metadata=axes("vocab", "embed"), rngs=rngs)
+    self.wte = token_embedding(cfg.vocab_size, cfg.n_embd, cfg, rngs)
     self.wpe = param(rngs.params(), _NORMAL, (cfg.block_size, cfg.n_embd), cfg.param_dtype,
                      None, "embed")
     self.h = stacked(lambda r: Block(cfg, rngs=r), cfg.n_layer, rngs)

@@ -47,3 +47,15 @@ def scan_layers(layers: nnx.Module, carry, apply_layer: Callable, *, unroll: int
     body = jax.checkpoint(body, prevent_cse=False)
   carry, _ = jax.lax.scan(body, carry, state, unroll=unroll)
   return carry
+
+
+def check_config(config, expected: type) -> None:
+  if not isinstance(config, expected):
+    raise ValueError(f"config must be a bt.models.{expected.__name__}, got {config!r}")
+
+
+def token_embedding(vocab_size: int, width: int, config, rngs: nnx.Rngs) -> nnx.Embed:
+  """The ``(vocab_size, width)`` token table, N(0, 0.02), axes ``(vocab, embed)``."""
+  return nnx.Embed(vocab_size, width, dtype=config.dtype, param_dtype=config.param_dtype,
+                   embedding_init=nnx.initializers.normal(0.02),
+                   embedding_metadata=axes("vocab", "embed"), rngs=rngs)

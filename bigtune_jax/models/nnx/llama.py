@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from bigtune_jax.models import decoder_math
 from bigtune_jax.models import llama as linen_llama
 from bigtune_jax.models.gpt import attention_implementation
-from bigtune_jax.models.nnx.layers import axes, param, scan_layers, stacked
+from bigtune_jax.models.nnx.layers import axes, check_config, param, scan_layers, stacked, \
+    token_embedding
 
 _NORMAL = nnx.initializers.normal(0.02)
 
@@ -90,24 +91,14 @@ class DecoderLayer(nnx.Module):
 class Llama(nnx.Module):
   """Token ids ``(B, T)`` -> float32 logits ``(B, T, vocab_size)``; with ``targets`` the
   per-token cross-entropy ``(B, T)`` through the fused head. ``train`` and ``rng`` are
-  accepted for the engine's sake (the family has no dropout).
-
-  Example:
-    >>> from flax import nnx
-    >>> import jax.numpy as jnp
-    >>> from bigtune_jax.models import LlamaConfig, nnx as nnx_models
-    >>> model = nnx_models.Llama(LlamaConfig.tiny(), rngs=nnx.Rngs(0))
-    >>> model(jnp.zeros((2, 8), jnp.int32)).shape
-    (2, 8, 64)
+  accepted for the engine's sake (the family has no dropout). Built as
+  ``Llama(LlamaConfig.tiny(), rngs=nnx.Rngs(0))``; see ``nnx.GPT`` for an example.
   """
 
   def __init__(self, config: linen_llama.LlamaConfig, *, rngs: nnx.Rngs):
-    if not isinstance(config, linen_llama.LlamaConfig):
-      raise ValueError(f"config must be a bt.models.LlamaConfig, got {config!r}")
+    check_config(config, linen_llama.LlamaConfig)
     self.config = cfg = config
-    self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype,
-                                  param_dtype=cfg.param_dtype, embedding_init=_NORMAL,
-                                  embedding_metadata=axes("vocab", "embed"), rngs=rngs)
+    self.embed_tokens = token_embedding(cfg.vocab_size, cfg.hidden_size, cfg, rngs)
     self.layers = stacked(lambda r: DecoderLayer(cfg, rngs=r), cfg.num_hidden_layers, rngs)
     self.norm = RMSNorm(cfg, rngs=rngs)
     if not cfg.tie_word_embeddings:  # stored (C, V) as a Dense kernel
