@@ -16,6 +16,7 @@ import os
 import re
 from pathlib import Path
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +30,8 @@ from bigtune_jax.finetune.adapters import LORA_A
 from bigtune_jax.finetune.adapters import LORA_B
 from bigtune_jax.finetune.adapters import LoRA
 from bigtune_jax.finetune.adapters import linear_layers
+from bigtune_jax.finetune import nnx_lora
+from bigtune_jax.models.nnx import params as nnx_params
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _PREFIX = "base_model.model."
@@ -55,14 +58,20 @@ def _target_modules(hf_modules: list[str], all_modules: list[str]):
   return "|".join(re.escape(m).replace(r"\{i\}", r"\d+") for m in sorted(set(hf_modules)))
 
 
-def save_peft(path: str | os.PathLike, lora: LoRA, lora_params, *, alpha=None, rank=None,
+def save_peft(path: str | os.PathLike, lora: LoRA, lora_params=None, *, alpha=None, rank=None,
               base_model_name_or_path: str | None = None) -> Path:
   """Writes ``lora_params`` (one adapter, no member axis) as a PEFT LoRA adapter at ``path``.
+  ``lora`` may instead be an NNX model with adapters (``finetune.nnx_lora``; no
+  ``lora_params``): its own are written.
 
   ``alpha`` / ``rank``: a population member's own (default: ``lora.alpha`` and the stored
   rank); only the first ``rank`` columns are written. The directory is written beside
   ``path`` and moved into place, so a failed save leaves an old adapter as it was.
   """
+  if isinstance(lora, nnx.Module):
+    if lora_params is not None:
+      raise ValueError("save_peft of an NNX model takes no lora_params: it writes its own")
+    lora, lora_params = nnx_lora.adapters_of(lora)
   family = hub_tables.family_of(lora.model)
   n_layer = family.n_layer(lora.model.config)
   modules = _modules(lora.model)
@@ -106,7 +115,12 @@ def save_peft(path: str | os.PathLike, lora: LoRA, lora_params, *, alpha=None, r
 def load_peft(path: str | os.PathLike, model, *, dtype=jnp.float32) -> tuple[LoRA, dict]:
   """``(LoRA, lora_params)`` from a PEFT LoRA adapter directory, for ``model`` (as
   ``hub.load_hf`` returned it). Every tensor is checked against the model by name and
-  shape before any is converted: an adapter of another base is refused naming the tensor."""
+  shape before any is converted: an adapter of another base is refused naming the tensor.
+  For an NNX model (``load_hf(..., api="nnx")``) it returns the model, the adapters
+  inserted (``nnx_lora.insert``)."""
+  if isinstance(model, nnx.Module):
+    lora, adapters = load_peft(path, nnx_params.to_linen(model)[0], dtype=dtype)
+    return nnx_lora.insert(model, lora, adapters)
   path = Path(path)
   if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
     raise FileNotFoundError(f"{path} is not a PEFT adapter: it needs {CONFIG} and {WEIGHTS}")

@@ -26,17 +26,25 @@ _AXES_METADATA = ("out_sharding", "sharding_names", "sharding")
 _TWINS = {linen_gpt.GPT: GPT, linen_llama.Llama: Llama}
 
 
-def split(model: nnx.Module):
-  """``(graphdef, params, rest)``; ``rest`` must hold no arrays (the engine carries the
-  parameters only: batch statistics or a stored ``nnx.Rngs`` would be lost)."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+def trained_filter(model: nnx.Module) -> type:
+  """What the engine trains of ``model``: ``nnx.LoRAParam`` when it holds any (its LoRA
+  adapters only, Flax's ``wrt=nnx.LoRAParam``), else every ``nnx.Param``."""
+  has_lora = any(isinstance(v, nnx.LoRAParam) for _, v in nnx.to_flat_state(nnx.state(model)))
+  return nnx.LoRAParam if has_lora else nnx.Param
+
+
+def split(model: nnx.Module, wrt: type = nnx.Param):
+  """``(graphdef, trained, frozen)``: the state of ``wrt`` and the other ``nnx.Param``s.
+  Any other state is refused (the engine carries parameters only: batch statistics or a
+  stored ``nnx.Rngs`` would be lost)."""
+  graphdef, trained, frozen, rest = nnx.split(model, wrt, nnx.Param, ...)
   kept = [f"{'.'.join(map(str, path))} ({type(v).__name__})"
           for path, v in nnx.to_flat_state(rest)]
   if kept:
     raise ValueError(f"the engine trains NNX models whose state is nnx.Param only; "
                      f"{type(model).__name__} also holds {', '.join(kept[:5])}: pass "
                      f"rngs at call time instead of storing nnx.Rngs, no BatchNorm")
-  return graphdef, params
+  return graphdef, trained, frozen
 
 
 def _axes(variable) -> tuple | None:
@@ -47,11 +55,11 @@ def _axes(variable) -> tuple | None:
   return None
 
 
-def params_of(model: nnx.Module) -> dict:
-  """The model's ``nnx.Param`` state as the engine's parameter tree: a nested dict like
-  ``to_pure_dict()``, leaves with logical axes boxed in ``nn.LogicallyPartitioned``.
+def params_of(model: nnx.Module, wrt: type = nnx.Param) -> dict:
+  """The model's ``wrt`` state as the engine's parameter tree: a nested dict like
+  ``nnx.to_pure_dict``'s, leaves with logical axes boxed in ``nn.LogicallyPartitioned``.
   The arrays are the model's own (not copied)."""
-  _, params = split(model)
+  _, params, _ = split(model, wrt)
   tree: dict = {}
   for path, variable in nnx.to_flat_state(params):
     node = tree
@@ -72,19 +80,21 @@ def leaf_at(tree, path):
   return tree.value if isinstance(tree, nn.Partitioned) else tree
 
 
-def merge(graphdef, state_template, params) -> nnx.Module:
+def merge(graphdef, state_template, params, *frozen) -> nnx.Module:
   """A module of ``graphdef`` holding ``params`` (a tree like :func:`params_of`'s, boxed
-  or not; traceable), its variables' metadata taken from ``state_template``."""
+  or not; traceable), its variables' metadata taken from ``state_template``, and the
+  ``frozen`` states as they are."""
   flat = nnx.to_flat_state(state_template)
   values = [leaf_at(params, path) for path, _ in flat]
   state = jax.tree.unflatten(jax.tree.structure(state_template), values)
-  return nnx.merge(graphdef, state)
+  return nnx.merge(graphdef, state, *frozen)
 
 
 def to_nnx(model: nnx.Module, params: Any) -> nnx.Module:
   """``model`` updated in place to hold ``params`` (a ``TrainState``'s, e.g.
-  ``fit(...).state.params``; boxed or not) and returned; paths and shapes must match."""
-  flat = nnx.to_flat_state(split(model)[1])
+  ``fit(...).state.params``, boxed or not: every parameter the engine trained) and
+  returned; paths and shapes must match."""
+  flat = nnx.to_flat_state(split(model, trained_filter(model))[1])
   for path, variable in flat:
     value = leaf_at(params, path)
     if value.shape != variable.get_value().shape:
