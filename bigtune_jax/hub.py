@@ -22,6 +22,7 @@ and keeps what the checkpoint was besides its weights (``hub_identity.py``).
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +325,21 @@ def save_hf(path: str | os.PathLike, model: nn.Module, params, *,
     (staging / GENERATION).write_text(json.dumps(generation, indent=2, sort_keys=True))
     (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
   return path
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
+                   "tokenizer.model", "chat_template.jinja", "chat_template.json")
+
+
+def copy_tokenizer(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:
+  """Copies the tokenizer files of checkpoint directory ``source`` (those of
+  ``TOKENIZER_FILES`` it has: what ``AutoTokenizer.save_pretrained`` writes) into
+  ``target``, so ``AutoTokenizer.from_pretrained(target)`` loads the same tokenizer;
+  returns the names copied."""
+  source, target = Path(source), Path(target)
+  names = [n for n in TOKENIZER_FILES if (source / n).is_file()]
+  target.mkdir(parents=True, exist_ok=True)
+  for name in names:
+    shutil.copyfile(source / name, target / name)
+  return names
