@@ -45,7 +45,9 @@ from bigtune_jax.tree_paths import path_name
 
 HEAD = "lm_head.weight"
 GENERATION = "generation_config.json"
-OURS = r"model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json"  # what save_hf writes
+# The checkpoint files save_hf writes (and transformers' save_pretrained): an older save's
+# that the new one does not write are removed, or a stale model.safetensors would be read.
+OURS = r"model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # old buffers
 
 
@@ -175,8 +177,12 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
   stored = hub_read.stored_tensors(path)
   tied = _tied(family, config, stored)
   kept = hub_identity.kept(config, hub_read.read_generation_config(path))
-  model = family.model_from_hf(config, dtype=dtype, param_dtype=param_dtype, tied=tied,
-                               kept=kept, **config_overrides)
+  try:
+    model = family.model_from_hf(config, dtype=dtype, param_dtype=param_dtype, tied=tied,
+                                 kept=kept, **config_overrides)
+  except KeyError as e:
+    raise ValueError(f"{path / 'config.json'} has no {e.args[0]!r}, which a "
+                     f"{config['model_type']} config needs") from None
   idx = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), idx))["params"]
   entries = family.entries(model.config)

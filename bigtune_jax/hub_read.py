@@ -54,8 +54,9 @@ def read_config(path: str | os.PathLike) -> dict:
     raise FileNotFoundError(f"{file} is missing: a Hugging Face checkpoint directory holds "
                             f"config.json and model.safetensors")
   config = read_json(file)
-  if "model_type" not in config:
-    raise ValueError(f"{file} has no model_type; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+  if not isinstance(config.get("model_type"), str):
+    raise ValueError(f"{file} has no model_type (a string); supported: "
+                     f"{', '.join(SUPPORTED_MODEL_TYPES)}")
   return config
 
 

@@ -40,10 +40,14 @@ def staged_directory(path: str | os.PathLike, *, last: tuple[str, ...] = (),
   staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
   try:
     yield staging
-    if path.is_dir():
+    new = not path.exists()
+    path.mkdir(exist_ok=True)  # the usual permissions, not the staging directory's 0700
+    try:
       _move_in(staging, path, last, stale)
-    else:
-      staging.rename(path)  # a new folder: one atomic rename
+    except BaseException:
+      if new:
+        path.rmdir()  # empty again: _move_in took its files back out
+      raise
   finally:
     shutil.rmtree(staging, ignore_errors=True)
 
