@@ -83,7 +83,8 @@ def _tied(family, config: dict, stored: dict) -> bool:
   checkpoints with different values, so we will NOT tie them"). Untied, a head that is not
   stored would start at random: refused. A model that cannot hold a head of its own
   (``family.separate_head``: GPT-2) refuses a stored head that differs from the embedding.
-  Only in those two cases are the two tensors read, to compare them.
+  The two tensors are read, to compare them, only where both are stored and the config
+  ties them or the model cannot hold a head of its own.
   """
   tie = config.get("tie_word_embeddings", family.tie_default)
   if HEAD not in stored:
