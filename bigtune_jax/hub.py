@@ -9,18 +9,20 @@ to the tools they serve with through ``save_hf``. Supported ``model_type``s: ``g
 One name-mapping table per family (``hub_tables.py``, as levanter and MaxText do) says which
 transformers tensor feeds which parameter and how its layout changes; per-layer tensors are
 stacked into the scanned ``(n_layer, ...)`` layout. Loading reads every file's header
-first and checks each tensor's presence and shape before anything is read or placed, then
-reads one tensor at a time with the ``safetensors`` package: host memory holds at most one
-stacked parameter beside the arrays already placed. With a ``mesh``, each parameter goes
-straight onto its shards by the logical-axis rules of ``train/sharding.py``.
+first (``hub_read.py``) and checks each tensor's presence and shape before anything is read
+or placed, then reads one tensor at a time with the ``safetensors`` package: host memory
+holds at most one stacked parameter beside the arrays already placed. With a ``mesh``, each
+parameter goes straight onto its shards by the logical-axis rules of ``train/sharding.py``.
+
+A checkpoint is never loaded as a different model: a stored tensor the model has no place
+for, a missing one, or a head its config and tensors disagree on is either read as
+transformers reads it or refused by name. Saving touches only our files (``staged_dir.py``)
+and keeps what the checkpoint was besides its weights (``hub_identity.py``).
 """
 
-import contextlib
 import json
-import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,63 +31,39 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors
 import safetensors.numpy
 
+from bigtune_jax import hub_identity
+from bigtune_jax import hub_read
 from bigtune_jax import hub_tables
-from bigtune_jax.hub_tables import SUPPORTED_MODEL_TYPES
 from bigtune_jax.models.nnx import params as nnx_params
-from bigtune_jax.tree_paths import path_name
 from bigtune_jax import validation
+from bigtune_jax.hub_read import INDEX
+from bigtune_jax.hub_read import SINGLE
+from bigtune_jax.hub_read import read_config  # noqa: F401 (public: bt.hub.read_config)
+from bigtune_jax.models.gpt import FLOAT_DTYPES
+from bigtune_jax.staged_dir import staged_directory
+from bigtune_jax.tree_paths import path_name
 
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
+HEAD = "lm_head.weight"
+GENERATION = "generation_config.json"
+# The checkpoint files save_hf writes (and transformers' save_pretrained): an older save's
+# that the new one does not write are removed, or a stale model.safetensors would be read.
+OURS = r"model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # old buffers
 
 
-def read_config(path: str | os.PathLike) -> dict:
-  """``path/config.json`` as a dict; a clear error when it is missing or not a config."""
-  file = Path(path) / "config.json"
-  if not Path(path).is_dir():
-    raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-  if not file.is_file():
-    raise FileNotFoundError(f"{file} is missing: a Hugging Face checkpoint directory holds "
-                            f"config.json and model.safetensors")
+def _float_dtype(name: str, value: Any) -> jnp.dtype:
+  """``value`` as a dtype, if it is a floating-point one the models take; else ValueError
+  naming the argument."""
   try:
-    config = json.loads(file.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{file} is not valid JSON: {e}") from None
-  if not isinstance(config, dict) or "model_type" not in config:
-    raise ValueError(f"{file} has no model_type; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-  return config
-
-
-def _stored_tensors(path: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
-  """Every stored tensor's file and shape, from the file headers only (no tensor is read).
-
-  The files are those of the index of a sharded checkpoint, or the single file.
-  """
-  if (path / INDEX).is_file():
-    try:
-      weight_map = json.loads((path / INDEX).read_text()).get("weight_map")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-      weight_map = None
-    if not isinstance(weight_map, dict):
-      raise ValueError(f"{path / INDEX} is not a safetensors index (no weight_map)")
-    files = sorted({path / file for file in weight_map.values()})
-    for file in files:
-      if not file.is_file():
-        raise FileNotFoundError(f"shard {file} named in {path / INDEX} is missing")
-  elif (path / SINGLE).is_file():
-    files = [path / SINGLE]
-  else:
-    raise FileNotFoundError(f"{path} has neither {SINGLE} nor {INDEX}")
-  stored = {}
-  for file in files:
-    with safetensors.safe_open(file, framework="np") as f:
-      for name in f.keys():
-        stored[name] = (file, tuple(f.get_slice(name).get_shape()))
-  return stored
+    dtype = None if value is None else jnp.dtype(value)
+  except (TypeError, ValueError):
+    dtype = None
+  if dtype is None or dtype.name not in FLOAT_DTYPES:
+    raise ValueError(f"{name} must be a floating-point dtype ({', '.join(FLOAT_DTYPES)}), "
+                     f"got {value!r}")
+  return dtype
 
 
 def _resolve(name: str, stored: dict) -> str | None:
@@ -98,26 +76,62 @@ def _resolve(name: str, stored: dict) -> str | None:
   return None
 
 
-def _plan(entries, stored_shapes, n_layer):
-  """Checks every tensor an entry needs is stored with the right shape; returns the names."""
+def _tied(family, config: dict, stored: dict) -> bool:
+  """Whether the head is the token embedding, as transformers 5 decides it on load.
+
+  ``tie_word_embeddings`` (absent: ``family.tie_default``) ties ``lm_head.weight`` to the
+  embedding, unless the checkpoint stores both with different values: then transformers
+  keeps the stored head (``PreTrainedModel.tie_weights``: "both are present in the
+  checkpoints with different values, so we will NOT tie them"). Untied, a head that is not
+  stored would start at random: refused. A model that cannot hold a head of its own
+  (``family.separate_head``: GPT-2) refuses a stored head that differs from the embedding.
+  The two tensors are read, to compare them, only where both are stored and the config
+  ties them or the model cannot hold a head of its own.
+  """
+  tie = config.get("tie_word_embeddings", family.tie_default)
+  if HEAD not in stored:
+    if not tie:
+      raise ValueError(f"config.json says tie_word_embeddings=false but the checkpoint "
+                       f"stores no {HEAD}: transformers would start the head at random")
+    return True
+  embedding = _resolve(family.embedding, stored)
+  if embedding is None:
+    return True  # _plan names the missing embedding
+  if family.separate_head and not tie:
+    return False
+  same = stored[embedding].shape == stored[HEAD].shape and np.array_equal(
+      _read(stored[embedding].file, embedding), _read(stored[HEAD].file, HEAD))
+  if not same and not family.separate_head:
+    raise ValueError(f"the checkpoint stores {HEAD} apart from {embedding} with different "
+                     f"values (config tie_word_embeddings={tie}), which transformers uses as a "
+                     f"separate head; models.GPT's head is always its token embedding")
+  return same
+
+
+def _plan(entries, stored, n_layer, duplicates=()):
+  """Checks every tensor an entry needs is stored with the right shape and that every
+  stored tensor has a place (but the old buffers and the tied head's ``duplicates``);
+  returns the names. A tensor transformers would ignore or start at random is refused."""
   names = {}
   for entry in entries:
     layer_names = [entry.hf_name.format(i=i) for i in range(n_layer)] if entry.per_layer else [
         entry.hf_name]
     resolved = []
     for name in layer_names:
-      found = _resolve(name, stored_shapes)
+      found = _resolve(name, stored)
       if found is None:
         raise ValueError(f"tensor {name} is missing from the checkpoint")
-      if stored_shapes[found][1] != entry.hf_shape:
-        raise ValueError(f"tensor {found} has shape {stored_shapes[found][1]}, the config "
+      if stored[found].shape != entry.hf_shape:
+        raise ValueError(f"tensor {found} has shape {stored[found].shape}, the config "
                          f"implies {entry.hf_shape}")
       resolved.append(found)
     names[entry.path] = resolved
-  used = {n for group in names.values() for n in group}
-  extra = sorted(n for n in stored_shapes if n not in used and not n.endswith(IGNORED_SUFFIXES))
+  used = {n for group in names.values() for n in group} | set(duplicates)
+  extra = sorted(n for n in stored if n not in used and not n.endswith(IGNORED_SUFFIXES))
   if extra:
-    logging.warning("load_hf: %d stored tensors are not used: %s", len(extra), extra[:8])
+    raise ValueError(f"the checkpoint stores {len(extra)} tensors the model has no place for, "
+                     f"which would be ignored: {', '.join(extra[:8])}"
+                     f"{' ...' if len(extra) > 8 else ''} (in {stored[extra[0]].file})")
   return names
 
 
@@ -150,48 +164,63 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
     ``(model, params)``: ``params`` is the ``{"params": ...}``-free tree with logical-axis
     boxes, as ``bt.train.init_params`` returns, ready for ``create_train_state``/``fit``.
 
+  The model's config is a ``hub_identity.HubGPTConfig`` / ``HubLlamaConfig``: it also
+  keeps the checkpoint's token ids, other config keys and ``generation_config.json``,
+  which ``save_hf`` writes back.
+
   Raises:
-    FileNotFoundError / ValueError naming the file or tensor: no ``config.json``, an
-    unsupported ``model_type``, a missing shard or tensor, a tensor of the wrong shape, an
-    unknown ``rope_scaling`` type; all before any tensor is read or placed.
+    FileNotFoundError / ValueError naming the file, tensor or argument: no ``config.json``,
+    an unsupported ``model_type``, a missing shard, an unreadable or non-floating-point
+    safetensors file, a missing tensor or one of the wrong shape, a stored tensor the model
+    has no place for, a head the config and tensors disagree on (``_tied``), an unknown
+    ``rope_scaling`` type, a dtype that is not floating point; all before any tensor is
+    placed (and before any is read but the head and embedding ``_tied`` compares).
   """
   validation.check_choice("api", api, ("linen", "nnx"))
   path = Path(path)
+  dtype, param_dtype = _float_dtype("dtype", dtype), _float_dtype("param_dtype", param_dtype)
   config = read_config(path)
   family = hub_tables.family(config["model_type"])
-  param_dtype = jnp.dtype(param_dtype)
-  model = family.model_from_hf(config, dtype=dtype, param_dtype=param_dtype,
-                               **config_overrides)
+  stored = hub_read.stored_tensors(path)
+  tied = _tied(family, config, stored)
+  kept = hub_identity.kept(config, hub_read.read_generation_config(path))
+  try:
+    model = family.model_from_hf(config, dtype=dtype, param_dtype=param_dtype, tied=tied,
+                                 kept=kept, **config_overrides)
+  except KeyError as e:
+    raise ValueError(f"{path / 'config.json'} has no {e.args[0]!r}, which a "
+                     f"{config['model_type']} config needs") from None
   idx = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), idx))["params"]
   entries = family.entries(model.config)
-  stored = _stored_tensors(path)
-  names = _plan(entries, stored, family.n_layer(model.config))
+  names = _plan(entries, stored, family.n_layer(model.config),
+                duplicates=[HEAD] if tied and HEAD in stored else [])
   shardings = _shardings(mesh, abstract) if mesh is not None else {}
-  leaves = {}
-  for entry in entries:
-    host = None  # the stacked parameter, filled one layer at a time
-    for i, name in enumerate(names[entry.path]):
-      part = entry.to_ours(_read(stored[name][0], name))
-      if not entry.per_layer:
-        host = part.astype(param_dtype)
-        break
-      if host is None:
-        host = np.empty((len(names[entry.path]), *part.shape), param_dtype)
-      host[i] = part
-      del part
-    sharding = shardings.get(entry.path)
-    leaves[entry.path] = jax.device_put(host, sharding) if sharding is not None else \
-        jnp.asarray(host)
-    del host
+  leaves = {entry.path: _load(entry, names[entry.path], stored, param_dtype,
+                              shardings.get(entry.path)) for entry in entries}
   if api == "nnx":
     return nnx_params.from_linen(model, _fill(abstract, leaves))
   return model, _fill(abstract, leaves)
 
 
+def _load(entry, names: list[str], stored: dict, param_dtype, sharding) -> jax.Array:
+  """One parameter: its tensors read one at a time into the stacked host array, then
+  placed (onto ``sharding`` when given)."""
+  host = None  # the stacked parameter, filled one layer at a time
+  for i, name in enumerate(names):
+    part = entry.to_ours(_read(stored[name].file, name))
+    if not entry.per_layer:
+      host = part.astype(param_dtype)
+      break
+    if host is None:
+      host = np.empty((len(names), *part.shape), param_dtype)
+    host[i] = part
+    del part
+  return jax.device_put(host, sharding) if sharding is not None else jnp.asarray(host)
+
+
 def _read(file: Path, name: str) -> np.ndarray:
-  with safetensors.safe_open(file, framework="np") as f:
-    return f.get_tensor(name)
+  return hub_read.read_tensor(file, name)
 
 
 def _fill(abstract, leaves: dict):
@@ -270,13 +299,19 @@ def save_hf(path: str | os.PathLike, model: nn.Module, params=None, *,
             max_shard_size: int | str = "5GB", dtype: Any = None) -> Path:
   """Writes ``model``/``params`` as a transformers checkpoint directory at ``path``.
 
-  ``config.json`` plus ``model.safetensors`` or, above ``max_shard_size`` (bytes or
-  ``"100KB"``/``"5GB"``), shards with ``model.safetensors.index.json``;
-  ``transformers.AutoModelForCausalLM.from_pretrained(path)`` loads it. ``params``: as
-  ``load_hf`` returns them (or ``model.init``'s ``{"params": ...}``). ``dtype``: the stored
-  dtype (default: the parameters' own). Host memory holds one shard at a time. The files
-  are written to a temporary directory beside ``path`` and moved into place at the end,
-  so a failed save leaves any checkpoint already at ``path`` as it was. An NNX
+  ``config.json``, ``generation_config.json`` and ``model.safetensors`` or, above
+  ``max_shard_size`` (bytes or ``"100KB"``/``"5GB"``), shards with
+  ``model.safetensors.index.json``; ``transformers.AutoModelForCausalLM.from_pretrained(path)``
+  loads it. ``params``: as ``load_hf`` returns them (or ``model.init``'s
+  ``{"params": ...}``). ``dtype``: the stored floating-point dtype (default: the parameters'
+  own). A model ``load_hf`` returned keeps its checkpoint's token ids, other config keys
+  and generation config (``hub_identity``). Host memory holds one shard at a time.
+
+  Into an existing folder, as ``save_pretrained`` does: our files replace theirs and every
+  other file (a tokenizer, a README, a subfolder) stays; a previous save's checkpoint files
+  this one no longer uses (``model*.safetensors``, the index) are removed. The files are
+  written beside ``path`` first and moved in one by one, configs last
+  (``staged_dir.staged_directory``), so a failed save leaves the old checkpoint as it was. An NNX
   ``bt.models.nnx.GPT`` / ``Llama`` is saved with ``params=None`` (its own).
   """
   if isinstance(model, nnx.Module):
@@ -285,16 +320,16 @@ def save_hf(path: str | os.PathLike, model: nn.Module, params=None, *,
     model, params = nnx_params.to_linen(model)
   family = hub_tables.family_of(model)
   size = _parse_size(max_shard_size)
-  dtype = None if dtype is None else jnp.dtype(dtype)
+  dtype = None if dtype is None else _float_dtype("dtype", dtype)
   path = Path(path)
   if path.exists() and not path.is_dir():
     raise ValueError(f"save_hf path {path} exists and is not a directory")
-  config = family.config_to_hf(model.config)  # refuses what transformers cannot express
+  written = family.config_to_hf(model.config)  # refuses what transformers cannot express
   plan = _save_plan(family, model, params, dtype)
-  config["dtype"] = config["torch_dtype"] = str(dtype or jnp.dtype(plan[0][1].dtype))
+  written["dtype"] = written["torch_dtype"] = str(dtype or jnp.dtype(plan[0][1].dtype))
+  config, generation = hub_identity.files(model.config, written, family.token_ids(model.config))
   shards = _shards(plan, size)
-  with staged_directory(path) as staging:
-    (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+  with staged_directory(path, last=(INDEX, GENERATION, "config.json"), stale=OURS) as staging:
     weight_map = {}
     for i, shard in enumerate(shards):
       file = SINGLE if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -307,36 +342,24 @@ def save_hf(path: str | os.PathLike, model: nn.Module, params=None, *,
       total = sum(item[-1] for item in plan)
       (staging / INDEX).write_text(json.dumps(
           {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (staging / GENERATION).write_text(json.dumps(generation, indent=2, sort_keys=True))
+    (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
   return path
 
 
-@contextlib.contextmanager
-def staged_directory(path: Path):
-  """Yields an empty directory beside ``path`` to write into; on success it replaces
-  ``path`` (an old one is restored if the move fails), on an error it is removed and
-  ``path`` is left as it was."""
-  if path.exists() and not path.is_dir():
-    raise ValueError(f"{path} exists and is not a directory")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-  try:
-    yield staging
-    _replace(staging, path)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
+                   "tokenizer.model", "chat_template.jinja", "chat_template.json")
 
 
-def _replace(staging: Path, path: Path) -> None:
-  """Moves ``staging`` to ``path``; an old ``path`` is restored if the move fails."""
-  if not path.exists():
-    staging.rename(path)
-    return
-  old = path.with_name(f".{path.name}.old")
-  shutil.rmtree(old, ignore_errors=True)
-  path.rename(old)
-  try:
-    staging.rename(path)
-  except BaseException:
-    old.rename(path)
-    raise
-  shutil.rmtree(old)
+def copy_tokenizer(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:
+  """Copies the tokenizer files of checkpoint directory ``source`` (those of
+  ``TOKENIZER_FILES`` it has: what ``AutoTokenizer.save_pretrained`` writes) into
+  ``target``, so ``AutoTokenizer.from_pretrained(target)`` loads the same tokenizer;
+  returns the names copied."""
+  source, target = Path(source), Path(target)
+  names = [n for n in TOKENIZER_FILES if (source / n).is_file()]
+  target.mkdir(parents=True, exist_ok=True)
+  for name in names:
+    shutil.copyfile(source / name, target / name)
+  return names

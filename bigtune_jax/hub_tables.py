@@ -5,6 +5,10 @@ name (``{i}`` for the layer of a stacked parameter) and gives the layout change 
 ``torch.nn.Linear`` stores ``(out, in)``, our ``Dense`` kernels ``(in, out)`` with heads as
 their own axes; GPT-2's ``Conv1D`` already stores ``(in, out)``. Configs map field by field;
 a config that needs something the models do not do is refused with the field named.
+Each family also says how its head relates to its token embedding (``tie_default``: what
+transformers assumes when ``config.json`` has no ``tie_word_embeddings``; ``separate_head``:
+whether our model can hold a head of its own) and builds a ``hub_identity`` config, so what
+the checkpoint was besides its weights is saved back.
 """
 
 import dataclasses
@@ -13,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from bigtune_jax.hub_identity import HubGPTConfig
+from bigtune_jax.hub_identity import HubLlamaConfig
 from bigtune_jax.models.gpt import GPT, GPTConfig
 from bigtune_jax.models.llama import Llama, LlamaConfig
 
@@ -59,9 +65,16 @@ def _entry(path, hf_name, hf_shape, convert=None, per_layer=True):
 class GPT2:
   """``GPT2LMHeadModel`` <-> ``models.GPT(GPTConfig(gelu_approximate=True, ...))``."""
   model_type = "gpt2"
+  embedding = "transformer.wte.weight"
+  tie_default = True  # GPT2Config's
+  separate_head = False  # models.GPT's head is always its token embedding
 
   @staticmethod
-  def model_from_hf(config: dict, dtype: Any, param_dtype: Any, **overrides) -> GPT:
+  def model_from_hf(config: dict, dtype: Any, param_dtype: Any, tied: bool, kept: dict,
+                    **overrides) -> GPT:
+    """``kept``: ``hub_identity.kept``'s fields; ``tied`` must be True (``separate_head``)."""
+    if not tied:
+      raise ValueError("models.GPT ties its head to the token embedding (tied=False given)")
     activation = config.get("activation_function", "gelu_new")
     approximate = {"gelu_new": True, "gelu_pytorch_tanh": True, "gelu": False}.get(activation)
     if approximate is None:
@@ -75,11 +88,11 @@ class GPT2:
                                                           False), ("add_cross_attention", False)):
       if config.get(key, supported) != supported:
         raise ValueError(f"gpt2 {key}={config[key]} is not supported (only {supported})")
-    return GPT(GPTConfig(**{**dict(
+    return GPT(HubGPTConfig(**{**dict(
         vocab_size=config["vocab_size"], block_size=config["n_positions"],
         n_layer=config["n_layer"], n_head=config["n_head"], n_embd=n_embd,
         layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-5), gelu_approximate=approximate,
-        dtype=dtype, param_dtype=param_dtype), **overrides}))
+        dtype=dtype, param_dtype=param_dtype), **kept, **overrides}))
 
   @staticmethod
   def n_layer(cfg: GPTConfig) -> int:
@@ -118,8 +131,12 @@ class GPT2:
                 n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=None,
                 activation_function="gelu_new" if cfg.gelu_approximate else "gelu",
                 layer_norm_epsilon=cfg.layer_norm_epsilon, resid_pdrop=cfg.dropout,
-                embd_pdrop=cfg.dropout, attn_pdrop=0.0, tie_word_embeddings=True,
-                bos_token_id=cfg.vocab_size - 1, eos_token_id=cfg.vocab_size - 1)
+                embd_pdrop=cfg.dropout, attn_pdrop=0.0, tie_word_embeddings=True)
+
+  @staticmethod
+  def token_ids(cfg: GPTConfig) -> dict:
+    """A fresh model's token ids: GPT-2's single end-of-text token, the last id."""
+    return dict(bos_token_id=cfg.vocab_size - 1, eos_token_id=cfg.vocab_size - 1)
 
 
 def _rope(config: dict) -> tuple[float, dict | None]:
@@ -137,11 +154,16 @@ class LlamaFamily:
   """``LlamaForCausalLM`` / ``MistralForCausalLM`` / ``Qwen2ForCausalLM`` <-> ``models.Llama``."""
   ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                    "qwen2": "Qwen2ForCausalLM"}
+  embedding = "model.embed_tokens.weight"
+  tie_default = False  # LlamaConfig's, MistralConfig's and Qwen2Config's
+  separate_head = True
 
   def __init__(self, model_type: str):
     self.model_type = model_type
 
-  def model_from_hf(self, config: dict, dtype: Any, param_dtype: Any, **overrides) -> Llama:
+  def model_from_hf(self, config: dict, dtype: Any, param_dtype: Any, tied: bool, kept: dict,
+                    **overrides) -> Llama:
+    """``tied``: whether the head is the token embedding; ``kept``: ``hub_identity.kept``'s."""
     if config.get("hidden_act", "silu") != "silu":
       raise ValueError(f"{self.model_type} hidden_act must be 'silu', got {config['hidden_act']!r}")
     if config.get("mlp_bias", False):
@@ -162,10 +184,9 @@ class LlamaFamily:
         attention_bias=bias or self.model_type == "qwen2",
         o_proj_bias=bias and self.model_type == "llama",
         sliding_window=self._sliding_window(config),
-        tie_word_embeddings=config.get("tie_word_embeddings", False),
-        model_type=self.model_type, dtype=dtype,
+        tie_word_embeddings=tied, model_type=self.model_type, dtype=dtype,
         param_dtype=param_dtype)
-    return Llama(LlamaConfig(**{**fields, **overrides}))
+    return Llama(HubLlamaConfig(**{**fields, **kept, **overrides}))
 
   def _sliding_window(self, config: dict) -> int | None:
     """The window any layer attends within, as transformers decides it; None when none.
@@ -184,6 +205,11 @@ class LlamaFamily:
       if not config.get("use_sliding_window", False) or "sliding_attention" not in layers:
         return None
     return window
+
+  @staticmethod
+  def token_ids(cfg: LlamaConfig) -> dict:
+    """A fresh model has none (transformers' classes have their own defaults)."""
+    return {}
 
   @staticmethod
   def n_layer(cfg: LlamaConfig) -> int:
@@ -242,8 +268,10 @@ class LlamaFamily:
     elif self.model_type == "mistral":
       config.update(sliding_window=cfg.sliding_window)
     else:  # every layer slides: the same as any split for sequences within the window
+      kind = "full_attention" if cfg.sliding_window is None else "sliding_attention"
       config.update(use_sliding_window=cfg.sliding_window is not None,
-                    sliding_window=cfg.sliding_window, max_window_layers=0)
+                    sliding_window=cfg.sliding_window, max_window_layers=0,
+                    layer_types=[kind] * cfg.num_hidden_layers)
     return config
 
 

@@ -100,6 +100,15 @@ def pretrain(config, workdir):
   return hub.save_hf(os.path.join(workdir, "base"), model, result.state.params)
 
 
+def save_merged(directory, model, params, base_dir):
+  """The merged model as a Hugging Face checkpoint with the base's tokenizer files, so
+  ``AutoTokenizer.from_pretrained(directory)`` loads the base's tokenizer (without them it
+  would build an empty one)."""
+  hub.save_hf(directory, model, params)
+  hub.copy_tokenizer(base_dir, directory)
+  return directory
+
+
 def target_splits(config, workdir):
   """The fine-tuning domain's train / validation / test windows, and the model's vocab."""
   text = config["train_text"]
@@ -278,7 +287,7 @@ def main(argv=None) -> dict:
     runner.curves["lora_search"] = best["curve"]
     lora, p = best["lora"], best["params"]
     merged = lora.merge(params, best["adapters"], alpha=p["alpha"], rank=p["rank"])
-    hub.save_hf(os.path.join(workdir, "merged"), model, merged)
+    save_merged(os.path.join(workdir, "merged"), model, merged, base_dir)
     finetune.save_peft(os.path.join(workdir, "adapter"), lora, best["adapters"],
                        alpha=p["alpha"], rank=p["rank"], base_model_name_or_path=str(base_dir))
     # r (in + out) per adapted layer: the stored rank's count, scaled to the member's rank

@@ -23,7 +23,6 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from bigtune_jax import hub
 from bigtune_jax import hub_tables
 from bigtune_jax import tree_paths
 from bigtune_jax.finetune.adapters import LORA_A
@@ -32,6 +31,7 @@ from bigtune_jax.finetune.adapters import LoRA
 from bigtune_jax.finetune.adapters import linear_layers
 from bigtune_jax.finetune import nnx_lora
 from bigtune_jax.models.nnx import params as nnx_params
+from bigtune_jax.staged_dir import staged_directory
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _PREFIX = "base_model.model."
@@ -106,7 +106,7 @@ def save_peft(path: str | os.PathLike, lora: LoRA, lora_params=None, *, alpha=No
       "init_lora_weights": True, "modules_to_save": None,
       "base_model_name_or_path": base_model_name_or_path}
   path = Path(path)
-  with hub.staged_directory(path) as staging:
+  with staged_directory(path, last=(CONFIG,)) as staging:
     (staging / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     safetensors.numpy.save_file(tensors, staging / WEIGHTS, metadata={"format": "pt"})
   return path
