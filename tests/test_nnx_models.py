@@ -2,6 +2,12 @@
 table for hub.load_hf / save_hf, equal logits to the linen model and to transformers, and
 the same training trajectory through the engine."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from flax import nnx
 import flax.linen as nn
 import jax
@@ -18,6 +24,7 @@ from bigtune_jax.models import nnx as nnx_models  # noqa: E402
 from bigtune_jax.models.nnx import params as nnx_params  # noqa: E402
 from tests import test_hub  # noqa: E402  (its tiny random transformers checkpoints)
 
+ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("gpt2", "llama_gqa_llama3", "qwen2", "mistral")
 
 
@@ -111,3 +118,26 @@ def test_linen_and_nnx_from_one_checkpoint_train_the_same_20_steps(checkpoints, 
       np.asarray(trained(jnp.asarray(tokens[:2, :-1]))),
       np.asarray(results[0].state.apply_fn({"params": results[0].state.params},
                                            jnp.asarray(tokens[:2, :-1]))), atol=1e-5)
+
+
+def test_an_nnx_llama_loads_and_trains_on_an_fsdp_by_tensor_mesh_as_the_linen_one(
+    checkpoints, tmp_path):
+  hf_model, path = checkpoints["llama_gqa_llama3"]
+  tokens = np.random.default_rng().integers(0, 300, (16, 9)).astype(np.int32)
+  np.save(tmp_path / "tokens.npy", tokens)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+  subprocess.run([sys.executable, "-m", "tests.nnx_mesh_worker", str(path), str(tmp_path)],
+                 check=True, env=env, cwd=ROOT, timeout=300)
+  report = json.loads((tmp_path / "report.json").read_text())
+  assert report["devices"] == 8
+  np.testing.assert_allclose(np.load(tmp_path / "logits.npy"),
+                             test_hub._torch_logits(hf_model, tokens[:2, :-1]), atol=1e-4)
+  loaded = report["loaded"]  # the linen rules' placement (tests/test_hub.py's 8-device test)
+  assert loaded["layers/self_attn/q_proj/kernel"] == [None, "fsdp", "tensor", None]
+  assert loaded["layers/mlp/gate_proj/kernel"] == [None, "fsdp", "tensor"]
+  assert loaded["embed_tokens/embedding"] == ["tensor", "fsdp"]
+  assert report["nnx_trained"] == report["linen_trained"]
+  assert report["nnx_trained"]["layers/self_attn/q_proj/kernel"] == loaded[
+      "layers/self_attn/q_proj/kernel"]
+  np.testing.assert_allclose(report["nnx_losses"], report["linen_losses"], rtol=1e-6)
