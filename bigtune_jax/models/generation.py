@@ -145,7 +145,8 @@ def generate(model, params, prompt_ids, max_new_tokens: int, *, temperature: flo
   Returns:
     ``(B, T0 + max_new_tokens)`` int32: each prompt, left-padded with ``pad_id`` to ``T0``,
     followed by its new tokens; prompt ``i`` and its continuation are
-    ``ids[i, T0 - len(prompt_ids[i]):]``. Greedy rows equal what each prompt gives alone.
+    ``ids[i, -(len(prompt_ids[i]) + max_new_tokens):]``. Greedy rows equal what each prompt
+    gives alone.
   """
   cfg = model.config
   _token_id("pad_id", pad_id, cfg.vocab_size)
