@@ -154,20 +154,28 @@ def test_bad_prompts_are_refused(tiny):
       models.generate(model, params, prompt, 4)
 
 
-def test_greedy_equals_transformers_generate(tmp_path):
-  torch = pytest.importorskip("torch")
+def tiny_hf_models(tmp_path):
+  """``[(name, transformers model, our model, params)]``: a tiny random Llama and GPT-2 made
+  by transformers (seeded by the caller), saved and loaded back through ``hub.load_hf``."""
   transformers = pytest.importorskip("transformers")
   from bigtune_jax import hub  # pylint: disable=import-outside-toplevel
-  torch.manual_seed(0)
   small = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                num_attention_heads=4)
+  loaded = []
   for name, hf_model in (
       ("llama", transformers.LlamaForCausalLM(transformers.LlamaConfig(
           **small, num_key_value_heads=2))),
       ("gpt2", transformers.GPT2LMHeadModel(transformers.GPT2Config(
           vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4)))):
     hf_model.eval().save_pretrained(tmp_path / name)
-    model, params = hub.load_hf(tmp_path / name, dtype=jnp.float32)
+    loaded.append((name, hf_model, *hub.load_hf(tmp_path / name, dtype=jnp.float32)))
+  return loaded
+
+
+def test_greedy_equals_transformers_generate(tmp_path):
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(0)
+  for _, hf_model, model, params in tiny_hf_models(tmp_path):
     prompt = _prompt(batch=3, length=6, vocab=300, seed=1)
     expected = hf_model.generate(torch.tensor(prompt), do_sample=False, max_new_tokens=20,
                                  min_new_tokens=20, eos_token_id=None, pad_token_id=0).numpy()

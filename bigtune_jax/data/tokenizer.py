@@ -8,10 +8,16 @@ library that writes ``tokenizer.json``, so ids equal ``transformers.AutoTokenize
 Rare Words with Subword Units", 2016; GPT-2's byte-level variant, Radford et al. 2019):
 every string round-trips, whatever its script.
 
-All three share one interface: ``encode(text) -> list[int]``, ``encode_batch``,
-``decode(ids)``, ``vocab_size``, ``eos_id`` (None when the vocabulary has none;
-``require_eos(purpose)`` then raises a clear error) and ``fingerprint`` (a hash of the
+All three share one interface: ``encode(text, add_special_tokens=True) -> list[int]``,
+``encode_batch``, ``decode(ids)``, ``vocab_size``, ``eos_id`` (None when the vocabulary has
+none; ``require_eos(purpose)`` then raises a clear error) and ``fingerprint`` (a hash of the
 vocabulary and rules, which keys token caches).
+
+Special tokens follow transformers: with ``add_special_tokens=True`` (its default) the
+``tokenizer.json``'s post-processor adds what it adds (a Llama-style ``TemplateProcessing``
+puts BOS first; GPT-2's ``ByteLevel`` adds nothing), so ``encode(text)`` equals
+``transformers.AutoTokenizer.from_pretrained(path)(text)["input_ids"]``; ``False`` gives the
+text's tokens alone. ``ByteTokenizer`` and ``train_bpe``'s tokenizers have no post-processor.
 """
 
 import hashlib
@@ -37,17 +43,25 @@ class ByteTokenizer:
   def __repr__(self) -> str:
     return f"ByteTokenizer(eos={self.eos_id is not None})"
 
-  def encode(self, text: str) -> list[int]:
+  def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    _check_flag(add_special_tokens)  # bytes have no special tokens to add
     return list(text.encode("utf-8"))
 
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return [self.encode(t) for t in texts]
+  def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True
+                   ) -> list[list[int]]:
+    return [self.encode(t, add_special_tokens) for t in texts]
 
   def decode(self, ids: Iterable[int]) -> str:
     return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
 
   def require_eos(self, purpose: str) -> int:
     return _require_eos(self, purpose, "use ByteTokenizer(eos=True)")
+
+
+def _check_flag(add_special_tokens) -> bool:
+  if not isinstance(add_special_tokens, bool):
+    raise ValueError(f"add_special_tokens must be a bool, got {add_special_tokens!r}")
+  return add_special_tokens
 
 
 def _require_eos(tokenizer, purpose: str, remedy: str) -> int:
@@ -68,11 +82,14 @@ class Tokenizer:
   def __repr__(self) -> str:
     return f"Tokenizer(vocab_size={self.vocab_size}, eos_id={self.eos_id})"
 
-  def encode(self, text: str) -> list[int]:
-    return self.tokenizer.encode(text, add_special_tokens=False).ids
+  def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    """``text``'s ids; ``add_special_tokens`` lets the post-processor add its tokens (BOS)."""
+    return self.tokenizer.encode(text, add_special_tokens=_check_flag(add_special_tokens)).ids
 
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+  def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True
+                   ) -> list[list[int]]:
+    return [e.ids for e in self.tokenizer.encode_batch(
+        list(texts), add_special_tokens=_check_flag(add_special_tokens))]
 
   def decode(self, ids: Iterable[int]) -> str:
     return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)

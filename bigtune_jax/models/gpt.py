@@ -176,7 +176,7 @@ def _layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
 class CausalSelfAttention(nn.Module):
   """Multi-head self-attention where position t sees positions <= t.
 
-  With ``layer_cache = (keys, values, length)`` the queries sit at positions ``length ...``
+  With ``layer_cache = (keys, values, length, start)`` the queries sit in slots ``length ...``
   and attend over the cache (``kv_cache.cached_attention``); the updated ``(keys, values)``
   are returned beside the output.
   """
@@ -226,20 +226,20 @@ class Block(nn.Module):
   """Pre-LayerNorm Transformer block; the ``(carry, xs)`` signature ``nn.scan`` needs.
 
   ``layer_cache``: this layer's ``(keys, values)`` of a ``KVCache`` (scanned over layers),
-  ``length`` its filled positions (broadcast); both None without a cache.
+  ``cache_index`` its ``(length, start)`` (broadcast); both None without a cache.
   """
   config: GPTConfig
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array, layer_cache=None, length=None):
+  def __call__(self, x: jax.Array, layer_cache=None, cache_index=None):
     cfg = self.config
     h = _layer_norm(cfg, "ln_1")(x)
     attention = CausalSelfAttention(cfg, name="attn")
     if layer_cache is None:
       x = x + attention(h, self.deterministic)
     else:
-      h, layer_cache = attention(h, self.deterministic, (*layer_cache, length))
+      h, layer_cache = attention(h, self.deterministic, (*layer_cache, *cache_index))
       x = x + h
     x = x + FeedForward(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x), self.deterministic)
     return x, layer_cache  # (B, T, C)
@@ -253,8 +253,9 @@ class GPT(nn.Module):
   With ``targets`` (word ids ``(B, T)``) the call returns the float32 cross-entropy of each
   position ``(B, T)`` instead, through the fused chunked head (``tied_head.py``): the same
   values as ``optax.softmax_cross_entropy_with_integer_labels(logits, targets)`` without
-  the logits in memory. With ``cache`` (from :meth:`init_cache`) the tokens sit at positions
-  ``cache.length ...`` and the call returns ``(logits, cache)`` (generation: ``generation.py``).
+  the logits in memory. With ``cache`` (from :meth:`init_cache`) the tokens fill its slots
+  ``cache.length ...``, at positions ``cache.positions(T)`` (left padding masked out), and the
+  call returns ``(logits, cache)`` (generation: ``generation.py``).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -280,8 +281,8 @@ class GPT(nn.Module):
                      cfg.param_dtype)  # (block_size, C)
     if cache is None:
       positions = wpe[:t]
-    else:  # the tokens sit at positions cache.length ... cache.length + t - 1
-      positions = jax.lax.dynamic_slice_in_dim(wpe, cache.length, t)
+    else:  # (B, T, C); padding (negative positions, masked out) reads position 0
+      positions = jnp.take(wpe, cache.positions(t), axis=0, mode="clip")
     x = (jnp.take(wte.embedding, idx, axis=0) + positions).astype(cfg.dtype)  # (B, T, C)
     x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
 
@@ -291,8 +292,8 @@ class GPT(nn.Module):
                      in_axes=(0, nn.broadcast), unroll=cfg.scan_unroll,
                      metadata_params={nn.PARTITION_NAME: "layers"})
     xs = None if cache is None else (cache.key, cache.value)
-    length = None if cache is None else cache.length
-    x, new_layers = blocks(cfg, deterministic=not train, name="h")(x, xs, length)  # (B, T, C)
+    index = None if cache is None else (cache.length, cache.start)
+    x, new_layers = blocks(cfg, deterministic=not train, name="h")(x, xs, index)  # (B, T, C)
     x = _layer_norm(cfg, "ln_f")(x)
     # Tied head: wte.attend(x), with float32 accumulation and output; or the fused losses.
     logits = decoder_math.decoder_output(x, wte.embedding, targets, cfg)  # (B, T, V)

@@ -201,10 +201,11 @@ def rope_frequencies(config: LlamaConfig) -> jax.Array:
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-  """Rotates ``x`` ``(B, T, heads, d)`` by ``positions`` ``(T,)`` (half-split layout)."""
-  angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # (T, d/2)
-  cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[None, :, None, :]  # (1, T, 1, d)
-  sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[None, :, None, :]
+  """Rotates ``x`` ``(B, T, heads, d)`` by ``positions`` ``(T,)`` or ``(B, T)`` (one per
+  row: left-padded generation) in the half-split layout."""
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (T, d/2) or (B, T, d/2)
+  cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[..., None, :]  # (T, 1, d) or (B, T, 1, d)
+  sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[..., None, :]
   x32 = x.astype(jnp.float32)
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], -1)  # rotate_half
@@ -249,8 +250,7 @@ class Attention(nn.Module):
       y = jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                        implementation=attention_implementation(cfg))
     else:
-      cache_key, cache_value, length = layer_cache
-      y, cache_key, cache_value = cached_attention(q, k, v, cache_key, cache_value, length)
+      y, cache_key, cache_value = cached_attention(q, k, v, *layer_cache)
       layer_cache = (cache_key, cache_value)
     y = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_proj_bias,
                         dtype=cfg.dtype, param_dtype=cfg.param_dtype,
@@ -280,21 +280,22 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, carry, layer_cache):
-    x, positions, length = carry
-    cache = None if layer_cache is None else (*layer_cache, length)
+    x, positions, cache_index = carry  # cache_index: the cache's (length, start), or None
+    cache = None if layer_cache is None else (*layer_cache, *cache_index)
     h, layer_cache = Attention(self.config, name="self_attn")(
         RMSNorm(self.config, name="input_layernorm")(x), positions, cache)
     x = x + h
     x = x + SwiGLU(self.config, name="mlp")(RMSNorm(self.config, name="post_attention_layernorm")(x))
-    return (x, positions, length), layer_cache
+    return (x, positions, cache_index), layer_cache
 
 
 class Llama(nn.Module):
   """Token ids ``(B, T)`` -> float32 logits ``(B, T, vocab_size)``.
 
   ``targets`` ``(B, T)``: per-token cross-entropy ``(B, T)`` through the fused head instead.
-  ``cache`` (from :meth:`init_cache`): the tokens sit at positions ``cache.length ...``, and
-  the call returns ``(logits, cache)`` with the new keys and values written.
+  ``cache`` (from :meth:`init_cache`): the tokens fill slots ``cache.length ...`` at
+  positions ``cache.positions(T)`` (left padding masked out), and the call returns
+  ``(logits, cache)`` with the new keys and values written.
   ``train`` is accepted for the engine's sake (the family has no dropout).
   """
   config: LlamaConfig
@@ -313,14 +314,16 @@ class Llama(nn.Module):
                      param_dtype=cfg.param_dtype, embedding_init=_init(("vocab", "embed")),
                      name="embed_tokens")
     x = jnp.take(embed.embedding, idx, axis=0).astype(cfg.dtype)  # (B, T, C)
-    length = jnp.zeros((), jnp.int32) if cache is None else cache.length
-    positions = length + jnp.arange(idx.shape[1])
+    if cache is None:
+      positions, index = jnp.arange(idx.shape[1]), None  # (T,)
+    else:
+      positions, index = cache.positions(idx.shape[1]), (cache.length, cache.start)  # (B, T)
     layer = nn.remat(DecoderLayer, prevent_cse=False) if cfg.remat else DecoderLayer
     layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                      length=cfg.num_hidden_layers, unroll=cfg.scan_unroll,
                      metadata_params={nn.PARTITION_NAME: "layers"})
     xs = None if cache is None else (cache.key, cache.value)
-    (x, _, _), new_layers = layers(cfg, name="layers")((x, positions, length), xs)
+    (x, _, _), new_layers = layers(cfg, name="layers")((x, positions, index), xs)
     x = RMSNorm(cfg, name="norm")(x)
     if cfg.tie_word_embeddings:
       head = embed.embedding  # (V, C)
@@ -331,7 +334,7 @@ class Llama(nn.Module):
     if targets is not None or cache is None:
       return logits
     key, value = new_layers
-    return logits, cache.replace(key=key, value=value, length=length + idx.shape[1])
+    return logits, cache.replace(key=key, value=value, length=cache.length + idx.shape[1])
 
   def init_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
     """An empty cache for ``batch_size`` sequences of up to ``max_len`` positions
