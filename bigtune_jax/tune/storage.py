@@ -166,8 +166,10 @@ def _open_rdb(storage: str, heartbeat_interval: int, grace_period: int | None,
               max_retry=MAX_RETRY)))
     except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
       if not _is_creation_race(error) or attempt == _CREATE_TRIES - 1:
-        raise ValueError(f"storage {shown!r} cannot be opened: "
-                         f"{_reason(error, url, connect_timeout)}") from None
+        reason = (f"Optuna's tables were still being created by another worker after "
+                  f"{_CREATE_TRIES} tries ({error.orig!r})" if _is_creation_race(error)
+                  else _reason(error, url, connect_timeout))
+        raise ValueError(f"storage {shown!r} cannot be opened: {reason}") from None
       time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # let the winner finish
     except (ImportError, sqlalchemy.exc.SQLAlchemyError, OSError) as error:
       raise ValueError(f"storage {shown!r} cannot be opened: "
