@@ -13,7 +13,8 @@ study's finished trials over it. The ideal is ``workers x 4 x 60 / seconds``; th
 the storage and the sampler.
 
 The storage's own cost per trial: one process asks and tells trials (random sampler, no
-training) against each storage and against memory; the difference is the storage's.
+training) against each storage and against memory; the difference is the storage's. TPE's
+own cost, in memory, is given beside it.
 
 Without ``--postgres`` a private PostgreSQL 16 server is started (``pgserver``, the test
 extra) in a temporary folder and removed at the end.
@@ -35,14 +36,15 @@ from tests import study_worker
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_workers(url: str, workers: int, budget: int, seconds: float) -> dict:
+def run_workers(url: str, workers: int, budget: int, seconds: float, sampler: str) -> dict:
   """``workers`` processes released together on a new study at ``url``."""
   barrier = tempfile.mkdtemp(prefix="bigtune-go-")
   go = os.path.join(barrier, "go")
   study = f"bench_{uuid.uuid4().hex[:8]}"  # a new study, even on a given server
   procs = [subprocess.Popen(
       [sys.executable, "-m", "tests.study_worker", url, f"w{i}", str(budget), "--seed", str(i),
-       "--seconds", str(seconds), "--go", go, "--study", study], stdout=subprocess.PIPE,
+       "--seconds", str(seconds), "--go", go, "--study", study,
+       "--sampler", sampler, "--grace", "30"], stdout=subprocess.PIPE,
       text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO)) for i in range(workers)]
   for proc in procs:
     if proc.stdout.readline().strip() != "ready":
@@ -61,9 +63,9 @@ def run_workers(url: str, workers: int, budget: int, seconds: float) -> dict:
           "ideal_per_min": round(workers * study_worker.SIZE * 60 / seconds, 1)}
 
 
-def storage_cost(url: str | None, trials: int) -> float:
-  """Milliseconds per trial of ask + tell (random sampler, heartbeats on) in one process."""
-  search = tune.OptunaSearch(study_worker.SPACE, sampler="random", storage=url,
+def storage_cost(url: str | None, trials: int, sampler: str = "random") -> float:
+  """Milliseconds per trial of ask + tell (heartbeats on) in one process."""
+  search = tune.OptunaSearch(study_worker.SPACE, sampler=sampler, storage=url,
                              study_name="cost", heartbeat_interval=60)
   start = time.perf_counter()
   for _ in range(trials // study_worker.SIZE):
@@ -85,6 +87,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--budget", type=int, default=48)
   parser.add_argument("--seconds", type=float, default=0.4)
   parser.add_argument("--cost-trials", type=int, default=40)
+  parser.add_argument("--sampler", default="random", choices=("random", "tpe"),
+                      help="the workers' sampler (random: the storage is what is measured)")
   parser.add_argument("--postgres", default="", help="a server URL; default: start one")
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
@@ -100,10 +104,12 @@ def main(argv=None) -> dict:
   try:
     for kind, url in urls.items():
       for workers in map(int, args.workers.split(",")):
-        rows.append({"storage": kind, **run_workers(url(), workers, args.budget, args.seconds)})
+        rows.append({"storage": kind, **run_workers(url(), workers, args.budget, args.seconds,
+                                                       args.sampler)})
         print(rows[-1], flush=True)
     cost = {kind: storage_cost(url(), args.cost_trials) for kind, url in urls.items()}
     cost["memory"] = storage_cost(None, args.cost_trials)
+    cost["memory, tpe"] = storage_cost(None, args.cost_trials, "tpe")  # the sampler's own
   finally:
     if server is not None:
       server.cleanup()

@@ -3,7 +3,8 @@ benchmarks/study_workers.py: the loop of the tuning experiments (``common.budget
 ``ask_populations``, ``tell``) with a population that "trains" by sleeping.
 
   python -m tests.study_worker STORAGE NAME BUDGET [--role all|worker] [--seconds S]
-      [--hang-after N] [--go FILE] [--seed N] [--study NAME]
+      [--hang-after N] [--go FILE] [--seed N] [--study NAME] [--sampler tpe|random]
+      [--grace S]
 
 Prints ``told N N ...`` after each population it finished, ``hanging N ...`` when it stops
 in the middle of its population number ``--hang-after`` (to be SIGKILLed), and ``done``.
@@ -37,13 +38,17 @@ def main(argv=None) -> None:
   parser.add_argument("--go", default="")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--study", default="shared", help="the study's name in the storage")
+  parser.add_argument("--sampler", default="tpe", choices=tune.optuna_search.SAMPLERS)
+  parser.add_argument("--grace", type=int, default=2,
+                      help="seconds without heartbeat before a trial is failed (beats: 1 s)")
   args = parser.parse_args(argv)
   if args.go:
     print("ready", flush=True)
     while not os.path.exists(args.go):
       time.sleep(0.001)
-  searcher = tune.OptunaSearch(SPACE, seed=args.seed, storage=args.storage,
-                               study_name=args.study, heartbeat_interval=1, grace_period=2)
+  searcher = tune.OptunaSearch(SPACE, seed=args.seed, sampler=args.sampler,
+                               storage=args.storage, study_name=args.study,
+                               heartbeat_interval=1, grace_period=args.grace)
   populations = 0
   for want in common.budget(searcher, args.budget, args.role, poll_s=0.2):
     for group in searcher.ask_populations(min(LEADERS, -(-want // SIZE)), SIZE):

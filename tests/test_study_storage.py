@@ -15,11 +15,16 @@ import pytest
 
 from bigtune_jax import tune
 from experiments import common
+from experiments import finetune_lm
 from experiments import tune as tune_experiment
+from experiments import tune_lm
 from tests import study_worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("postgresql", "journal")
+# One xdist worker runs this file, so that one PostgreSQL server (a session fixture, asked
+# for by name inside `storage`) serves all of it.
+pytestmark = pytest.mark.xdist_group("tests.test_study_storage")
 
 
 @pytest.fixture(params=KINDS)
@@ -54,7 +59,8 @@ def test_workers_started_together_share_the_budget_without_duplicates(storage, t
   creation race (PostgreSQL refused two of three before), none trains a trial another has,
   and together they stop at the budget with no gap in the trial numbers."""
   budget, go = 24, tmp_path / "go"
-  workers = [_start(storage, f"w{i}", budget, "--go", str(go), "--seed", str(i))
+  workers = [_start(storage, f"w{i}", budget, "--go", str(go), "--seed", str(i),
+                    "--grace", "30")  # no worker dies here, however slow the machine
              for i in range(3)]
   for worker in workers:  # imports done: release them together
     assert worker.stdout.readline().strip() == "ready", worker.communicate()
@@ -125,11 +131,12 @@ def test_a_bad_url_or_password_fails_at_once_naming_the_masked_url(postgres, tmp
     assert str(error.value).startswith(f"storage '{tune.storage.masked(url)}' cannot be opened")
     assert reason in str(error.value) and "secret" not in str(error.value)
   assert time.time() - start < 10
-  workdir = tmp_path / "run"  # the experiment: one usage error, before any file of its own
-  with pytest.raises(ValueError, match=r"storage 'postgresql://bigtune:\*\*\*@/study_"):
-    tune_experiment.main(["--workdir", str(workdir), "--preset", "tiny",
-                          "--set", f"storage={wrong}"])
-  assert not workdir.exists()
+  workdir = tmp_path / "run"  # every searching experiment: one error, before any work or file
+  for experiment in (tune_experiment, tune_lm, finetune_lm):
+    with pytest.raises(ValueError, match=r"storage 'postgresql://bigtune:\*\*\*@/study_"):
+      experiment.main(["--workdir", str(workdir), "--preset", "tiny",
+                       "--set", f"storage={wrong}"])
+    assert not workdir.exists()
   with pytest.raises(ValueError, match="--set role must be one of all, worker, got 'boss'"):
     tune_experiment.main(["--workdir", str(workdir), "--set", "role=boss"])
 
@@ -176,3 +183,20 @@ def test_budget_counts_every_worker_and_a_worker_does_not_wait(tmp_path):
   start = time.time()
   assert list(common.budget(mine, 3, "all", poll_s=0.05)) == []
   assert time.time() - start >= 0.5 and len(mine.results) == 3
+
+
+def test_a_live_worker_whose_trial_was_failed_drops_its_result(tmp_path):
+  """Another worker failed this one's trial (its heartbeats were late: an overloaded
+  machine): ``report`` says stop, ``tell`` warns and drops the result, nothing raises."""
+  url = f"journal:{tmp_path}/s.log"
+  search = tune.OptunaSearch(study_worker.SPACE, storage=url, study_name="late")
+  late, kept = search.ask(2)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    optuna.load_study(study_name="late", storage=tune.storage.open_storage(url)).tell(
+        late.number, state=optuna.trial.TrialState.FAIL)
+  assert search.report(late, 0, 0.5) is True and search.report(kept, 0, 0.5) is False
+  with pytest.warns(UserWarning, match="trial 0 was failed by another worker"):
+    search.tell(late, 0.5, attrs={"worker": "me"})
+  search.tell(kept, 0.7)
+  assert [(r.number, r.value) for r in search.results] == [(1, 0.7)]

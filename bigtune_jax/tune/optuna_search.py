@@ -24,6 +24,7 @@ import math
 import threading
 import time
 from typing import Any
+import warnings
 
 import numpy as np
 
@@ -227,34 +228,50 @@ class OptunaSearch(Searcher):
     return trials
 
   def report(self, trial: Trial, step: int, value: float) -> bool:
-    """Records an intermediate validation metric; True means the pruner says stop."""
+    """Records an intermediate validation metric; True means the pruner says stop (or the
+    trial was failed meanwhile: see :meth:`tell`)."""
+    import optuna  # pylint: disable=g-import-not-at-top
     self._check_pending(trial)
     validation.check_int("step", step, 0)
     optuna_trial = self._optuna_trials[trial.number]
-    optuna_trial.report(float(value), int(step))
+    try:
+      optuna_trial.report(float(value), int(step))
+    except optuna.exceptions.UpdateFinishedTrialError:
+      return True  # failed as stale by another worker: training it on is wasted
     return bool(optuna_trial.should_prune())
 
   def tell(self, trial: Trial, value: float | None, state: str = "complete",
            attrs: Mapping[str, float | str] | None = None) -> None:
     """Finishes a trial in the study: ``"complete"`` with its value, or ``"pruned"`` /
     ``"failed"`` with ``None``. ``attrs`` (numbers or strings, e.g. a second metric) are
-    stored with it (Optuna user attributes), for every worker to read in :attr:`records`."""
+    stored with it (Optuna user attributes), for every worker to read in :attr:`records`.
+
+    A trial whose heartbeats stopped reaching the storage for ``grace_period`` seconds (an
+    overloaded or partitioned worker) may have been failed by another worker, and its
+    parameters queued again: its result is then dropped with a warning."""
     import optuna  # pylint: disable=g-import-not-at-top
     self._check_pending(trial)
     state = self._final_state(value, state)
     for key, item in (attrs or {}).items():
       if not isinstance(key, str) or not isinstance(item, (int, float, str)):
         raise ValueError(f"attrs must map names to numbers or strings, got {key!r}: {item!r}")
-      self._optuna_trials[trial.number].set_user_attr(key, item)
     stop = self._heartbeats.pop(trial.number, None)
     if stop is not None:
       stop.set()
+    optuna_trial = self._optuna_trials.pop(trial.number)
+    del self._pending[trial.number]
     optuna_state = {"complete": optuna.trial.TrialState.COMPLETE,
                     "pruned": optuna.trial.TrialState.PRUNED,
                     "failed": optuna.trial.TrialState.FAIL}[state]
-    self.study.tell(self._optuna_trials.pop(trial.number),
-                    float(value) if state == "complete" else None, state=optuna_state)
-    del self._pending[trial.number]
+    try:
+      for key, item in (attrs or {}).items():
+        optuna_trial.set_user_attr(key, item)
+      self.study.tell(optuna_trial, float(value) if state == "complete" else None,
+                      state=optuna_state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+      warnings.warn(f"trial {trial.number} was failed by another worker (no heartbeat for "
+                    "grace_period seconds) and queued again; its result is dropped",
+                    stacklevel=2)
 
   @property
   def results(self) -> list[TrialResult]:
