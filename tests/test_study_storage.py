@@ -1,6 +1,7 @@
 """Many workers on one study (issue 24): a real PostgreSQL server (the ``postgres`` fixture,
 ``pgserver``) and a journal file, real worker processes (``tests/study_worker.py``)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -200,3 +201,24 @@ def test_a_live_worker_whose_trial_was_failed_drops_its_result(tmp_path):
     search.tell(late, 0.5, attrs={"worker": "me"})
   search.tell(kept, 0.7)
   assert [(r.number, r.value) for r in search.results] == [(1, 0.7)]
+
+
+def test_a_worker_only_searches_and_the_other_run_reports_the_whole_study(tmp_path,
+                                                                          monkeypatch):
+  """README's two commands, tiny: ``role=worker`` fills the study's budget and exits
+  without a final model; the run without it finds the budget met, trains no trial, and
+  retrains and reports the best of the worker's trials (read back from the study)."""
+  url = f"journal:{tmp_path}/shared.log"
+  worker = tune_experiment.main(["--workdir", str(tmp_path / "w1"), "--preset", "tiny",
+                                 "--set", f"storage={url}", "--set", "role=worker"])
+  assert worker["role"] == "worker" and worker["trials"] == 4
+  assert not (tmp_path / "w1" / "final").exists()
+  assert not (tmp_path / "w1" / "study.log").exists()  # the study is in the shared storage
+  monkeypatch.setattr(tune_experiment, "train_group",
+                      lambda *args: pytest.fail("the budget was met: no trial trains again"))
+  summary = tune_experiment.main(["--workdir", str(tmp_path / "all"), "--preset", "tiny",
+                                  "--set", f"storage={url}"])
+  assert summary["trials"] == 4 and (tmp_path / "all" / "report.md").exists()
+  rows = [json.loads(line) for line in (tmp_path / "w1" / "trials.jsonl").read_text().splitlines()]
+  best = max(rows, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+  assert summary["best_config"] == {k: best[k] for k in summary["best_config"]}
