@@ -53,17 +53,17 @@ from experiments import common
 
 _SPACE = dict(lr_range=(1e-3, 0.5), momentum_max=0.95, weight_decay_range=(1e-6, 1e-3))
 PRESETS = {
-    "tiny": dict(_SPACE, **common.STUDY, hidden=(16,), layers=(1,), batch_sizes=(64,), rounds=1, leaders=2,
+    "tiny": dict(_SPACE, hidden=(16,), layers=(1,), batch_sizes=(64,), rounds=1, leaders=2,
                  population=2, search_epochs=1, final_epochs=2, patience=2, sampler="tpe",
-                 pruner="none", seed=0),
+                 pruner="none", seed=0, **common.STUDY),
     # 4 rounds x 2 leaders x 8 = 64 trials, at most 8 structures compiled.
-    "small": dict(_SPACE, **common.STUDY, hidden=(64, 128, 256), layers=(1, 2), batch_sizes=(32, 64, 128),
+    "small": dict(_SPACE, hidden=(64, 128, 256), layers=(1, 2), batch_sizes=(32, 64, 128),
                   rounds=4, leaders=2, population=8, search_epochs=10, final_epochs=60,
-                  patience=10, sampler="tpe", pruner="none", seed=0),
-    "full": dict(_SPACE, **common.STUDY, hidden=(64, 128, 256, 512, 1024), layers=(1, 2, 3),
+                  patience=10, sampler="tpe", pruner="none", seed=0, **common.STUDY),
+    "full": dict(_SPACE, hidden=(64, 128, 256, 512, 1024), layers=(1, 2, 3),
                  batch_sizes=(16, 32, 64, 128), rounds=8, leaders=4, population=64,
                  search_epochs=30, final_epochs=200, patience=20, sampler="tpe",
-                 pruner="median", seed=0),
+                 pruner="median", seed=0, **common.STUDY),
 }
 CONTINUOUS = ("learning_rate", "momentum", "weight_decay")
 STRUCTURE = ("hidden", "layers", "batch_size")
