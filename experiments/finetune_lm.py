@@ -223,7 +223,8 @@ def search_adapters(runner: Runner, config, workdir):
                       state="complete" if math.isfinite(value) else "failed")
         if math.isfinite(value) and (best is None or value < best["val_loss"]):
           best = {"val_loss": value, "trial": trial.number, "params": dict(trial.params),
-                  "lora": lora, "adapters": result.member(i),
+                  "lora": lora, "adapters": finetune.member_adapters(
+                      result.member(i), trial.params["rank"], trial.params["alpha"]),
                   "curve": [(row["step"], row["val_loss"][i]) for row in result.history]}
   if best is None:
     raise RuntimeError("finetune_lm: every adapter trial was pruned or diverged")
@@ -276,14 +277,12 @@ def main(argv=None) -> dict:
     best, searcher, member_steps = search_adapters(runner, config, workdir)
     searched.update(best=best, searcher=searcher, member_steps=member_steps)
     runner.curves["lora_search"] = best["curve"]
-    lora, p = best["lora"], best["params"]
-    merged = lora.merge(params, best["adapters"], alpha=p["alpha"], rank=p["rank"])
+    lora, adapters = best["lora"], best["adapters"]  # Adapters: the member's rank, alpha
+    merged = lora.merge(params, adapters)
     hub.save_hf(os.path.join(workdir, "merged"), model, merged)
-    finetune.save_peft(os.path.join(workdir, "adapter"), lora, best["adapters"],
-                       alpha=p["alpha"], rank=p["rank"], base_model_name_or_path=str(base_dir))
-    # r (in + out) per adapted layer: the stored rank's count, scaled to the member's rank
-    count = finetune.adapter_parameter_count(best["adapters"]) * p["rank"] // lora.rank
-    return merged, count
+    finetune.save_peft(os.path.join(workdir, "adapter"), lora, adapters,
+                       base_model_name_or_path=str(base_dir))
+    return merged, finetune.adapter_parameter_count(adapters)
 
   timed("lora_search", best_lora)
   for row in rows.values():

@@ -15,6 +15,7 @@ from bigtune_jax.finetune import Adapters
 from bigtune_jax.finetune import LoRA
 from bigtune_jax.finetune import adapter_parameter_count
 from bigtune_jax.finetune import load_peft
+from bigtune_jax.finetune import member_adapters
 from bigtune_jax.finetune import save_peft
 
 TINY = {"gpt": (models.GPT(models.GPTConfig.tiny()), ("c_attn", "attn/c_proj")),
@@ -168,6 +169,18 @@ PEFT_CASES = {"gpt2": (("c_attn", "attn/c_proj"), True),  # attn/c_proj: a regex
               "llama": (("q_proj", "v_proj", "o_proj", "down_proj"), False)}
 
 
+def _trained_in_peft(hf, directory, **config):
+  """A peft LoRA model of ``hf`` whose adapters are random (as if trained), saved in
+  ``directory``."""
+  peft_model = peft.get_peft_model(hf, peft.LoraConfig(**config))
+  with torch.no_grad():
+    for name, p in peft_model.named_parameters():
+      if "lora_" in name:
+        p.normal_(0, 0.05)
+  peft_model.save_pretrained(directory)
+  return peft_model
+
+
 @pytest.mark.parametrize("kind", sorted(PEFT_CASES))
 def test_peft_loads_our_adapter_with_equal_logits_and_we_load_it_back(kind, tmp_path):
   hf = _hf(kind)
@@ -195,13 +208,8 @@ def test_an_adapter_trained_in_peft_loads_with_equal_logits(kind, tmp_path):
   hf.save_pretrained(tmp_path / "base")
   model, params = hub.load_hf(tmp_path / "base", dtype=jnp.float32)
   names = ["c_attn", "c_fc"] if kind == "gpt2" else ["k_proj", "up_proj"]
-  peft_model = peft.get_peft_model(hf, peft.LoraConfig(
-      r=2, lora_alpha=5, target_modules=names, fan_in_fan_out=kind == "gpt2"))
-  with torch.no_grad():
-    for name, p in peft_model.named_parameters():
-      if "lora_" in name:
-        p.normal_(0, 0.05)
-  peft_model.save_pretrained(tmp_path / "adapter")
+  peft_model = _trained_in_peft(hf, tmp_path / "adapter", r=2, lora_alpha=5,
+                               target_modules=names, fan_in_fan_out=kind == "gpt2")
   lora, lora_params = load_peft(tmp_path / "adapter", model)
   idx = np.random.default_rng(2).integers(0, 128, (2, 9))
   np.testing.assert_allclose(lora.apply(params, lora_params, jnp.asarray(idx)),
@@ -243,7 +251,12 @@ def test_a_population_member_exports_at_its_own_rank_and_alpha(tmp_path):
   model, params = _base(tmp_path)
   lora = LoRA(model, targets=("q_proj", "v_proj"), rank=8, alpha=16.0)
   stored = _perturbed(lora.init(jax.random.key(3), params), seed=4, scale=0.05)
-  member = Adapters(_cut(stored, 2), rank=2, alpha=4.0)
+  member = member_adapters(stored, 2, 4.0)  # what a population's member(i) is
+  assert (member.rank, member.alpha) == (2, 4.0)
+  jax.tree.map(np.testing.assert_array_equal, member.params, _cut(stored, 2))
+  assert member_adapters(member, 2, 4.0) is member
+  with pytest.raises(ValueError, match="alpha=16.0 contradicts the adapters' own alpha=4.0"):
+    member_adapters(member, 2, 16.0)
   idx = np.random.default_rng(5).integers(0, 128, (2, 9))
   ours = np.asarray(lora.apply(params, member, jnp.asarray(idx)))
   np.testing.assert_allclose(  # the same as the population's masked view of the member
@@ -311,12 +324,7 @@ def test_a_peft_adapter_on_some_layers_loads_with_equal_logits(config, tmp_path)
   """Issue 21 item 7: the layers an adapter leaves out load as A = B = 0, and it saves
   back as PEFT wrote it (the same modules, equal logits)."""
   model, params = _base(tmp_path)
-  peft_model = peft.get_peft_model(_hf("llama"), peft.LoraConfig(r=2, lora_alpha=3, **config))
-  with torch.no_grad():
-    for name, p in peft_model.named_parameters():
-      if "lora_" in name:
-        p.normal_(0, 0.05)
-  peft_model.save_pretrained(tmp_path / "adapter")
+  peft_model = _trained_in_peft(_hf("llama"), tmp_path / "adapter", r=2, lora_alpha=3, **config)
   lora, lora_params = load_peft(tmp_path / "adapter", model)
   idx = np.random.default_rng(9).integers(0, 128, (2, 9))
   expected = _logits(peft_model.eval(), idx)

@@ -16,9 +16,10 @@ Seed 001 §3.2's steps, each a piece here:
 Parameters are chosen by path (``hidden_0/kernel``) with prefixes or predicates (``paths``).
 """
 
-from bigtune_jax.finetune.adapters import Adapters
+from bigtune_jax.finetune.carried import Adapters
 from bigtune_jax.finetune.adapters import LoRA
-from bigtune_jax.finetune.adapters import adapter_parameter_count
+from bigtune_jax.finetune.carried import adapter_parameter_count
+from bigtune_jax.finetune.carried import member_adapters
 from bigtune_jax.finetune.groups import freeze
 from bigtune_jax.finetune.groups import param_groups
 from bigtune_jax.finetune.groups import trainable_parameter_count
@@ -40,6 +41,7 @@ __all__ = (
     "linear_layers",
     "load_peft",
     "load_pretrained",
+    "member_adapters",
     "param_groups",
     "path_name",
     "save_peft",

@@ -26,10 +26,10 @@ from bigtune_jax import hub
 from bigtune_jax import hub_tables
 from bigtune_jax import tree_paths
 from bigtune_jax.finetune import targets
-from bigtune_jax.finetune.adapters import LORA_A
-from bigtune_jax.finetune.adapters import LORA_B
+from bigtune_jax.finetune.carried import LORA_A
+from bigtune_jax.finetune.carried import LORA_B
 from bigtune_jax.finetune.adapters import LoRA
-from bigtune_jax.finetune.adapters import unpack
+from bigtune_jax.finetune.carried import unpack
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _PREFIX = "base_model.model."
