@@ -262,6 +262,11 @@ def test_all_linear_leaves_out_what_trains_in_full_and_merge_refuses_misfit_tree
   with pytest.raises(ValueError, match="'head/scale' is not a parameter of params"):
     lora.merge(params, {"head": {"scale": jnp.zeros(3)},
                         "hidden_0": {"lora_a": jnp.zeros((12, 2)), "lora_b": jnp.zeros((2, 16))}})
+  with pytest.raises(ValueError, match=r"'head/bias' has shape \(4,\); params' 'head/bias' has \(3,\)"):
+    lora.merge(params, {"head": {"bias": jnp.zeros(4)},
+                        "hidden_0": {"lora_a": jnp.zeros((12, 2)), "lora_b": jnp.zeros((2, 16))}})
+  with pytest.raises(ValueError, match=r"Adapters\(rank=3\) hold lora_a of rank 2"):
+    lora.merge(params, ft.Adapters(lora.init(jax.random.key(0), params, x), rank=3, alpha=1.0))
   with pytest.raises(ValueError, match="example must be given for MLP"):
     lora.init(jax.random.key(0), params)
 

@@ -38,7 +38,9 @@ def _perturbed(lora_params, seed=1, scale=0.1):
 
 def _cut(tree, rank):
   """The first ``rank`` columns of every ``lora_a`` and rows of every ``lora_b``."""
-  cut = lambda path, x: x[..., :rank] if "lora_a" in jax.tree_util.keystr(path) else x[..., :rank, :]
+  def cut(path, x):
+    return x[..., :rank] if "lora_a" in jax.tree_util.keystr(path) else x[..., :rank, :]
+
   return jax.tree_util.tree_map_with_path(cut, tree)
 
 
@@ -137,6 +139,19 @@ def test_bad_settings_are_named():
                      (dict(dropout=1.0), "dropout"), (dict(rslora=1), "rslora")):
     with pytest.raises(ValueError, match=match):
       LoRA(model, **bad)
+
+
+def test_also_train_trains_in_full_beside_the_adapters_and_has_no_peft_form(tmp_path):
+  model, params, _ = _setup("llama")
+  lora = LoRA(model, targets=("q_proj",), rank=2, also_train=("norm",))
+  tree = lora.init(jax.random.key(0), params)
+  assert set(tree) == {"layers", "norm"}
+  trained = _perturbed(tree)
+  np.testing.assert_allclose(lora.apply(params, trained, IDX),
+                             model.apply({"params": lora.merge(params, trained)}, IDX), atol=2e-5)
+  with pytest.raises(ValueError, match="'norm/scale', a parameter trained in full"):
+    save_peft(tmp_path / "adapter", lora, trained)
+  assert not (tmp_path / "adapter").exists()
 
 
 # --- PEFT, against the peft library ------------------------------------------------------

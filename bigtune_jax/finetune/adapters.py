@@ -60,6 +60,7 @@ from bigtune_jax.finetune.carried import unpack
 from bigtune_jax.finetune.targets import LinearLayer
 from bigtune_jax.train.step import LossFn
 
+
 def _check_rank(rank, layers: Sequence[LinearLayer]) -> None:
   validation.check_int("rank", rank, 1)
   for layer in layers:
@@ -143,13 +144,13 @@ class LoRA:
 
   def init(self, rng: jax.Array, params, example=None, *, dtype=jnp.float32) -> dict:
     """The trainable tree ``{layer path: {"lora_a": (*stack, in, r), "lora_b": (*stack, r,
-    out)}}`` nested like ``params`` (at ``self.rank``, read at ``self.alpha``), plus copies of the
-    ``also_train`` parameters; ``A`` uniform in ``±1/sqrt(in)`` column by column (zero on
-    stacked layers the targets leave out), ``B = 0``. ``example``: an input batch, for a
-    model that is not a language model."""
-    layers = self.layers(params, example)
+    out)}}`` nested like ``params`` (at ``self.rank``, read at ``self.alpha``), plus copies
+    of the ``also_train`` parameters; ``A`` uniform in ``±1/sqrt(in)`` column by column
+    (zero on stacked layers the targets leave out), ``B = 0``. ``example``: an input batch,
+    for a model that is not a language model."""
+    layers, full = self.layers(params, example), set(self.full_paths(params))
     flat = {p: jnp.copy(v) for p, v in tree_paths.flatten(nn.unbox(params)).items()
-            if p in set(self.full_paths(params))}  # copies: fit donates its params
+            if p in full}  # copies: fit donates its params
     for layer, key in zip(layers, jax.random.split(rng, len(layers))):
       bound = 1.0 / math.sqrt(layer.n_in)
       # column j from fold_in(key, j): rank r's A is the first r columns of rank r_max's
@@ -238,10 +239,14 @@ class LoRA:
     lora = tree_paths.flatten(tree)
     adapted = {path.rpartition("/")[0] for path in lora if path.endswith("/" + LORA_A)}
     replaced = {p: v for p, v in lora.items() if p.rpartition("/")[0] not in adapted}
-    have = set(tree_paths.leaf_paths(nn.unbox(params)))
-    missing = sorted({f"{p}/kernel" for p in adapted} - have) + sorted(set(replaced) - have)
+    have = {p: jnp.shape(v) for p, v in tree_paths.flatten(nn.unbox(params)).items()}
+    missing = sorted(({f"{p}/kernel" for p in adapted} | set(replaced)) - set(have))
     if missing:
       raise ValueError(f"lora_params: {missing[0]!r} is not a parameter of params")
+    for path, value in replaced.items():
+      if jnp.shape(value) != have[path]:
+        raise ValueError(f"lora_params: {path!r} has shape {jnp.shape(value)}; params' "
+                         f"{path!r} has {have[path]}")
 
     def merged(key_path, leaf):
       name = tree_paths.path_name(key_path)

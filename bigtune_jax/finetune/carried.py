@@ -30,8 +30,9 @@ class Adapters:
 
   ``params`` is ``{layer path: {"lora_a": (*stack, in, rank), "lora_b": (*stack, rank,
   out)}}`` plus any parameter trained in full (``LoRA.also_train``), nested like the
-  model's parameters (a pytree node; train ``params``: flax's ``TrainState`` takes a tree
-  with ``in``, which an ``Adapters`` is not); ``rank`` and ``alpha`` are static metadata.
+  model's parameters (a pytree node; to train, give the train state ``params``: flax's
+  ``TrainState.create`` tests ``key in params``, which an ``Adapters`` does not support);
+  ``rank`` and ``alpha`` are static metadata.
   A population member (``result.member(i)``) is one of these, sliced to its own rank.
   """
   params: Any

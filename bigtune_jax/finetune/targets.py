@@ -83,8 +83,8 @@ def linear_layers(model: nn.Module, params, example=None) -> dict[str, LinearLay
   def record(next_fun, args, kwargs, context):
     module = context.module
     if context.method_name == "__call__" and is_linear(module):
-      found["/".join(module.path)] = (in_axes(module),
-                                      tuple(jnp.shape(nn.unbox(module.get_variable("params", "kernel")))))
+      kernel = nn.unbox(module.get_variable("params", "kernel"))
+      found["/".join(module.path)] = (in_axes(module), tuple(jnp.shape(kernel)))
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
