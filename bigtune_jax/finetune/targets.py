@@ -174,8 +174,9 @@ def select_layers(layers: Mapping[str, LinearLayer], targets,
     hits = {p: _chosen_indices(layers[p], target, modules) for p in sorted(layers)}
     hits = {p: idx for p, idx in hits.items() if idx is not False}
     if not hits:
+      dotted = [n for layer in layers.values() for _, n in dotted_names(layer, modules)[:1]]
       raise ValueError(f"targets: {target!r} names no Dense layer of this model; its layers "
-                       f"are: {names}")
+                       f"are: {names} (as dotted module names: {', '.join(sorted(dotted))})")
     for path, indices in hits.items():
       chosen[path] = _merge_indices(chosen[path], indices) if path in chosen else indices
   return [dataclasses.replace(layers[p], indices=idx) for p, idx in chosen.items()]
