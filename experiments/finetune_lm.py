@@ -236,7 +236,8 @@ def search_adapters(runner: Runner, config, searcher):
                       state="complete" if math.isfinite(value) else "failed")
         if math.isfinite(value) and (best is None or value < best["val_loss"]):
           best = {"val_loss": value, "trial": trial.number, "params": dict(trial.params),
-                  "lora": lora, "adapters": result.member(i),
+                  "lora": lora, "adapters": finetune.member_adapters(
+                      result.member(i), trial.params["rank"], trial.params["alpha"]),
                   "curve": [(row["step"], row["val_loss"][i]) for row in result.history]}
   if config["role"] == "worker":
     return best, searcher, member_steps
@@ -256,7 +257,8 @@ def train_again(runner: Runner, config, trial) -> dict:
   result = runner.adapters(lora, {name: [p[name]] for name in ADAPTER_HPARAMS}, None,
                            p["schedule"])
   return {"val_loss": float(result.final["val_loss"][0]), "trial": trial.number,
-          "params": dict(p), "lora": lora, "adapters": result.member(0),
+          "params": dict(p), "lora": lora,
+          "adapters": finetune.member_adapters(result.member(0), p["rank"], p["alpha"]),
           "curve": [(row["step"], row["val_loss"][0]) for row in result.history]}
 
 
@@ -312,14 +314,12 @@ def main(argv=None) -> dict:
     best, _, member_steps = search_adapters(runner, config, searcher)
     searched.update(best=best, searcher=searcher, member_steps=member_steps)
     runner.curves["lora_search"] = best["curve"]
-    lora, p = best["lora"], best["params"]
-    merged = lora.merge(params, best["adapters"], alpha=p["alpha"], rank=p["rank"])
+    lora, adapters = best["lora"], best["adapters"]  # Adapters: the member's rank, alpha
+    merged = lora.merge(params, adapters)
     save_merged(os.path.join(workdir, "merged"), model, merged, base_dir)
-    finetune.save_peft(os.path.join(workdir, "adapter"), lora, best["adapters"],
-                       alpha=p["alpha"], rank=p["rank"], base_model_name_or_path=str(base_dir))
-    # r (in + out) per adapted layer: the stored rank's count, scaled to the member's rank
-    count = finetune.adapter_parameter_count(best["adapters"]) * p["rank"] // lora.rank
-    return merged, count
+    finetune.save_peft(os.path.join(workdir, "adapter"), lora, adapters,
+                       base_model_name_or_path=str(base_dir))
+    return merged, finetune.adapter_parameter_count(adapters)
 
   timed("lora_search", best_lora)
   for row in rows.values():
