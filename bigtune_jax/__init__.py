@@ -32,7 +32,7 @@ from bigtune_jax import models  # noqa: E402
 __version__ = "0.1.0"
 
 # Imported on first use (PEP 562), so a plain ``import bigtune_jax`` stays as fast as the
-# transforms: bt.train.fit, bt.tune.OptunaSearch, bt.compress.prune, bt.finetune.lora_init,
+# transforms: bt.train.fit, bt.tune.OptunaSearch, bt.compress.prune, bt.finetune.LoRA,
 # bt.hub.load_hf.
 _LAZY_SUBPACKAGES = ("compress", "finetune", "hub", "train", "tune")
 

@@ -59,12 +59,12 @@ PRESETS = {
                  finetune_steps=20, batch_size=8, learning_rate=3e-3,
                  finetune_learning_rate=1e-3, head_learning_rate=3e-3, lora_rank=4,
                  population=4, rounds=1, eval_every=10, source_kb=48, seed=0,
-                 checkpoint="", train_text=""),
+                 checkpoint="", train_text="", **common.STUDY),
     "small": dict(hidden_size=96, n_layer=3, n_head=4, block_size=64, pretrain_steps=400,
                   finetune_steps=100, batch_size=16, learning_rate=3e-3,
                   finetune_learning_rate=1e-3, head_learning_rate=3e-3, lora_rank=8,
                   population=6, rounds=2, eval_every=20, source_kb=256, seed=0,
-                  checkpoint="", train_text=""),
+                  checkpoint="", train_text="", **common.STUDY),
 }
 CHECKS = {"n_head": common.integer(1)}
 TARGETS = {"qv": ("q_proj", "v_proj"), "all": "all-linear"}  # GPT-2: c_attn, all-linear
@@ -145,6 +145,7 @@ def adapter_optimizer(steps: int, schedule: str = "cosine"):
 
 
 SCHEDULES = ("constant", "cosine")
+ADAPTER_HPARAMS = ("learning_rate", "alpha", "weight_decay", "warmup_fraction", "rank")
 
 
 class Runner:
@@ -191,30 +192,33 @@ def lora_targets(model, key: str):
   return TARGETS[key]
 
 
-def search_adapters(runner: Runner, config, workdir):
-  """Rounds of ``population`` Optuna trials; each round's trials grouped by target modules
-  and schedule, each group one adapter population (ranks masked, pruned members compacted
-  away)."""
+def make_searcher(config, workdir):
+  """The Optuna study of the adapters (TPE, median pruning), in ``WORKDIR/study.journal``
+  or ``--set storage=URL``: opened before any work, so a bad storage fails at once."""
   space = tune.Space({"learning_rate": tune.LogUniform(1e-4, 3e-2),
                       "alpha": tune.Uniform(2.0, 64.0), "weight_decay": tune.Uniform(0.0, 0.1),
                       "warmup_fraction": tune.Uniform(0.0, 0.3),
                       "rank": tune.Int(1, config["lora_rank"]),
                       "targets": tune.Choice(sorted(TARGETS)),
                       "schedule": tune.Choice(SCHEDULES)})
-  searcher = tune.OptunaSearch(space, seed=config["seed"], mode="min",
-                               pruner="median",
-                               storage=f"journal:{os.path.join(workdir, 'study.journal')}")
+  return common.make_searcher(space, {"sampler": "tpe", "pruner": "median", **config},
+                              workdir, study_name="bigtune", mode="min",
+                              journal="study.journal")
+
+
+def search_adapters(runner: Runner, config, searcher):
+  """Rounds of ``population`` Optuna trials until the study's budget; each round's trials
+  grouped by target modules and schedule, each group one adapter population (ranks masked,
+  pruned members compacted away)."""
   best = None
   member_steps = {"trained": 0, "all_members": 0}
-  while len(searcher.results) < config["rounds"] * config["population"]:
-    trials = searcher.ask(config["population"])
+  for want in common.budget(searcher, config["rounds"] * config["population"], config["role"]):
+    trials = searcher.ask(min(config["population"], want))
     for key, schedule in sorted({(t.params["targets"], t.params["schedule"]) for t in trials}):
       group = [t for t in trials if (t.params["targets"], t.params["schedule"]) == (key, schedule)]
       lora = finetune.LoRA(runner.model, targets=lora_targets(runner.model, key),
                            rank=config["lora_rank"])
-      hparams = {name: [t.params[name] for t in group]
-                 for name in ("learning_rate", "alpha", "weight_decay", "warmup_fraction",
-                              "rank")}
+      hparams = {name: [t.params[name] for t in group] for name in ADAPTER_HPARAMS}
 
       def on_eval(step, metrics, group=group):
         return [bool(np.isfinite(v)) and searcher.report(t, step, float(v))
@@ -232,21 +236,41 @@ def search_adapters(runner: Runner, config, workdir):
                       state="complete" if math.isfinite(value) else "failed")
         if math.isfinite(value) and (best is None or value < best["val_loss"]):
           best = {"val_loss": value, "trial": trial.number, "params": dict(trial.params),
-                  "lora": lora, "adapters": result.member(i),
+                  "lora": lora, "adapters": finetune.member_adapters(
+                      result.member(i), trial.params["rank"], trial.params["alpha"]),
                   "curve": [(row["step"], row["val_loss"][i]) for row in result.history]}
+  if config["role"] == "worker":
+    return best, searcher, member_steps
+  if searcher.best is not None and (best is None or searcher.best.number != best["trial"]):
+    best = train_again(runner, config, searcher.best)  # another worker's, or an earlier run's
   if best is None:
     raise RuntimeError("finetune_lm: every adapter trial was pruned or diverged")
   return best, searcher, member_steps
+
+
+def train_again(runner: Runner, config, trial) -> dict:
+  """The adapters of a finished trial of the study, trained again as a population of one
+  (a member trains as it would alone)."""
+  p = trial.params
+  lora = finetune.LoRA(runner.model, targets=lora_targets(runner.model, p["targets"]),
+                       rank=config["lora_rank"])
+  result = runner.adapters(lora, {name: [p[name]] for name in ADAPTER_HPARAMS}, None,
+                           p["schedule"])
+  return {"val_loss": float(result.final["val_loss"][0]), "trial": trial.number,
+          "params": dict(p), "lora": lora,
+          "adapters": finetune.member_adapters(result.member(0), p["rank"], p["alpha"]),
+          "curve": [(row["step"], row["val_loss"][0]) for row in result.history]}
 
 
 def main(argv=None) -> dict:
   workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
                                               checks=CHECKS)
   start = time.time()
-  if config["checkpoint"]:
-    base_dir = config["checkpoint"]
+  base_dir = config["checkpoint"]
+  if base_dir:
     hub.read_config(base_dir)  # a clear error before any work
-  else:
+  searcher = make_searcher(config, workdir)  # a storage that cannot be opened, too
+  if not base_dir:
     base_dir = pretrain(config, workdir)
   model, params = hub.load_hf(base_dir, dtype=jnp.float32)  # as a user loads GPT-2
   if config["block_size"] > model.config.block_size:
@@ -255,6 +279,11 @@ def main(argv=None) -> dict:
   splits = target_splits(config, workdir)
   common.check_batch_size("batch_size", config["batch_size"], splits["train"])
   runner = Runner(model, params, splits, config, workdir)
+  if config["role"] == "worker":  # search only: the run without it trains, tests, exports
+    search_adapters(runner, config, searcher)
+    return common.finish(workdir, {"experiment": "finetune_lm", "preset": preset,
+                                   "role": "worker", "search_trials": len(searcher.results)},
+                         start)
   rows = {"base": {"test_loss": runner.test_loss(params), "trainable": 0, "wall_s": 0.0}}
   total = finetune.trainable_parameter_count(params)
 
@@ -282,17 +311,15 @@ def main(argv=None) -> dict:
   searched = {}
 
   def best_lora():
-    best, searcher, member_steps = search_adapters(runner, config, workdir)
+    best, _, member_steps = search_adapters(runner, config, searcher)
     searched.update(best=best, searcher=searcher, member_steps=member_steps)
     runner.curves["lora_search"] = best["curve"]
-    lora, p = best["lora"], best["params"]
-    merged = lora.merge(params, best["adapters"], alpha=p["alpha"], rank=p["rank"])
+    lora, adapters = best["lora"], best["adapters"]  # Adapters: the member's rank, alpha
+    merged = lora.merge(params, adapters)
     save_merged(os.path.join(workdir, "merged"), model, merged, base_dir)
-    finetune.save_peft(os.path.join(workdir, "adapter"), lora, best["adapters"],
-                       alpha=p["alpha"], rank=p["rank"], base_model_name_or_path=str(base_dir))
-    # r (in + out) per adapted layer: the stored rank's count, scaled to the member's rank
-    count = finetune.adapter_parameter_count(best["adapters"]) * p["rank"] // lora.rank
-    return merged, count
+    finetune.save_peft(os.path.join(workdir, "adapter"), lora, adapters,
+                       base_model_name_or_path=str(base_dir))
+    return merged, finetune.adapter_parameter_count(adapters)
 
   timed("lora_search", best_lora)
   for row in rows.values():

@@ -14,6 +14,10 @@
    every later population of the same structure; trials must not recompile. Each trial's
    validation accuracy after ``search_epochs`` epochs is told to the searcher
    (intermediate ones are reported, for ``--set pruner=median``).
+   Many workers, on one machine or many, share one study with ``--set storage=URL``
+   (``postgresql://...``, or ``journal:PATH`` on a shared filesystem): each trains its own
+   populations until the study's budget is met; those started with ``--set role=worker``
+   then exit, and the one run without it waits for them and alone does steps 2 and 3.
 2. **Final training** of the best trial (highest validation accuracy, ties to the lower
    validation loss) with ``bigtune_jax.train.fit``: up to ``final_epochs`` epochs,
    evaluated every epoch, ``bt.reduce_on_plateau`` and ``bt.EarlyStopping`` on the
@@ -27,7 +31,6 @@ Data: the native 8 x 8 digits (64 inputs); the 28 x 28 upsampled view holds the 
 information, was no more accurate in our runs and costs 12 times the compute.
 """
 
-import collections
 import functools
 import json
 import os
@@ -52,15 +55,15 @@ _SPACE = dict(lr_range=(1e-3, 0.5), momentum_max=0.95, weight_decay_range=(1e-6,
 PRESETS = {
     "tiny": dict(_SPACE, hidden=(16,), layers=(1,), batch_sizes=(64,), rounds=1, leaders=2,
                  population=2, search_epochs=1, final_epochs=2, patience=2, sampler="tpe",
-                 pruner="none", seed=0),
+                 pruner="none", seed=0, **common.STUDY),
     # 4 rounds x 2 leaders x 8 = 64 trials, at most 8 structures compiled.
     "small": dict(_SPACE, hidden=(64, 128, 256), layers=(1, 2), batch_sizes=(32, 64, 128),
                   rounds=4, leaders=2, population=8, search_epochs=10, final_epochs=60,
-                  patience=10, sampler="tpe", pruner="none", seed=0),
+                  patience=10, sampler="tpe", pruner="none", seed=0, **common.STUDY),
     "full": dict(_SPACE, hidden=(64, 128, 256, 512, 1024), layers=(1, 2, 3),
                  batch_sizes=(16, 32, 64, 128), rounds=8, leaders=4, population=64,
                  search_epochs=30, final_epochs=200, patience=20, sampler="tpe",
-                 pruner="median", seed=0),
+                 pruner="median", seed=0, **common.STUDY),
 }
 CONTINUOUS = ("learning_rate", "momentum", "weight_decay")
 STRUCTURE = ("hidden", "layers", "batch_size")
@@ -114,41 +117,33 @@ def train_group(searcher, trials, splits, config) -> list[dict]:
       accuracy, loss = (float(result.final[k][i]) for k in ("val_accuracy", "val_loss"))
       pruned = bool(result.stopped[i])
       searcher.tell(trial, None if pruned else accuracy, state="pruned" if pruned else
-                    "complete")
+                    "complete", **common.attrs(searcher, val_accuracy=accuracy, val_loss=loss))
       records.append({"number": trial.number, **trial.params, "val_accuracy": accuracy,
                       "val_loss": loss, "pruned": pruned})
   return records
 
 
-def load_records(path: str, per_round: int) -> list[dict]:
-  """The trials of the complete rounds in ``path`` (those of an interrupted round are
-  dropped: the round runs again); the file is rewritten with them."""
-  rows = []
-  if os.path.exists(path):
-    with open(path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
-  counts = collections.Counter(r["round"] for r in rows)
-  rows = [r for r in rows if counts[r["round"]] == per_round]
-  with open(path, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
-  return rows
-
-
-def search(splits, config, workdir) -> tuple[list[dict], str, float]:
-  """All rounds (resuming after the complete ones in ``workdir/trials.jsonl``); returns
-  the trial records in trial order, the searcher's name and the wall time."""
-  start = time.time()
-  searcher = common.make_searcher(make_space(config), config, workdir, study_name="tune")
+def search(searcher, splits, config, workdir) -> tuple[list[dict], float]:
+  """Populations until the study holds ``rounds * leaders * population`` finished trials
+  (an earlier run's and other workers' count: :func:`common.budget`), each population's
+  records appended to ``workdir/trials.jsonl``; returns every finished trial of the study
+  (of this run where there is no study), in trial order, and the wall time."""
+  start, size = time.time(), config["population"]
   path = os.path.join(workdir, "trials.jsonl")
-  records = load_records(path, config["leaders"] * config["population"])
-  for round_index in range(len({r["round"] for r in records}), config["rounds"]):
-    for trials in searcher.ask_populations(config["leaders"], config["population"]):
-      rows = [{"round": round_index, **r} for r in train_group(searcher, trials, splits, config)]
+  for want in common.budget(searcher, config["rounds"] * config["leaders"] * size,
+                            config["role"]):
+    for trials in searcher.ask_populations(min(config["leaders"], -(-want // size)), size):
+      rows = train_group(searcher, trials, splits, config)
       with open(path, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-      records += rows
-  name = f"optuna {config['sampler']}" if hasattr(searcher, "study") else "random"
-  return sorted(records, key=lambda r: r["number"]), name, time.time() - start
+  if isinstance(searcher, bt.tune.OptunaSearch):
+    records = [{"number": r["number"], **{k: r[k] for k in CONTINUOUS + STRUCTURE},
+                "val_accuracy": r["val_accuracy"], "val_loss": r["val_loss"],
+                "pruned": r["state"] == "pruned"} for r in searcher.records]
+  else:
+    with open(path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  return sorted(records, key=lambda r: r["number"]), time.time() - start
 
 
 def best_trial(records: list[dict]) -> dict:
@@ -273,8 +268,16 @@ def main(argv=None) -> dict:
   start = time.time()
   splits = data.load_dataset("digits", seed=config["seed"])
   check_config(config, len(splits["train"]))
+  # Before any file of ours: a storage that cannot be opened, or holds another study, stops here.
+  searcher = common.make_searcher(make_space(config), config, os.path.abspath(workdir),
+                                  study_name="tune")
   os.makedirs(workdir, exist_ok=True)
-  records, searcher, search_s = search(splits, config, os.path.abspath(workdir))
+  records, search_s = search(searcher, splits, config, os.path.abspath(workdir))
+  name = f"optuna {config['sampler']}" if hasattr(searcher, "study") else "random"
+  if config["role"] == "worker":
+    return common.finish(workdir, {"experiment": "tune", "preset": preset, "role": "worker",
+                                   "trials": len(records), "search_wall_s": round(search_s, 2),
+                                   "searcher": name}, start)
   best = best_trial(records)
   final = train_best(best, splits, config, workdir)
   plot_search(records, workdir)
@@ -284,7 +287,7 @@ def main(argv=None) -> dict:
       "best_config": {k: best[k] for k in CONTINUOUS + STRUCTURE},
       "best_val_accuracy": best["val_accuracy"], "trials": len(records),
       "structures": len({tuple(r[k] for k in STRUCTURE) for r in records}),
-      "searcher": searcher,
+      "searcher": name,
       "steps": final["steps"], "final_train_loss": final["final_train_loss"],
       "stopped_early": final["stopped_early"], "search_wall_s": round(search_s, 2),
       "final_wall_s": final["wall_s"], **common.run_facts(start), "config": config}

@@ -19,7 +19,8 @@ Every trial sees the same number of training tokens (``trial_tokens``; a larger 
 takes fewer steps) and is scored by its validation loss (next-byte cross-entropy, nats).
 The searcher is Optuna's TPE with the median pruner fed the validation loss at each
 of ``evals`` evaluations (by tokens seen) (``bt.tune.OptunaSearch``, its study in ``WORKDIR/study.log``: a run started
-again resumes it), or seeded random search where optuna is not installed.
+again resumes it; or shared by many workers with ``--set storage=URL``, as
+``experiments.tune``), or seeded random search where optuna is not installed.
 Each round asks ``leaders`` trials and fills each leader up to ``population`` trials of the
 same structure, schedule and batch (TPE proposes their learning rate and warmup); each
 such population is trained as one vmapped, jit-compiled program
@@ -56,19 +57,19 @@ PRESETS = {
                  schedules=("warmup_cosine",), lr_range=(1e-3, 1e-2), base_batch_size=8,
                  block_size=16, trial_tokens=8 * 16 * 10, final_tokens=8 * 16 * 20, rounds=1,
                  leaders=1, population=2, evals=2, sampler="tpe", pruner="median", text="",
-                 seed=0),
+                 seed=0, **common.STUDY),
     "small": dict(n_layers=(1, 2), widths=(32, 64), head_size=16, batch_sizes=(8, 16),
                   schedules=("warmup_cosine", "constant", "exponential", "step"),
                   lr_range=(3e-4, 3e-2), base_batch_size=16, block_size=64,
                   trial_tokens=16 * 64 * 100, final_tokens=16 * 64 * 300, rounds=2,
                   leaders=3, population=2, evals=3, sampler="tpe", pruner="median", text="",
-                  seed=0),
+                  seed=0, **common.STUDY),
     "full": dict(n_layers=(6, 8, 12), widths=(512, 768), head_size=64, batch_sizes=(8, 16, 32),
                  schedules=("warmup_cosine", "constant", "exponential", "step"),
                  lr_range=(1e-4, 3e-3), base_batch_size=16, block_size=1024,
                  trial_tokens=16 * 1024 * 300, final_tokens=16 * 1024 * 3000, rounds=4,
                  leaders=4, population=1, evals=3, sampler="tpe", pruner="median", text="",
-                 seed=0),
+                 seed=0, **common.STUDY),
 }
 CHECKS = {"schedules": common.some_of(*tune.strategy.SCHEDULES)}
 FINAL_LR_FRACTION = 0.1  # every decaying schedule ends at a tenth of the peak, as lm.py
@@ -147,13 +148,15 @@ def train_trials(searcher, trials, splits, config) -> None:
 
 
 def search(splits, config, workdir):
-  """Rounds of populations until ``rounds * leaders * population`` trials are finished
-  (those of an earlier run on the workdir count); returns the searcher."""
+  """Rounds of populations until the study holds ``rounds * leaders * population``
+  finished trials (an earlier run's and other workers' count: ``common.budget``); returns
+  the searcher."""
   searcher = common.make_searcher(make_space(config), config, workdir, study_name="tune_lm",
                                   mode="min")
-  total = config["rounds"] * config["leaders"] * config["population"]
-  while len(searcher.results) < total:
-    for trials in searcher.ask_populations(config["leaders"], config["population"]):
+  size = config["population"]
+  for want in common.budget(searcher, config["rounds"] * config["leaders"] * size,
+                            config["role"]):
+    for trials in searcher.ask_populations(min(config["leaders"], -(-want // size)), size):
       train_trials(searcher, trials, splits, config)
   return searcher
 
@@ -167,6 +170,10 @@ def main(argv=None) -> dict:
                           f"training windows of block_size {config['block_size']}")
   searcher = search(splits, config, workdir)
   search_wall = time.time() - start
+  if config["role"] == "worker":  # the run without --set role=worker trains the best
+    return common.finish(workdir, {"experiment": "tune_lm", "preset": preset, "role": "worker",
+                                   "trials": len(searcher.results),
+                                   "search_wall_s": round(search_wall, 2)}, start)
   best = searcher.best
   if best is None:
     raise RuntimeError("tune_lm: no trial completed (all pruned or diverged); widen lr_range "

@@ -3,6 +3,7 @@
 import os
 import shutil
 import tempfile
+import uuid
 
 import jax
 import pytest
@@ -45,6 +46,47 @@ def x64():
     yield
   finally:
     jax.config.update("jax_enable_x64", previous)
+
+
+class PostgresServer:
+  """A private PostgreSQL 16 server (``pgserver``: its binaries, a data folder of our own,
+  a Unix socket, no TCP port). A password-checked user ``bigtune`` (password ``right``)
+  owns every database of :meth:`new_url`, so that a wrong password is refused."""
+
+  USER, PASSWORD = "bigtune", "right"
+
+  def __init__(self, folder: str):
+    import pgserver  # pylint: disable=g-import-not-at-top
+    self.server = pgserver.get_server(folder, cleanup_mode="delete")  # as root: user pgserver
+    self.socket = str(self.server.get_postmaster_info().socket_dir)
+    hba = os.path.join(folder, "pg_hba.conf")  # password check for bigtune, trust for the rest
+    with open(hba) as f:
+      rules = f.read()
+    with open(hba, "w") as f:
+      f.write(f"local all {self.USER} scram-sha-256\n" + rules)
+    self.server.psql(f"CREATE ROLE {self.USER} LOGIN PASSWORD '{self.PASSWORD}';"
+                     "SELECT pg_reload_conf();")
+
+  def new_url(self, password: str = PASSWORD) -> str:
+    """The URL of a new, empty database."""
+    name = f"study_{uuid.uuid4().hex[:12]}"
+    self.server.psql(f"CREATE DATABASE {name} OWNER {self.USER};")
+    return f"postgresql://{self.USER}:{password}@/{name}?host={self.socket}"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+  """One PostgreSQL server for the session, in a temporary folder removed at the end
+  (skipped where the test extra's ``pgserver`` is not installed)."""
+  pytest.importorskip("pgserver", reason="pip install -e '.[test]' installs pgserver")
+  pytest.importorskip("psycopg", reason="pip install -e '.[test]' installs psycopg[binary]")
+  folder = tempfile.mkdtemp(prefix="bigtune-pg-")  # short: the socket path has a limit
+  try:
+    server = PostgresServer(folder)
+    yield server
+    server.server.cleanup()
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups

@@ -2,9 +2,11 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
+from bigtune_jax import finetune as ft
 from bigtune_jax import models
 from bigtune_jax import train
 from experiments import common
@@ -39,15 +41,22 @@ def test_finetune_tiny_compares_methods(tmp_path):
   test = common.load_images(tiny, tiny["image_size"])["test"]
   target = train.init_params(models.MLP(hidden=tiny["hidden"], num_classes=5),
                              test["image"][:1], 0)  # the experiment's shape: its compiled init
+  # LoRA's checkpoint holds the adapters and the head (also_train): merged onto the
+  # pretrained backbone by the LoRA, a plain MLP again.
+  lora = ft.LoRA(models.MLP(hidden=tiny["hidden"], num_classes=5), targets=("hidden_0",),
+                 rank=4, alpha=tiny["lora_alpha"], also_train=("head",))
+  backbone = ft.load_pretrained(tmp_path / "pretrain", target, skip=("head",))
+  adapters = utils.trained_params(tmp_path / "lora4",
+                                  lora.init(jax.random.key(0), backbone, test["image"][:1]))
   for classes, runs in ((finetune_basic.OLD_CLASSES, {"pretrain": summary}),
                         (finetune_basic.NEW_CLASSES, results)):
     keep = np.isin(test["label"], classes)
     images, labels = test["image"][keep], test["label"][keep] - classes[0]
     for name, run in runs.items():
-      if name.startswith("lora"):  # its checkpoint holds the adapters, not the model
-        continue
+      params = (lora.merge(backbone, adapters) if name == "lora4"
+                else utils.trained_params(tmp_path / name, target))
       loss, accuracy = reference.cross_entropy_and_accuracy(
-          reference.mlp_logits(utils.trained_params(tmp_path / name, target), images), labels)
+          reference.mlp_logits(jax.device_get(params), images), labels)
       reported = run["pretrain_test_accuracy" if name == "pretrain" else "test_accuracy"]
       assert reported == pytest.approx(accuracy, abs=1e-6), name
       if name != "pretrain":

@@ -161,98 +161,114 @@ def test_param_groups_reject_bad_rates_at_construction(rates, match):
 # --- LoRA ---------------------------------------------------------------------------------
 
 
-def test_lora_with_zero_b_is_the_base_model_exactly():
-  model = models.MLP(hidden=(16, 8), num_classes=3)
-  x = jnp.asarray(np.random.default_rng(2).standard_normal((5, 12)), jnp.float32)
-  params = _mlp_params(seed=2)
-  lora = ft.lora_init(params, 4, jax.random.key(3), also_train=("head",))
-  assert set(lora) == {"hidden_0", "hidden_1", "head"}
-  assert set(lora["hidden_0"]) == {"lora_a", "lora_b"}
-  assert not np.any(np.asarray(lora["hidden_0"]["lora_b"]))
-  assert np.any(np.asarray(lora["hidden_0"]["lora_a"]))
-  merged = ft.lora_merge(params, lora, alpha=8.0)
+def _mlp_lora(widths=(12, 16, 8, 3), seed=0, **kwargs):
+  """An MLP, its parameters, an input batch, and ``LoRA(**kwargs)`` on it."""
+  model = models.MLP(hidden=widths[1:-1], num_classes=widths[-1])
+  x = jnp.asarray(np.random.default_rng(seed).standard_normal((5, widths[0])), jnp.float32)
+  return model, _mlp_params(widths, seed), x, ft.LoRA(model, **kwargs)
+
+
+def test_lora_with_zero_b_is_the_base_model_and_also_train_copies_the_head():
+  model, params, x, lora = _mlp_lora(seed=2, targets=("hidden_0", "hidden_1"), rank=4,
+                                     alpha=8.0, also_train=("head",))
+  tree = lora.init(jax.random.key(3), params, x)
+  assert set(tree) == {"hidden_0", "hidden_1", "head"}
+  assert set(tree["hidden_0"]) == {"lora_a", "lora_b"} and set(tree["head"]) == {"kernel", "bias"}
+  assert not np.any(np.asarray(tree["hidden_0"]["lora_b"]))
+  assert np.any(np.asarray(tree["hidden_0"]["lora_a"]))
+  assert _bits(tree["head"]) == _bits(params["head"])
+  assert tree["head"]["kernel"] is not params["head"]["kernel"]  # a copy: fit donates
+  merged = lora.merge(params, tree)
   assert _bits(merged) == _bits(params)
-  apply = jax.jit(lambda p: model.apply({"params": p}, x))
-  np.testing.assert_array_equal(apply(merged), apply(params))
+  np.testing.assert_array_equal(lora.apply(params, tree, x), model.apply({"params": params}, x))
   # r (in + out) per adapted layer, plus the head trained in full.
-  assert ft.trainable_parameter_count(lora) == 4 * (12 + 16) + 4 * (16 + 8) + 8 * 3 + 3
+  assert ft.adapter_parameter_count(tree) == 4 * (12 + 16) + 4 * (16 + 8) + 8 * 3 + 3
+  assert ft.adapter_parameter_count(ft.Adapters(tree, rank=4, alpha=8.0)) == 235
 
 
-def test_lora_merged_kernel_is_w_plus_alpha_over_r_a_b(x64):
+def test_lora_merged_kernel_is_w_plus_alpha_over_r_a_b_and_the_trained_head(x64):
   rng = np.random.default_rng(4)
-  params = {"enc": {"kernel": rng.standard_normal((7, 5)), "bias": rng.standard_normal(5)},
-            "head": {"kernel": rng.standard_normal((5, 2)), "bias": rng.standard_normal(2)}}
-  params = jax.tree.map(jnp.asarray, params)
-  rank, alpha = 3, 6.0
-  lora = ft.lora_init(params, rank, jax.random.key(5), targets=("enc",), also_train="head")
-  a, b = rng.standard_normal((7, rank)), rng.standard_normal((rank, 5))
+  model, params, x, lora = _mlp_lora((7, 5, 2), seed=4, targets="hidden_0", rank=3,
+                                     alpha=6.0, also_train="head")
+  params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
+  a, b = rng.standard_normal((7, 3)), rng.standard_normal((3, 5))
   head = {"kernel": rng.standard_normal((5, 2)), "bias": rng.standard_normal(2)}
-  lora = {"enc": {"lora_a": jnp.asarray(a), "lora_b": jnp.asarray(b)},
+  tree = {"hidden_0": {"lora_a": jnp.asarray(a), "lora_b": jnp.asarray(b)},
           "head": jax.tree.map(jnp.asarray, head)}
-  merged = jax.jit(functools.partial(ft.lora_merge, alpha=alpha))(params, lora)
-  expected = np.asarray(params["enc"]["kernel"]) + (alpha / rank) * (a @ b)
-  np.testing.assert_allclose(merged["enc"]["kernel"], expected, rtol=1e-12, atol=1e-12)
-  np.testing.assert_array_equal(merged["enc"]["bias"], params["enc"]["bias"])
+  merged = jax.jit(lora.merge)(params, tree)
+  np.testing.assert_allclose(merged["hidden_0"]["kernel"],
+                             np.asarray(params["hidden_0"]["kernel"]) + (6.0 / 3) * (a @ b),
+                             rtol=1e-12, atol=1e-12)
+  np.testing.assert_array_equal(merged["hidden_0"]["bias"], params["hidden_0"]["bias"])
   jax.tree.map(np.testing.assert_array_equal, merged["head"], head)
+  np.testing.assert_allclose(model.apply({"params": merged}, x.astype(jnp.float64)),
+                             lora.apply(params, tree, x.astype(jnp.float64)), rtol=1e-12)
+  # Adapters carry their own alpha (and rank): the LoRA's are not used for them.
+  own = lora.merge(params, ft.Adapters(tree, rank=3, alpha=1.5))
+  np.testing.assert_allclose(own["hidden_0"]["kernel"],
+                             np.asarray(params["hidden_0"]["kernel"]) + (1.5 / 3) * (a @ b),
+                             rtol=1e-12, atol=1e-12)
 
 
-def test_lora_training_moves_only_the_adapters():
+def test_lora_training_moves_only_the_adapters_and_the_head():
   rng = np.random.default_rng(6)
-  model = models.MLP(hidden=(16,), num_classes=3)
-  params = _mlp_params((12, 16, 3), seed=6)
+  model, params, x, lora = _mlp_lora((12, 16, 3), seed=6, targets="hidden_0", rank=2,
+                                     alpha=4.0, also_train=("head",))
   base_bits = _bits(params)
-  lora = ft.lora_init(params, 2, jax.random.key(7))  # adapters on hidden_0 and head
-  initial = jax.tree.map(np.asarray, lora)
-  loss_fn = ft.lora_loss(train.classification_loss(model), params, alpha=4.0)
-  state = train.create_train_state(model, lora, optax.adam(0.02))
+  tree = lora.init(jax.random.key(7), params, x)
+  initial = jax.tree.map(np.asarray, tree)
+  loss_fn = lora.loss(train.classification_loss(model), params)
+  state = train.create_train_state(model, tree, optax.adam(0.02))
+  # Adam holds two moments for what trains (A, B, the head), nothing for the frozen base.
+  moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim > 0)
+  assert moments == 2 * ft.adapter_parameter_count(tree) == 2 * (2 * (12 + 16) + 16 * 3 + 3)
   batches = [_random_batch(rng) for _ in range(30)]
   loss_of = jax.jit(lambda p: loss_fn(p, batches[0], jax.random.key(0), False)[0])
-  first = loss_of(lora)
-  state = _train(state, jax.jit(train.make_train_step(loss_fn)), batches)
-  trained = state.params
-  assert jax.tree.structure(trained) == jax.tree.structure(initial)  # A, B: all that trains
-  assert all(set(layer) == {"lora_a", "lora_b"} for layer in trained.values())
-  for layer in trained:
-    assert np.all(np.asarray(trained[layer]["lora_b"]) != 0)
-    assert not np.array_equal(trained[layer]["lora_a"], initial[layer]["lora_a"])
+  first = loss_of(tree)
+  trained = _train(state, jax.jit(train.make_train_step(loss_fn)), batches).params
+  assert jax.tree.structure(trained) == jax.tree.structure(initial)
+  assert np.all(np.asarray(trained["hidden_0"]["lora_b"]) != 0)
+  assert not np.array_equal(trained["hidden_0"]["lora_a"], initial["hidden_0"]["lora_a"])
+  assert not np.array_equal(trained["head"]["kernel"], initial["head"]["kernel"])
   assert _bits(params) == base_bits
-  merged = ft.lora_merge(params, trained, alpha=4.0)
-  np.testing.assert_array_equal(merged["head"]["bias"], params["head"]["bias"])
+  merged = lora.merge(params, trained)
+  assert _bits(merged["head"]) == _bits(trained["head"])
+  np.testing.assert_allclose(model.apply({"params": merged}, x), lora.apply(params, trained, x),
+                             rtol=1e-5, atol=1e-6)
   assert loss_of(trained) < first
 
 
-@pytest.mark.parametrize("rank, kwargs, match", [
-    (0, {}, "rank must be an integer >= 1"),
-    (9, {"also_train": "head"},
-     r"rank must be in \[1, min\(in, out\)\] = \[1, 8\] for 'hidden_1/kernel'"),
-    (2, {"targets": ("hiden_0",)}, "targets: no parameter path is or starts with 'hiden_0'"),
-    (2, {"targets": ("hidden_0",), "also_train": ("hidden_0",)},
-     "'hidden_0/kernel' is both adapted"),
-    (2, {"targets": ("hidden_0/bias",)}, "targets select no layer kernel"),
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(rank=0), "rank must be an integer >= 1"),
+    (dict(targets="all-linear", rank=9, also_train="head"),
+     r"rank must be in \[1, min\(in, out\)\] = \[1, 8\] for hidden_1 \(16 -> 8\)"),
+    (dict(targets=("hiden_0",)), "targets: 'hiden_0' names no Dense layer of this model"),
+    (dict(targets=("hidden_0",), also_train=("hidden_0",)), "'hidden_0/bias' is both adapted"),
+    (dict(targets="all-linear", also_train=("haed",)), "also_train: no parameter path is or "
+                                                       "starts with 'haed'"),
 ])
-def test_lora_init_rejects_bad_ranks_and_paths(rank, kwargs, match):
-  params = _mlp_params()
+def test_lora_rejects_bad_ranks_targets_and_also_train(kwargs, match):
+  _, params, x, _ = _mlp_lora()
   with pytest.raises(ValueError, match=match):
-    ft.lora_init(params, rank, jax.random.key(0), **kwargs)
+    ft.LoRA(models.MLP(hidden=(16, 8), num_classes=3), **kwargs).init(jax.random.key(0), params, x)
 
 
-def test_lora_rejects_unsupported_layers_and_misfit_trees():
-  params = {"conv": {"kernel": jnp.ones((3, 3, 1, 5)), "bias": jnp.zeros(5)},  # nn.Conv
-            "head": {"kernel": jnp.ones((125, 2)), "bias": jnp.zeros(2)}}
-  with pytest.raises(ValueError, match="'conv/kernel' has shape .* not this layer type"):
-    ft.lora_init(params, 1, jax.random.key(0), targets=("conv",))
-  lora = ft.lora_init(params, 1, jax.random.key(0))  # the default skips the conv kernel
-  assert set(lora) == {"head"}
-  with pytest.raises(ValueError, match="alpha must be in"):
-    ft.lora_merge(params, lora, alpha=0.0)
-  bad = {"head": {"lora_a": jnp.zeros((124, 1)), "lora_b": jnp.zeros((1, 2))}}
-  with pytest.raises(ValueError, match="adapter of 'head/kernel'"):
-    ft.lora_merge(params, bad, alpha=1.0)
-  with pytest.raises(ValueError, match="'nope/lora_a' adapts 'nope/kernel', which params lack"):
-    ft.lora_merge(params, {"nope": {"lora_a": jnp.zeros((3, 1)), "lora_b": jnp.zeros((1, 2))}},
-                  alpha=1.0)
-  with pytest.raises(ValueError, match="'conv/bias' \\(6,\\) replaces no parameter"):
-    ft.lora_merge(params, {"conv": {"bias": jnp.zeros(6)}}, alpha=1.0)
+def test_all_linear_leaves_out_what_trains_in_full_and_merge_refuses_misfit_trees():
+  _, params, x, lora = _mlp_lora(targets="all-linear", rank=2, also_train="head")
+  assert set(lora.init(jax.random.key(0), params, x)) == {"hidden_0", "hidden_1", "head"}
+  assert [layer.path for layer in lora.layers(params, x)] == ["hidden_0", "hidden_1"]
+  with pytest.raises(ValueError, match="'nope/kernel' is not a parameter of params"):
+    lora.merge(params, {"nope": {"lora_a": jnp.zeros((3, 2)), "lora_b": jnp.zeros((2, 2))}})
+  with pytest.raises(ValueError, match="'head/scale' is not a parameter of params"):
+    lora.merge(params, {"head": {"scale": jnp.zeros(3)},
+                        "hidden_0": {"lora_a": jnp.zeros((12, 2)), "lora_b": jnp.zeros((2, 16))}})
+  with pytest.raises(ValueError, match=r"'head/bias' has shape \(4,\); params' 'head/bias' has \(3,\)"):
+    lora.merge(params, {"head": {"bias": jnp.zeros(4)},
+                        "hidden_0": {"lora_a": jnp.zeros((12, 2)), "lora_b": jnp.zeros((2, 16))}})
+  with pytest.raises(ValueError, match=r"Adapters\(rank=3\) hold lora_a of rank 2"):
+    lora.merge(params, ft.Adapters(lora.init(jax.random.key(0), params, x), rank=3, alpha=1.0))
+  with pytest.raises(ValueError, match="example must be given for MLP"):
+    lora.init(jax.random.key(0), params)
 
 
 # --- load_pretrained ----------------------------------------------------------------------

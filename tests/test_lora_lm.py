@@ -11,9 +11,11 @@ import pytest
 
 from bigtune_jax import models
 from bigtune_jax import train
+from bigtune_jax.finetune import Adapters
 from bigtune_jax.finetune import LoRA
 from bigtune_jax.finetune import adapter_parameter_count
 from bigtune_jax.finetune import load_peft
+from bigtune_jax.finetune import member_adapters
 from bigtune_jax.finetune import save_peft
 
 TINY = {"gpt": (models.GPT(models.GPTConfig.tiny()), ("c_attn", "attn/c_proj")),
@@ -32,6 +34,14 @@ def _perturbed(lora_params, seed=1, scale=0.1):
   keys = jax.random.split(jax.random.key(seed), len(leaves))
   return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape)
                                       for x, k in zip(leaves, keys)])
+
+
+def _cut(tree, rank):
+  """The first ``rank`` columns of every ``lora_a`` and rows of every ``lora_b``."""
+  def cut(path, x):
+    return x[..., :rank] if "lora_a" in jax.tree_util.keystr(path) else x[..., :rank, :]
+
+  return jax.tree_util.tree_map_with_path(cut, tree)
 
 
 IDX = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 9)), jnp.int32)
@@ -59,14 +69,11 @@ def test_init_leaves_logits_unchanged_and_merge_equals_the_adapted_model(kind):
 def test_a_masked_rank_is_the_smaller_adapter_and_init_is_prefix_stable(kind):
   model, params, lora = _setup(kind, rank=4, rslora=True)
   small = LoRA(model, targets=lora.targets, rank=2, alpha=8.0, rslora=True)
-  full_tree, small_tree = lora.init(jax.random.key(5), params), small.init(jax.random.key(5), params)
-  cut = lambda path, x: x[..., :2] if "lora_a" in jax.tree_util.keystr(path) else x[..., :2, :]
-  chex_close = lambda a, b: jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a, b)
-  chex_close(jax.tree_util.tree_map_with_path(cut, full_tree), small_tree)
-  trained = _perturbed(full_tree)
-  np.testing.assert_allclose(
-      lora.apply(params, trained, IDX, rank=2),
-      small.apply(params, jax.tree_util.tree_map_with_path(cut, trained), IDX), atol=1e-6)
+  full, small_tree = lora.init(jax.random.key(5), params), small.init(jax.random.key(5), params)
+  jax.tree.map(np.testing.assert_array_equal, _cut(full, 2), small_tree)
+  trained = _perturbed(full)  # a population's tree: stored rank 4, masked to 2
+  np.testing.assert_allclose(lora.apply(params, trained, IDX, rank=2),
+                             small.apply(params, _cut(trained, 2), IDX), atol=1e-6)
 
 
 def test_scale_is_alpha_over_rank_or_its_root():
@@ -134,6 +141,19 @@ def test_bad_settings_are_named():
       LoRA(model, **bad)
 
 
+def test_also_train_trains_in_full_beside_the_adapters_and_has_no_peft_form(tmp_path):
+  model, params, _ = _setup("llama")
+  lora = LoRA(model, targets=("q_proj",), rank=2, also_train=("norm",))
+  tree = lora.init(jax.random.key(0), params)
+  assert set(tree) == {"layers", "norm"}
+  trained = _perturbed(tree)
+  np.testing.assert_allclose(lora.apply(params, trained, IDX),
+                             model.apply({"params": lora.merge(params, trained)}, IDX), atol=2e-5)
+  with pytest.raises(ValueError, match="'norm/scale', a parameter trained in full"):
+    save_peft(tmp_path / "adapter", lora, trained)
+  assert not (tmp_path / "adapter").exists()
+
+
 # --- PEFT, against the peft library ------------------------------------------------------
 
 torch = pytest.importorskip("torch")
@@ -164,6 +184,18 @@ PEFT_CASES = {"gpt2": (("c_attn", "attn/c_proj"), True),  # attn/c_proj: a regex
               "llama": (("q_proj", "v_proj", "o_proj", "down_proj"), False)}
 
 
+def _trained_in_peft(hf, directory, **config):
+  """A peft LoRA model of ``hf`` whose adapters are random (as if trained), saved in
+  ``directory``."""
+  peft_model = peft.get_peft_model(hf, peft.LoraConfig(**config))
+  with torch.no_grad():
+    for name, p in peft_model.named_parameters():
+      if "lora_" in name:
+        p.normal_(0, 0.05)
+  peft_model.save_pretrained(directory)
+  return peft_model
+
+
 @pytest.mark.parametrize("kind", sorted(PEFT_CASES))
 def test_peft_loads_our_adapter_with_equal_logits_and_we_load_it_back(kind, tmp_path):
   hf = _hf(kind)
@@ -173,8 +205,9 @@ def test_peft_loads_our_adapter_with_equal_logits_and_we_load_it_back(kind, tmp_
   lora = LoRA(model, targets=targets, rank=4, alpha=8.0, rslora=rslora)
   trained = _perturbed(lora.init(jax.random.key(0), params), scale=0.05)
   idx = np.random.default_rng(1).integers(0, 128, (2, 9))
-  ours = np.asarray(lora.apply(params, trained, jnp.asarray(idx), alpha=6.0, rank=3))
-  out = save_peft(tmp_path / "adapter", lora, trained, alpha=6.0, rank=3)
+  member = Adapters(_cut(trained, 3), rank=3, alpha=6.0)  # a member's own rank, alpha
+  ours = np.asarray(lora.apply(params, member, jnp.asarray(idx)))
+  out = save_peft(tmp_path / "adapter", lora, member)
   config = json.loads((out / "adapter_config.json").read_text())
   assert config["r"] == 3 and config["lora_alpha"] == 6.0 and config["use_rslora"] == rslora
   theirs = _logits(peft.PeftModel.from_pretrained(hf, out).eval(), idx)
@@ -190,13 +223,8 @@ def test_an_adapter_trained_in_peft_loads_with_equal_logits(kind, tmp_path):
   hf.save_pretrained(tmp_path / "base")
   model, params = hub.load_hf(tmp_path / "base", dtype=jnp.float32)
   names = ["c_attn", "c_fc"] if kind == "gpt2" else ["k_proj", "up_proj"]
-  peft_model = peft.get_peft_model(hf, peft.LoraConfig(
-      r=2, lora_alpha=5, target_modules=names, fan_in_fan_out=kind == "gpt2"))
-  with torch.no_grad():
-    for name, p in peft_model.named_parameters():
-      if "lora_" in name:
-        p.normal_(0, 0.05)
-  peft_model.save_pretrained(tmp_path / "adapter")
+  peft_model = _trained_in_peft(hf, tmp_path / "adapter", r=2, lora_alpha=5,
+                               target_modules=names, fan_in_fan_out=kind == "gpt2")
   lora, lora_params = load_peft(tmp_path / "adapter", model)
   idx = np.random.default_rng(2).integers(0, 128, (2, 9))
   np.testing.assert_allclose(lora.apply(params, lora_params, jnp.asarray(idx)),
@@ -225,3 +253,99 @@ def test_an_adapter_for_another_base_is_refused_naming_the_tensor(tmp_path):
     load_peft(tmp_path / "adapter", deeper)
   with pytest.raises(FileNotFoundError, match="is not a PEFT adapter"):
     load_peft(tmp_path / "base", model)
+
+
+def _base(tmp_path):
+  _hf("llama").save_pretrained(tmp_path / "base")
+  return hub.load_hf(tmp_path / "base", dtype=jnp.float32)
+
+
+def test_a_population_member_exports_at_its_own_rank_and_alpha(tmp_path):
+  """Issue 21 item 5: a member (rank 2, alpha 4) of a LoRA(rank=8, alpha=16) population
+  saved without repeating them loads in PEFT with our logits; contradictions are refused."""
+  model, params = _base(tmp_path)
+  lora = LoRA(model, targets=("q_proj", "v_proj"), rank=8, alpha=16.0)
+  stored = _perturbed(lora.init(jax.random.key(3), params), seed=4, scale=0.05)
+  member = member_adapters(stored, 2, 4.0)  # what a population's member(i) is
+  assert (member.rank, member.alpha) == (2, 4.0)
+  jax.tree.map(np.testing.assert_array_equal, member.params, _cut(stored, 2))
+  assert member_adapters(member, 2, 4.0) is member
+  with pytest.raises(ValueError, match="alpha=16.0 contradicts the adapters' own alpha=4.0"):
+    member_adapters(member, 2, 16.0)
+  idx = np.random.default_rng(5).integers(0, 128, (2, 9))
+  ours = np.asarray(lora.apply(params, member, jnp.asarray(idx)))
+  np.testing.assert_allclose(  # the same as the population's masked view of the member
+      ours, lora.apply(params, stored, jnp.asarray(idx), alpha=4.0, rank=2), atol=1e-6)
+  out = save_peft(tmp_path / "adapter", lora, member)
+  config = json.loads((out / "adapter_config.json").read_text())
+  assert (config["r"], config["lora_alpha"]) == (2, 4.0)
+  theirs = _logits(peft.PeftModel.from_pretrained(_hf("llama"), out).eval(), idx)
+  np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
+  assert adapter_parameter_count(member) == 2 * 2 * ((32 + 32) + (32 + 16))  # 2 layers: q, v
+  merged = model.apply({"params": lora.merge(params, member)}, jnp.asarray(idx))
+  np.testing.assert_allclose(merged, ours, atol=2e-5)
+  for bad, match in ((dict(alpha=16.0), "alpha=16.0 contradicts the adapters' own alpha=4.0"),
+                     (dict(rank=8), "rank=8 contradicts the adapters' own rank=2")):
+    with pytest.raises(ValueError, match=match):
+      save_peft(tmp_path / "refused", lora, member, **bad)
+  with pytest.raises(ValueError, match="stored at rank 2, but this LoRA's rank is 8"):
+    save_peft(tmp_path / "refused", lora, member.params)
+  with pytest.raises(ValueError, match="stored at rank 2, but this LoRA's rank is 8"):
+    lora.merge(params, member.params)
+  assert not (tmp_path / "refused").exists()
+
+
+def _trained_like(tree, seed=6):
+  """``tree`` after some training: noise on A and B of every stacked layer whose A is not
+  zero (layers the targets leave out keep A = B = 0, as training keeps them)."""
+  flat = {k: np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+  rng = np.random.default_rng(seed)
+
+  def noisy(path, x):
+    a = flat[path[:-1] + (jax.tree_util.DictKey("lora_a"),)]
+    live = (np.abs(a).sum((-2, -1)) > 0).astype(np.float32)[..., None, None]
+    return x + 0.05 * rng.standard_normal(x.shape).astype(np.float32) * live
+
+  return jax.tree_util.tree_map_with_path(noisy, tree)
+
+
+def _peft_modules(peft_model) -> set[str]:
+  return {n.removeprefix("base_model.model.").partition(".lora_A.")[0]
+          for n, _ in peft_model.named_parameters() if ".lora_A." in n}
+
+
+@pytest.mark.parametrize("targets", [
+    r".*\.(q_proj|v_proj)", ["model.layers.0.self_attn.q_proj"],
+    ["self_attn.k_proj", "mlp.down_proj"], r"model\.layers\.1\..*_proj"])
+def test_peft_target_modules_choose_what_peft_chooses(targets, tmp_path):
+  """Issue 21 item 7: PEFT's dotted names and regexes (matched against transformers'
+  module names) adapt the modules peft's own matching adapts, with equal logits."""
+  model, params = _base(tmp_path)
+  lora = LoRA(model, targets=targets, rank=2, alpha=4.0)
+  trained = _trained_like(lora.init(jax.random.key(7), params))
+  out = save_peft(tmp_path / "adapter", lora, trained)
+  theirs = peft.get_peft_model(_hf("llama"), peft.LoraConfig(r=2, target_modules=targets))
+  loaded = peft.PeftModel.from_pretrained(_hf("llama"), out).eval()
+  assert _peft_modules(loaded) == _peft_modules(theirs)
+  idx = np.random.default_rng(8).integers(0, 128, (2, 9))
+  np.testing.assert_allclose(_logits(loaded, idx), lora.apply(params, trained, jnp.asarray(idx)),
+                             atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("config", [
+    dict(target_modules=["q_proj", "v_proj"], layers_to_transform=[0]),
+    dict(target_modules=r"model\.layers\.1\.mlp\.(up|down)_proj")])
+def test_a_peft_adapter_on_some_layers_loads_with_equal_logits(config, tmp_path):
+  """Issue 21 item 7: the layers an adapter leaves out load as A = B = 0, and it saves
+  back as PEFT wrote it (the same modules, equal logits)."""
+  model, params = _base(tmp_path)
+  peft_model = _trained_in_peft(_hf("llama"), tmp_path / "adapter", r=2, lora_alpha=3, **config)
+  lora, lora_params = load_peft(tmp_path / "adapter", model)
+  idx = np.random.default_rng(9).integers(0, 128, (2, 9))
+  expected = _logits(peft_model.eval(), idx)
+  np.testing.assert_allclose(lora.apply(params, lora_params, jnp.asarray(idx)), expected,
+                             atol=1e-4, rtol=0)
+  out = save_peft(tmp_path / "again", lora, lora_params)
+  again = peft.PeftModel.from_pretrained(_hf("llama"), out).eval()
+  assert _peft_modules(again) == _peft_modules(peft_model)
+  np.testing.assert_allclose(_logits(again, idx), expected, atol=1e-4, rtol=0)

@@ -27,7 +27,7 @@ def test_subpackages_are_attributes_of_bt(name):
 
 def test_the_names_docstrings_use_resolve():
   assert callable(bt.train.fit) and callable(bt.tune.OptunaSearch)
-  assert callable(bt.compress.prune) and callable(bt.finetune.lora_init)
+  assert callable(bt.compress.prune) and callable(bt.finetune.LoRA)
 
 
 def test_unknown_attribute_is_an_attribute_error():

@@ -20,7 +20,9 @@ import math
 from flax import nnx
 import jax
 
-from bigtune_jax.finetune.adapters import LORA_A, LORA_B, LinearLayer, LoRA
+from bigtune_jax.finetune.adapters import LoRA
+from bigtune_jax.finetune.carried import LORA_A, LORA_B
+from bigtune_jax.finetune.targets import LinearLayer
 from bigtune_jax.models.nnx import params as nnx_params
 from bigtune_jax import tree_paths
 

@@ -9,22 +9,18 @@ median pruner stops a trial whose intermediate value at step :math:`t` is worse 
 median of the other trials at :math:`t`; Hyperband runs successive halving in several
 brackets (Li et al., JMLR 2018).
 
-Storage follows Optuna's guidance: in memory by default; a journal file
-(``"journal:/path/file.log"``, ``JournalFileBackend``) for several processes on one
-machine; an RDB URL (``"sqlite:///study.db"``, ``"postgresql://user@host/db"``) for
-workers on several machines. Both persistent kinds keep heartbeats (Optuna has them for
-RDBs; the journal gets the same protocol here), so that the trial of a dead worker is marked
-failed and re-queued once with its parameters (``RetryHeartbeatStaleTrialCallback``)
-instead of staying "running" forever. Optuna records heartbeats only inside ``Study.optimize``;
-here ``ask`` starts a daemon thread per trial that records them until ``tell``, and fails
-stale trials before asking. A study with the same ``study_name`` and ``storage`` resumes:
-its finished trials are kept and count towards :meth:`Searcher.run`'s budget. Optuna is
-imported here only, when a search is created.
+The study lives where ``storage`` says (:mod:`bigtune_jax.tune.storage`): memory, a
+journal file, or a database server that many workers share. Optuna records heartbeats
+only inside ``Study.optimize``; here ``ask`` starts a daemon thread per trial that records
+them until ``tell``, and fails stale trials (a dead worker's) before asking, so that their
+parameters run once more. A study with the same ``study_name`` and ``storage`` resumes:
+its finished trials, from every worker, are kept and count towards a budget. The study
+stores its direction and search space; a searcher with another one is refused by name.
+Optuna is imported here only, when a search is created.
 """
 
 from collections.abc import Mapping
 import math
-import os
 import threading
 import time
 from typing import Any
@@ -40,101 +36,30 @@ from bigtune_jax.tune.space import Choice
 from bigtune_jax.tune.space import Int
 from bigtune_jax.tune.space import LogUniform
 from bigtune_jax.tune.space import Space
+from bigtune_jax.tune.storage import open_storage  # noqa: F401  (public here too)
+from bigtune_jax.tune.storage import quietly
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = (None, "none", "median", "hyperband")
 _OPTUNA_CATEGORICAL = (type(None), bool, int, float, str)  # what suggest_categorical stores
+SPACE_ATTR = "bigtune:space"  # the study's user attribute holding its search space
 
 
-def _quietly(make):
-  """Calls ``make()`` hiding Optuna's ExperimentalWarning (multivariate TPE, heartbeats) and
-  its warning that heartbeats need ``Study.optimize`` (this module records them itself)."""
-  import optuna  # pylint: disable=g-import-not-at-top
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with")
-    return make()
-
-
-MAX_RETRY = 1  # a dead worker's trial runs once more with its parameters, then is left failed
-_HEARTBEAT_ATTR = "bigtune:heartbeat"
-
-
-def _journal_with_heartbeat(backend, heartbeat_interval: int, grace_period: int | None):
-  """A ``JournalStorage`` with Optuna's heartbeat protocol, which Optuna gives RDBs only.
-
-  A running trial records ``time.time()`` as a system attribute every ``heartbeat_interval``
-  seconds (one journal line each); ``fail_stale_trials`` then fails the running trials whose
-  last beat (or start, before the first) is older than ``grace_period`` and re-queues their
-  parameters, exactly as ``RDBStorage`` does.
-  """
-  import optuna  # pylint: disable=g-import-not-at-top
-  from optuna.storages._heartbeat import BaseHeartbeat  # pylint: disable=g-import-not-at-top
-
-  class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
-    """Journal storage whose dead workers' trials go stale instead of running forever."""
-
-    def record_heartbeat(self, trial_id: int) -> None:
-      self.set_trial_system_attr(trial_id, _HEARTBEAT_ATTR, time.time())
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-      grace = grace_period or 2 * heartbeat_interval
-      now = time.time()
-      running = self.get_all_trials(study_id, deepcopy=False,
-                                    states=(optuna.trial.TrialState.RUNNING,))
-      return [t._trial_id for t in running  # pylint: disable=protected-access
-              if now - t.system_attrs.get(_HEARTBEAT_ATTR, t.datetime_start.timestamp()) > grace]
-
-    def get_heartbeat_interval(self) -> int:
-      return heartbeat_interval
-
-    def get_heartbeat_stale_trial_callback(self):
-      return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-
-  return _quietly(lambda: HeartbeatJournalStorage(backend))
-
-
-def open_storage(storage: Any, *, heartbeat_interval: int = 60, grace_period: int | None = None,
-                 connect_timeout: int = 10):
-  """An Optuna storage for ``None`` (memory), ``"journal:PATH"`` or an RDB URL.
-
-  Raises:
-    ValueError: an unknown form, a journal whose folder is missing, or an RDB that cannot
-      be reached within ``connect_timeout`` seconds (or whose driver is not installed).
-  """
-  import optuna  # pylint: disable=g-import-not-at-top
-  import sqlalchemy  # pylint: disable=g-import-not-at-top
-  if storage is None or isinstance(storage, optuna.storages.BaseStorage):
-    return storage
-  accepted = ("None, 'journal:/path/file.log', an RDB URL such as 'sqlite:///study.db' or "
-              "'postgresql://user@host/db', or an optuna storage")
-  if not isinstance(storage, str):
-    raise ValueError(f"storage must be {accepted}; got {storage!r}")
-  if storage.startswith("journal:"):
-    path = os.path.abspath(os.path.expanduser(storage[len("journal:"):]))
-    if not storage[len("journal:"):] or not os.path.isdir(os.path.dirname(path)):
-      raise ValueError(f"storage {storage!r}: the journal file's folder must exist")
-    try:
-      return _journal_with_heartbeat(optuna.storages.journal.JournalFileBackend(path),
-                                     heartbeat_interval, grace_period)
-    except OSError as error:
-      raise ValueError(f"storage {storage!r}: cannot open the journal file: {error}") from error
-  try:
-    url = sqlalchemy.engine.make_url(storage)
-  except sqlalchemy.exc.ArgumentError as error:
-    raise ValueError(f"storage must be {accepted}; got {storage!r}") from error
-  shown = url.render_as_string(hide_password=True)
-  connect_args = {} if url.get_backend_name() == "sqlite" else {"connect_timeout": connect_timeout}
-  try:
-    return _quietly(lambda: optuna.storages.RDBStorage(
-        storage, engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True},
-        heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=MAX_RETRY)))
-  except (ImportError, sqlalchemy.exc.SQLAlchemyError, OSError) as error:
-    raise ValueError(f"storage {shown!r} cannot be opened: the server is unreachable within "
-                     f"connect_timeout={connect_timeout} s, or the database driver is not "
-                     f"installed ({type(error).__name__}: {error})") from error
+def _check_space(study, space: Space, study_name: str) -> None:
+  """Stores the space in a new study; refuses a stored study whose space differs, naming
+  the axes (its trials' parameters would not mean what this search means)."""
+  here = {name: repr(space.distributions[name]) for name in space.names}
+  stored = study.user_attrs.get(SPACE_ATTR)
+  if stored is None:
+    study.set_user_attr(SPACE_ATTR, here)
+    return
+  differ = sorted(n for n in set(here) | set(stored) if here.get(n) != stored.get(n))
+  if differ:
+    name = differ[0]
+    raise ValueError(
+        f"study {study_name!r} was stored with another search space: axes {differ} differ "
+        f"(e.g. {name!r} is {stored.get(name, 'absent')} there, {here.get(name, 'absent')} "
+        "here); pass another study_name or storage")
 
 
 def _make_sampler(sampler: Any, seed: int | None):
@@ -145,7 +70,7 @@ def _make_sampler(sampler: Any, seed: int | None):
     return optuna.samplers.RandomSampler(seed=seed)
   # Multivariate TPE models the axes jointly; group=True fits one model per conditional
   # sub-space (the hyperparameters that appear together).
-  return _quietly(lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True))
+  return quietly(lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True))
 
 
 def _make_pruner(pruner: Any):
@@ -220,11 +145,13 @@ class OptunaSearch(Searcher):
     if self.study.direction.name.lower() != direction:
       raise ValueError(f"mode={mode!r} differs from the stored study {study_name!r} "
                        f"({self.study.direction.name.lower()})")
+    _check_space(self.study, space, study_name)
     # Choices whose values Optuna cannot store (tuples, objects) are stored as indices.
     self._by_index = {name for name in space.names if isinstance(space.base(name), Choice) and
                       not all(type(v) in _OPTUNA_CATEGORICAL for v in space.base(name).values)}
     self._optuna_trials: dict[int, Any] = {}
     self._heartbeats: dict[int, threading.Event] = {}
+    self._pinned: dict[str, Any] | None = None
 
   def _suggest(self, optuna_trial, name: str) -> Any:
     dist = self.space.base(name)
@@ -261,19 +188,34 @@ class OptunaSearch(Searcher):
     self._heartbeats[optuna_trial.number] = stop
 
   def _pin(self, fixed: Mapping[str, Any]) -> None:
-    """Queues ``fixed`` for the next ``ask``: Optuna suggests those values, TPE the rest."""
-    self.study.enqueue_trial({name: self.space.base(name).values.index(value)
-                              if name in self._by_index else value
-                              for name, value in fixed.items()})
+    """Pins ``fixed`` for this searcher's next ``ask``: Optuna suggests those values, TPE
+    the rest."""
+    self._pinned = {name: self.space.base(name).values.index(value)
+                    if name in self._by_index else value for name, value in fixed.items()}
+
+  def _ask_pinned(self, fixed: Mapping[str, Any]):
+    """``study.enqueue_trial(fixed)`` then ``study.ask()``, made one step: the trial is
+    created RUNNING, so no other worker's ``ask`` pops it from the shared queue (Optuna's
+    ``Study.ask`` body, on a trial of our own; proposals as enqueue-then-ask)."""
+    import optuna  # pylint: disable=g-import-not-at-top
+    study = self.study
+    template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING,
+                                         system_attrs={"fixed_params": dict(fixed)})
+    study._thread_local.cached_all_trials = None  # pylint: disable=protected-access
+    trial_id = study._storage.create_new_trial(  # pylint: disable=protected-access
+        study._study_id, template_trial=template)  # pylint: disable=protected-access
+    return optuna.Trial(study, trial_id)
 
   def ask(self, n: int = 1) -> list[Trial]:
-    """``n`` new trials; a re-queued trial of a dead worker comes first."""
+    """``n`` new trials; a re-queued trial of a dead worker comes first (unless pinned)."""
     validation.check_int("n", n, 1)
     import optuna  # pylint: disable=g-import-not-at-top
-    _quietly(lambda: optuna.storages.fail_stale_trials(self.study))
+    quietly(lambda: optuna.storages.fail_stale_trials(self.study))
     trials = []
     for _ in range(n):
-      optuna_trial = _quietly(self.study.ask)
+      pinned, self._pinned = self._pinned, None
+      optuna_trial = (self._ask_pinned(pinned) if pinned is not None else
+                      quietly(self.study.ask))
       params = {}
       for name in self.space.names:
         if self.space.is_active(name, params):
@@ -286,28 +228,50 @@ class OptunaSearch(Searcher):
     return trials
 
   def report(self, trial: Trial, step: int, value: float) -> bool:
-    """Records an intermediate validation metric; True means the pruner says stop."""
+    """Records an intermediate validation metric; True means the pruner says stop (or the
+    trial was failed meanwhile: see :meth:`tell`)."""
+    import optuna  # pylint: disable=g-import-not-at-top
     self._check_pending(trial)
     validation.check_int("step", step, 0)
     optuna_trial = self._optuna_trials[trial.number]
-    optuna_trial.report(float(value), int(step))
+    try:
+      optuna_trial.report(float(value), int(step))
+    except optuna.exceptions.UpdateFinishedTrialError:
+      return True  # failed as stale by another worker: training it on is wasted
     return bool(optuna_trial.should_prune())
 
-  def tell(self, trial: Trial, value: float | None, state: str = "complete") -> None:
+  def tell(self, trial: Trial, value: float | None, state: str = "complete",
+           attrs: Mapping[str, float | str] | None = None) -> None:
     """Finishes a trial in the study: ``"complete"`` with its value, or ``"pruned"`` /
-    ``"failed"`` with ``None``."""
+    ``"failed"`` with ``None``. ``attrs`` (numbers or strings, e.g. a second metric) are
+    stored with it (Optuna user attributes), for every worker to read in :attr:`records`.
+
+    A trial whose heartbeats stopped reaching the storage for ``grace_period`` seconds (an
+    overloaded or partitioned worker) may have been failed by another worker, and its
+    parameters queued again: its result is then dropped with a warning."""
     import optuna  # pylint: disable=g-import-not-at-top
     self._check_pending(trial)
     state = self._final_state(value, state)
+    for key, item in (attrs or {}).items():
+      if not isinstance(key, str) or not isinstance(item, (int, float, str)):
+        raise ValueError(f"attrs must map names to numbers or strings, got {key!r}: {item!r}")
     stop = self._heartbeats.pop(trial.number, None)
     if stop is not None:
       stop.set()
+    optuna_trial = self._optuna_trials.pop(trial.number)
+    del self._pending[trial.number]
     optuna_state = {"complete": optuna.trial.TrialState.COMPLETE,
                     "pruned": optuna.trial.TrialState.PRUNED,
                     "failed": optuna.trial.TrialState.FAIL}[state]
-    self.study.tell(self._optuna_trials.pop(trial.number),
-                    float(value) if state == "complete" else None, state=optuna_state)
-    del self._pending[trial.number]
+    try:
+      for key, item in (attrs or {}).items():
+        optuna_trial.set_user_attr(key, item)
+      self.study.tell(optuna_trial, float(value) if state == "complete" else None,
+                      state=optuna_state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+      warnings.warn(f"trial {trial.number} was failed by another worker (no heartbeat for "
+                    "grace_period seconds) and queued again; its result is dropped",
+                    stacklevel=2)
 
   @property
   def results(self) -> list[TrialResult]:
@@ -320,3 +284,22 @@ class OptunaSearch(Searcher):
     return [TrialResult(t.number, self._decode(t.params),
                         None if t.value is None or not math.isfinite(t.value) else t.value,
                         states[t.state]) for t in sorted(finished, key=lambda t: t.number)]
+
+  @property
+  def records(self) -> list[dict[str, Any]]:
+    """The finished trials of :attr:`results`, each one dict: ``number``, its parameters,
+    ``value``, ``state`` and the ``attrs`` told with it (from whichever worker ran it)."""
+    attrs = {t.number: t.user_attrs for t in self.study.get_trials(deepcopy=False)}
+    return [{"number": r.number, **r.params, "value": r.value, "state": r.state,
+             **attrs[r.number]} for r in self.results]
+
+  def progress(self) -> dict[str, int]:
+    """The study's trials by state (``complete``, ``pruned``, ``failed``, ``running``,
+    ``waiting``: re-queued, not yet asked), after failing the running trials whose worker
+    stopped beating (their parameters are then waiting)."""
+    import optuna  # pylint: disable=g-import-not-at-top
+    quietly(lambda: optuna.storages.fail_stale_trials(self.study))
+    counts = dict.fromkeys(("complete", "pruned", "failed", "running", "waiting"), 0)
+    for t in self.study.get_trials(deepcopy=False):
+      counts[{"fail": "failed"}.get(t.state.name.lower(), t.state.name.lower())] += 1
+    return counts
