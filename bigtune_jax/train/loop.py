@@ -52,6 +52,7 @@ from bigtune_jax import control
 from bigtune_jax import validation
 from bigtune_jax.data.pipeline import ArrayDataset
 from bigtune_jax.train import checkpoint as checkpoint_lib
+from bigtune_jax.train import data_checks
 from bigtune_jax.train import distributed
 from bigtune_jax.train import metrics as metrics_lib
 from bigtune_jax.train import sharding as sharding_lib
@@ -127,6 +128,7 @@ def evaluate(loss_fn: LossFn, params, dataset: ArrayDataset, batch_size: int = 5
   if not callable(loss_fn):
     raise ValueError(f"loss_fn must be a bt.train loss (params, batch, rng, train) -> "
                      f"(loss, sums), got {loss_fn!r}")
+  _check_data(loss_fn, params, {"evaluate's dataset": dataset})
   mesh = mesh if mesh is not None else sharding_lib.mesh_of(params)
   return _evaluate_with(_cached_eval_step(loss_fn, params, mesh), params, dataset,
                         batch_size, mesh)
@@ -213,13 +215,20 @@ def _check_monitor(monitor, loss_fn, state, val_data) -> None:
   if monitor in names:
     return  # no need to trace the loss
   if val_data is not None:
-    batch = next(val_data.batches(jax.process_count(), shuffle=False, remainder="pad"))
-    sums = jax.eval_shape(lambda p, b: loss_fn(p, b, jax.random.key(0), False)[1],
-                          state.params, batch)
+    sums = data_checks.check_params_fit(loss_fn, state.params, val_data,
+                                        "the validation split")
     names |= {"val_loss"} | ({"val_accuracy"} if "correct" in sums else set())
   if monitor not in names:
     raise ValueError(f"monitor {monitor!r} is not a metric this run writes; it writes "
                      f"{sorted(names)}")
+
+
+def _check_data(loss_fn, params, splits: data_checks.Splits) -> None:
+  """The loss's own host checks of the data (labels within the head's classes, token ids
+  within the vocabulary: ``data_checks.py``), where the loss has them."""
+  check_data = getattr(loss_fn, "check_data", None)
+  if check_data is not None:
+    check_data(params, splits)
 
 
 def _check_fit(state, loss_fn, train_data, val_data, config, early_stopping) -> str:
@@ -231,10 +240,10 @@ def _check_fit(state, loss_fn, train_data, val_data, config, early_stopping) -> 
     raise ValueError("val_data has no examples (a validation_fraction of 0?); pass "
                      "val_data=None to train without validation")
   monitor = config.monitor if val_data is not None else "train_loss"
+  _check_data(loss_fn, state.params,
+              {"the train split": train_data, "the validation split": val_data})
+  data_checks.check_params_fit(loss_fn, state.params, train_data, "the train split")
   _check_monitor(monitor, loss_fn, state, val_data)
-  check_data = getattr(loss_fn, "check_data", None)  # e.g. classification labels in range
-  if check_data is not None:
-    check_data(state.params, train_data, val_data)
   if train_data.steps_per_epoch(config.batch_size) < 1:
     raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
                      f"({len(train_data)} examples)")
