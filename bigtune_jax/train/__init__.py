@@ -12,6 +12,7 @@ from bigtune_jax.train.loop import fit
 from bigtune_jax.train.metrics import MetricsLog
 from bigtune_jax.train.workdir import WorkdirInUseError
 from bigtune_jax.train.workdir import WorkdirLock
+from bigtune_jax.train.workdir import WorkdirNotWritableError
 from bigtune_jax.train.metrics import Progress
 from bigtune_jax.train.metrics import plot_metrics
 from bigtune_jax.train.metrics import png_figure
@@ -43,6 +44,7 @@ __all__ = (
     "MetricsLog",
     "WorkdirInUseError",
     "WorkdirLock",
+    "WorkdirNotWritableError",
     "Progress",
     "ReplicatedParameterWarning",
     "TrainState",
