@@ -76,6 +76,7 @@ class FitConfig:
   keep_checkpoints: int = 2  # the latest N are kept, plus the best by `monitor`
   progress: bool = True  # tqdm bar with loss and lr
   mesh: sharding_lib.MeshConfig | None = None  # None: every device, data-parallel
+  donate: bool = False  # True: train in the caller's buffers (no copy; they are deleted)
 
   def __post_init__(self):
     validation.check_int("steps", self.steps, 1)
@@ -86,6 +87,8 @@ class FitConfig:
     validation.check_choice("mode", self.mode, ("min", "max"))
     validation.check_int("checkpoint_every_evals", self.checkpoint_every_evals, 1)
     validation.check_int("keep_checkpoints", self.keep_checkpoints, 1)
+    if not isinstance(self.donate, bool):
+      raise ValueError(f"donate must be True or False, got {self.donate!r}")
     if self.mesh is not None and not isinstance(self.mesh, sharding_lib.MeshConfig):
       raise ValueError(f"mesh must be a bt.train.MeshConfig or None, got {self.mesh!r}")
 
@@ -320,8 +323,9 @@ class _RunFiles:
     ``shardings`` (without one, ``state`` placed on them), its step (or None) and the
     metrics rows up to it; the rows a dead run wrote after it are dropped."""
     resumed_from = self.checkpoints.latest_step() if self.checkpoints else None
-    if resumed_from is None:
-      state = jax.device_put(state, shardings)
+    if resumed_from is None:  # a copy unless donated: the caller's arrays stay usable
+      state = jax.device_put(state, shardings, donate=self.config.donate,
+                             may_alias=None if self.config.donate else False)
     else:
       state = self.checkpoints.restore(checkpoint_lib.abstract_like(state, shardings),
                                        step=resumed_from)
@@ -410,9 +414,13 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
         early_stopping: control.EarlyStopping | None = None) -> FitResult:
   """Trains ``state`` (see the module docstring); resumes from ``workdir`` if it has a
   checkpoint. ``early_stopping`` is fed the monitored metric at each evaluation; a
-  ``bt.reduce_on_plateau`` goes into the optimizer's chain. The train step donates the
-  state's buffers, so ``state`` (and the parameters it was made from) cannot be used after
-  a fresh start: pass a copy (``jax.tree.map(jnp.copy, params)``) to keep them."""
+  ``bt.reduce_on_plateau`` goes into the optimizer's chain.
+
+  The train step donates its buffers, and ``fit`` trains a copy of ``state``: the
+  caller's ``state`` and the parameters it was made from stay usable after ``fit``
+  (e.g. to compare before and after). ``FitConfig(donate=True)`` trains in the caller's
+  buffers instead, saving one copy of the state's memory (for a model that barely fits);
+  those arrays are then deleted, and using them raises JAX's "Array has been deleted"."""
   start_time = time.time()
   monitor = _check_fit(state, loss_fn, train_data, val_data, config, early_stopping)
   state = _with_early_stopping(state, early_stopping)
