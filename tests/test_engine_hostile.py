@@ -47,6 +47,9 @@ def test_evaluate_refuses_labels_outside_a_five_class_head():
                                        rf"\[0, 5\) \(the model's 5 classes\), got values "
                                        rf"from \d to {high}"):
     train.evaluate(train.classification_loss(model), params, dataset)
+  with pytest.raises(ValueError, match=r"a population's train split: labels .* \[0, 5\)"):
+    train.check_data(train.classification_loss(model), params,  # what a runner calls
+                     {"a population's train split": dataset})
 
 
 def test_float_labels_are_named_in_fit_and_evaluate(tmp_path):

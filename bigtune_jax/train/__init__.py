@@ -3,6 +3,7 @@ hosts, the fit loop, checkpoints, metrics."""
 
 from bigtune_jax.train.checkpoint import Checkpointer
 from bigtune_jax.train.checkpoint import abstract_like
+from bigtune_jax.train.data_checks import check_data
 from bigtune_jax.train.distributed import global_batch
 from bigtune_jax.train.distributed import maybe_initialize
 from bigtune_jax.train.loop import FitConfig
@@ -50,6 +51,7 @@ __all__ = (
     "TrainState",
     "abstract_like",
     "batch_sharding",
+    "check_data",
     "classification_loss",
     "create_train_state",
     "evaluate",

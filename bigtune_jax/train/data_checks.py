@@ -24,6 +24,16 @@ Splits = Mapping[str, Any]  # where ("the train split") -> dataset or None
 _CHUNK = 1 << 22  # tokens per read of a memory-mapped corpus (8 MiB of uint16)
 
 
+def check_data(loss_fn: Callable, params, splits: Splits) -> None:
+  """The loss's own host checks of ``splits`` against the model of ``params`` (labels
+  within the head's classes, token ids within the vocabulary), where the loss has them
+  (``loss_fn.check_data``). What ``fit`` and ``evaluate`` run before any step; a runner
+  that trains a population calls it with one member's parameters."""
+  own = getattr(loss_fn, "check_data", None)
+  if own is not None:
+    own(params, splits)
+
+
 def _array(dataset, key: str) -> np.ndarray | None:
   """``dataset``'s array ``key`` when it holds examples of it, else None."""
   array = getattr(dataset, "arrays", {}).get(key) if dataset is not None else None

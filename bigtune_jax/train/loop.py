@@ -131,7 +131,7 @@ def evaluate(loss_fn: LossFn, params, dataset: ArrayDataset, batch_size: int = 5
   if not callable(loss_fn):
     raise ValueError(f"loss_fn must be a bt.train loss (params, batch, rng, train) -> "
                      f"(loss, sums), got {loss_fn!r}")
-  _check_data(loss_fn, params, {"evaluate's dataset": dataset})
+  data_checks.check_data(loss_fn, params, {"evaluate's dataset": dataset})
   mesh = mesh if mesh is not None else sharding_lib.mesh_of(params)
   return _evaluate_with(_cached_eval_step(loss_fn, params, mesh), params, dataset,
                         batch_size, mesh)
@@ -226,14 +226,6 @@ def _check_monitor(monitor, loss_fn, state, val_data) -> None:
                      f"{sorted(names)}")
 
 
-def _check_data(loss_fn, params, splits: data_checks.Splits) -> None:
-  """The loss's own host checks of the data (labels within the head's classes, token ids
-  within the vocabulary: ``data_checks.py``), where the loss has them."""
-  check_data = getattr(loss_fn, "check_data", None)
-  if check_data is not None:
-    check_data(params, splits)
-
-
 def _check_fit(state, loss_fn, train_data, val_data, config, early_stopping) -> str:
   """Every argument of ``fit`` checked before any work; returns the monitored metric."""
   if early_stopping is not None and not isinstance(early_stopping, control.EarlyStopping):
@@ -243,8 +235,8 @@ def _check_fit(state, loss_fn, train_data, val_data, config, early_stopping) -> 
     raise ValueError("val_data has no examples (a validation_fraction of 0?); pass "
                      "val_data=None to train without validation")
   monitor = config.monitor if val_data is not None else "train_loss"
-  _check_data(loss_fn, state.params,
-              {"the train split": train_data, "the validation split": val_data})
+  data_checks.check_data(loss_fn, state.params,
+                         {"the train split": train_data, "the validation split": val_data})
   data_checks.check_params_fit(loss_fn, state.params, train_data, "the train split")
   _check_monitor(monitor, loss_fn, state, val_data)
   if train_data.steps_per_epoch(config.batch_size) < 1:
