@@ -3,7 +3,7 @@
 Inside a jitted step nothing can raise: a label >= the head's class count, or a token id
 >= the model's vocabulary, makes ``optax.softmax_cross_entropy_with_integer_labels`` read
 outside the logits (NaN losses for every step after it, no error), and an embedding
-lookup clips it (a wrong model). A float label is cast; parameters made for another input
+lookup of it returns NaN (or, clipped, another token's row: a wrong model). A float label is cast; parameters made for another input
 shape fail deep inside Flax. So each ``bt.train`` loss carries
 ``loss_fn.check_data(params, splits)``, ``splits`` mapping a name (``"the train split"``)
 to a dataset (or None), and these functions do the work on the host: one min / max per
