@@ -77,8 +77,10 @@ def check_token_ids(splits: Splits, vocab_size: int,
 
   In-memory arrays are checked whole. Token blocks over a memory-mapped corpus
   (``data.load_token_dataset``; they expose it as ``.tokens``) are read once per corpus
-  (the splits share it); only when an id is out of range is each split's own blocks read,
-  batch by batch, to name the split, the batch and the position.
+  (the splits share it), or not at all when the dataset records its corpus's largest id
+  (``max_id``, which ``load_token_dataset`` keeps in its cache); only when an id is out of
+  range is each split's own blocks read, batch by batch, to name the split, the batch and
+  the position.
   """
   corpus_ok = {}
   for where, dataset in splits.items():
@@ -92,7 +94,9 @@ def check_token_ids(splits: Splits, vocab_size: int,
           validation.check_token_ids(array, vocab_size, f"{where} ({key!r})")
       continue
     if id(tokens) not in corpus_ok:
-      corpus_ok[id(tokens)] = _corpus_in_range(tokens, vocab_size)
+      max_id = getattr(dataset, "max_id", None)  # recorded when the corpus was tokenized
+      corpus_ok[id(tokens)] = (0 <= max_id < vocab_size if max_id is not None
+                               else _corpus_in_range(tokens, vocab_size))
     if corpus_ok[id(tokens)]:
       continue
     batches = dataset.batches(4096, shuffle=False, remainder="pad", process_index=0,
