@@ -36,17 +36,26 @@ def _concrete_scalar(name: str, value: Any) -> float | None:
   return float(array)
 
 
-def check_learning_rate(name: str, value: Any, *, allow_schedule: bool = True) -> None:
-  """A learning rate: a finite scalar >= 0, a traced array, or (if ``allow_schedule``) a
-  schedule."""
+def check_learning_rate(name: str, value: Any, *, allow_schedule: bool = True,
+                        dtype: Any = np.float32) -> None:
+  """A learning rate: a scalar in ``[0, finfo(dtype).max]``, a traced array, or (if
+  ``allow_schedule``) a schedule.
+
+  The rate must be finite in the ``dtype`` it is used in (float32 by default, the dtype of
+  the parameters and of optax's ``scale_by_learning_rate``): ``1e40`` is a finite Python
+  float but ``inf`` in float32, and every update it scales is then skipped by the engine's
+  NaN guard, so it is refused here, at construction.
+  """
   if callable(value):
     if allow_schedule:
       return
     raise ValueError(f"{name} must be a finite number >= 0, not a schedule, got {value!r}")
   x = _concrete_scalar(name, value)
-  if x is not None and not (math.isfinite(x) and x >= 0):
+  largest = float(np.finfo(dtype).max)
+  if x is not None and not (math.isfinite(x) and 0 <= x <= largest):
     or_schedule = " (or a schedule)" if allow_schedule else ""
-    raise ValueError(f"{name} must be a finite number >= 0{or_schedule}, got {value!r}")
+    raise ValueError(f"{name} must be a finite number >= 0 and <= {largest:.4g} (finite in "
+                     f"{np.dtype(dtype).name}){or_schedule}, got {value!r}")
 
 
 def check_interval(name: str, value: Any, low: float, high: float, *,

@@ -1,4 +1,4 @@
-"""Seed 000 §4.2: a simple CNN trained with momentum SGD (lr 0.1, momentum 0.9).
+"""Seed 000 §4.2: a simple CNN trained with momentum SGD (momentum 0.9; lr 0.1 in the seed).
 
 The seed ("使用动量算法训练简单的 CNN 模型", training a simple CNN with the momentum algorithm)
 defines ``SimpleCNN(num_classes)``: conv 1->10 (5x5), ReLU, 2x2 max-pool, conv 10->20 (5x5),
@@ -21,11 +21,16 @@ Seed bugs fixed here (stated, as they are not kept):
   ``train_loss`` is the mean over all steps since the previous evaluation, and the test
   split (which the seed never looks at) is evaluated at the end.
 
-lr 0.1 with momentum 0.9 (an effective step of about 0.1 / (1 - 0.9) = 1) is aggressive,
-yet it trains stably on these images and is kept as the seed has it: no step was skipped
-by the NaN guard in our runs. The small preset runs 20 epochs (380 steps of 64) instead of
-the seed's 10, because 10 epochs of 1,258 images is only 190 steps and leaves the test
-accuracy near the 0.95 bar; ``full`` is the seed's 10 epochs of MNIST's 60k at batch 64.
+**Rate: 0.01, not the seed's 0.1, in the tiny and small presets.** lr 0.1 with momentum
+0.9 (an effective step of about 0.1 / (1 - 0.9) = 1) is on the edge of stability on these
+images: no step is skipped, but where training lands depends on the last bits of the
+arithmetic. Over seeds 0-4 (each draws another split, init and data order) the small
+preset's test accuracy was 0.908, 0.944, 0.950, 0.969, 0.983 at lr 0.1 (and another
+2-core x86-64 CPU gave 0.950 for seed 0 where ours gave 0.983), against 0.972-0.981
+(median 0.975) at lr 0.01 and 0.969-0.983 at lr 0.05. ``--set learning_rate=0.1`` runs
+the seed's rate; ``full`` keeps it (the seed's MNIST run, not measured here). The small
+preset runs 20 epochs (380 steps of 64) instead of the seed's 10 (190 steps of 1,258
+images); ``full`` is the seed's 10 epochs of MNIST's 60k at batch 64.
 
   python -m experiments.cnn_momentum --workdir runs/cnn_momentum [--preset small|full|tiny]
 """
@@ -36,10 +41,10 @@ from experiments import classification
 from experiments import common
 
 PRESETS = {
-    "tiny": dict(steps=20, batch_size=32, learning_rate=0.1, momentum=0.9, eval_every=10,
+    "tiny": dict(steps=20, batch_size=32, learning_rate=0.01, momentum=0.9, eval_every=10,
                  dataset="digits", data_dir="", seed=0),
     # 1,258 train images // 64 = 19 steps an epoch; 380 steps = 20 epochs, evaluated every 2.
-    "small": dict(steps=380, batch_size=64, learning_rate=0.1, momentum=0.9, eval_every=38,
+    "small": dict(steps=380, batch_size=64, learning_rate=0.01, momentum=0.9, eval_every=38,
                   dataset="digits", data_dir="", seed=0),
     # The seed's 10 epochs of MNIST (--set dataset=mnist --set data_dir=DIR): 54,000 train
     # images (10% of the 60k held out for validation) // 64 = 843 steps an epoch.

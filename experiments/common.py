@@ -209,16 +209,32 @@ def parse_args(argv, presets: Mapping[str, Mapping[str, Any]], description: str,
   return args.workdir, args.preset, config
 
 
-# What a person can fix on the command line: a setting, a path, a workdir in use.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, train.WorkdirInUseError)
+# What a person can fix on the command line: a setting, a path, a workdir in use or one
+# that cannot be written (PermissionError: a read-only folder or mount).
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
+               train.WorkdirInUseError)
+
+
+def _check_workdir_flag(argv: list[str]) -> None:
+  """The ``--workdir`` of ``argv``, if given, can be written (``train.workdir``'s check),
+  before ``main`` loads data or trains: a read-only workdir is named at once."""
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument("--workdir")
+  known, _ = parser.parse_known_args(argv)
+  if known.workdir:
+    try:
+      train.workdir.check_writable(known.workdir)
+    except ValueError:
+      pass  # a file, not a directory: parse_args names it in argparse's words
 
 
 def run(main: Callable[[], Any]) -> None:
-  """Runs ``main()`` as a command: a bad setting prints the usage and one ``error:`` line
-  naming it (what argparse prints for a bad flag) and exits with status 2, no traceback.
-  ``BIGTUNE_TRACEBACK=1`` re-raises instead; called as a function, ``main(argv)`` keeps
-  raising ``ValueError``."""
+  """Runs ``main()`` as a command: a bad setting, or a workdir that cannot be written,
+  prints the usage and one ``error:`` line naming it (what argparse prints for a bad flag)
+  and exits with status 2, no traceback, before any training. ``BIGTUNE_TRACEBACK=1``
+  re-raises instead; called as a function, ``main(argv)`` keeps raising ``ValueError``."""
   try:
+    _check_workdir_flag(sys.argv[1:])
     main()
   except USER_ERRORS as error:
     if os.environ.get("BIGTUNE_TRACEBACK"):

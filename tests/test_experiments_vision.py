@@ -27,7 +27,7 @@ def _check_summary(summary, path, experiment, steps):
 def test_cnn_momentum_small_preset_reaches_the_bar(tmp_path):
   summary = cnn_momentum.main(["--workdir", str(tmp_path), "--preset", "small"])
   _check_summary(summary, tmp_path, "cnn_momentum", cnn_momentum.PRESETS["small"]["steps"])
-  assert summary["test_accuracy"] >= 0.95
+  assert summary["test_accuracy"] >= 0.96  # seeds 0-4 gave 0.972-0.981 (lr 0.1: 0.908-0.983)
   assert summary["skipped_steps"] == 0
   # The seed's network by hand: conv 1->10 and 10->20 (5x5, biased), 320 -> 50 -> 10.
   assert summary["params"] == (25 + 1) * 10 + (250 + 1) * 20 + (320 + 1) * 50 + (50 + 1) * 10

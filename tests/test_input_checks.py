@@ -109,7 +109,7 @@ def test_evaluate_on_an_empty_split_is_named():
 @pytest.mark.parametrize("labels, match", [
     (lambda y: np.where(y == 9, 12, y),
      r"labels \('label'\) must lie in \[0, 10\) .* from 0 to 12"),
-    (lambda y: y - 1, r"must lie in \[0, 10\) .* from -1 to 9"),  # train and validation
+    (lambda y: y - 1, r"the train split: labels .* must lie in \[0, 10\) .* from -1 to 8"),
     (lambda y: y.astype(np.float32), r"labels \('label'\) must be integer class indices, got "
                                      r"dtype float32"),
 ])

@@ -3,6 +3,7 @@ hosts, the fit loop, checkpoints, metrics."""
 
 from bigtune_jax.train.checkpoint import Checkpointer
 from bigtune_jax.train.checkpoint import abstract_like
+from bigtune_jax.train.data_checks import check_data
 from bigtune_jax.train.distributed import global_batch
 from bigtune_jax.train.distributed import maybe_initialize
 from bigtune_jax.train.loop import FitConfig
@@ -12,6 +13,7 @@ from bigtune_jax.train.loop import fit
 from bigtune_jax.train.metrics import MetricsLog
 from bigtune_jax.train.workdir import WorkdirInUseError
 from bigtune_jax.train.workdir import WorkdirLock
+from bigtune_jax.train.workdir import WorkdirNotWritableError
 from bigtune_jax.train.metrics import Progress
 from bigtune_jax.train.metrics import plot_metrics
 from bigtune_jax.train.metrics import png_figure
@@ -43,11 +45,13 @@ __all__ = (
     "MetricsLog",
     "WorkdirInUseError",
     "WorkdirLock",
+    "WorkdirNotWritableError",
     "Progress",
     "ReplicatedParameterWarning",
     "TrainState",
     "abstract_like",
     "batch_sharding",
+    "check_data",
     "classification_loss",
     "create_train_state",
     "evaluate",

@@ -24,6 +24,11 @@ Choices, and why:
 * **Atomic commits.** Orbax writes ``DIR/<step>.orbax-checkpoint-tmp*`` and renames it to
   ``DIR/<step>`` once complete, so a save killed midway leaves a tmp directory that is
   never listed nor restored (and is replaced if the same step is saved again).
+* **A damaged checkpoint is refused, not skipped.** One that cannot be read (an overwritten
+  ``manifest.ocdbt``, truncated arrays, lost metadata) raises a ``ValueError`` naming its
+  directory, saying it is damaged and naming the previous step; ``restore`` never falls
+  back to an older checkpoint by itself, since a resumed run would then silently repeat
+  steps. Deleting the damaged directory resumes from the previous one.
 
 On disk (Orbax's layout): ``DIR/<step>/default/`` holds the state (``_METADATA``: the tree
 of shapes and dtypes; ``manifest.ocdbt`` and ``d/``: the arrays, OCDBT/zarr);
@@ -54,6 +59,7 @@ from bigtune_jax.train import distributed
 from bigtune_jax.tree_paths import path_name
 
 ITEM = "default"  # Orbax's name for the single item of a CheckpointManager
+_OCDBT_MAGIC = bytes.fromhex("0cdb3a2a")  # the first bytes of every OCDBT manifest
 
 
 def _first_local_device_sharding():
@@ -291,16 +297,48 @@ class Checkpointer:
       raise FileNotFoundError(f"{wanted} in {self.directory}; available steps: {steps}")
     return step
 
+  def _damaged(self, step: int, what: str, error: Exception | str) -> ValueError:
+    """The error for an unreadable checkpoint ``step``: its directory, that it is damaged,
+    the first line of the cause, and the way out. Nothing falls back to an older checkpoint
+    behind the caller's back (a resumed run would silently redo steps): deleting the
+    damaged directory is the user's decision, and the message names the step it gives."""
+    cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if len(cause) > 300:
+      cause = cause[:300] + " ..."
+    older = [s for s in self.all_steps() if s < step]
+    way_out = (f"delete {self._step_path(step)} to resume from the previous checkpoint, "
+               f"step {older[-1]}" if older else
+               f"delete {self._step_path(step)} (no older checkpoint) to start afresh")
+    return ValueError(f"corrupt checkpoint {self._step_path(step)}: it is damaged, cannot "
+                      f"read its {what} ({cause}); {way_out}")
+
+  def _check_manifest(self, step: int) -> None:
+    """The OCDBT manifest starts with its magic bytes (tensorstore's format: 0x0cdb3a2a).
+    Checked here because Orbax, given an overwritten manifest, fails with tensorstore
+    callbacks into a closed event loop ("RuntimeError: Event loop is closed" printed at
+    exit) instead of naming the file."""
+    manifest = self._step_path(step) / ITEM / "manifest.ocdbt"
+    try:
+      with open(manifest, "rb") as f:
+        head = f.read(4)
+    except FileNotFoundError:
+      return  # not an OCDBT checkpoint, or the metadata check below names it
+    except OSError as err:
+      raise self._damaged(step, "manifest", err) from err
+    if head != _OCDBT_MAGIC:
+      raise self._damaged(step, "manifest", f"{manifest} does not start with the OCDBT "
+                          f"magic bytes {_OCDBT_MAGIC.hex()}, but {head.hex() or 'nothing'}")
+
   def _stored(self, step: int):
     """The stored tree's metadata (shapes and dtypes) of checkpoint ``step``."""
+    self._check_manifest(step)
     try:
       metadata = self._manager.item_metadata(step)
       stored = getattr(metadata, "tree", metadata)  # TreeMetadata in recent Orbax
       if stored is None:
         raise ValueError("no item metadata")
     except Exception as err:
-      raise ValueError(f"corrupt checkpoint {self._step_path(step)}: cannot read its "
-                       f"metadata: {err}") from err
+      raise self._damaged(step, "metadata", err) from err
     return stored
 
   def restore(self, target, step: int | None = None):
@@ -324,7 +362,7 @@ class Checkpointer:
     try:
       restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as err:
-      raise ValueError(f"corrupt checkpoint {path}: {type(err).__name__}: {err}") from err
+      raise self._damaged(step, "arrays", f"{type(err).__name__}: {err}") from err
     return restored  # the abstract target's tree: target's structure and static fields
 
   def param_metadata(self, step: int | None = None) -> dict:
@@ -382,8 +420,7 @@ class Checkpointer:
                                  item_handlers={ITEM: ocp.PyTreeCheckpointHandler()}) as reader:
         restored = reader.restore(step, args=ocp.args.Composite(**{ITEM: args}))[ITEM]
     except Exception as err:
-      raise ValueError(f"corrupt checkpoint {self._step_path(step)}: {type(err).__name__}: "
-                       f"{err}") from err
+      raise self._damaged(step, "arrays", f"{type(err).__name__}: {err}") from err
     for key in prefix:
       restored = restored[key]
     return {path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(restored)}

@@ -52,6 +52,7 @@ from bigtune_jax import control
 from bigtune_jax import validation
 from bigtune_jax.data.pipeline import ArrayDataset
 from bigtune_jax.train import checkpoint as checkpoint_lib
+from bigtune_jax.train import data_checks
 from bigtune_jax.train import distributed
 from bigtune_jax.train import metrics as metrics_lib
 from bigtune_jax.train import sharding as sharding_lib
@@ -75,6 +76,7 @@ class FitConfig:
   keep_checkpoints: int = 2  # the latest N are kept, plus the best by `monitor`
   progress: bool = True  # tqdm bar with loss and lr
   mesh: sharding_lib.MeshConfig | None = None  # None: every device, data-parallel
+  donate: bool = False  # True: train in the caller's buffers (no copy; they are deleted)
 
   def __post_init__(self):
     validation.check_int("steps", self.steps, 1)
@@ -85,6 +87,8 @@ class FitConfig:
     validation.check_choice("mode", self.mode, ("min", "max"))
     validation.check_int("checkpoint_every_evals", self.checkpoint_every_evals, 1)
     validation.check_int("keep_checkpoints", self.keep_checkpoints, 1)
+    if not isinstance(self.donate, bool):
+      raise ValueError(f"donate must be True or False, got {self.donate!r}")
     if self.mesh is not None and not isinstance(self.mesh, sharding_lib.MeshConfig):
       raise ValueError(f"mesh must be a bt.train.MeshConfig or None, got {self.mesh!r}")
 
@@ -127,6 +131,7 @@ def evaluate(loss_fn: LossFn, params, dataset: ArrayDataset, batch_size: int = 5
   if not callable(loss_fn):
     raise ValueError(f"loss_fn must be a bt.train loss (params, batch, rng, train) -> "
                      f"(loss, sums), got {loss_fn!r}")
+  data_checks.check_data(loss_fn, params, {"evaluate's dataset": dataset})
   mesh = mesh if mesh is not None else sharding_lib.mesh_of(params)
   return _evaluate_with(_cached_eval_step(loss_fn, params, mesh), params, dataset,
                         batch_size, mesh)
@@ -213,9 +218,8 @@ def _check_monitor(monitor, loss_fn, state, val_data) -> None:
   if monitor in names:
     return  # no need to trace the loss
   if val_data is not None:
-    batch = next(val_data.batches(jax.process_count(), shuffle=False, remainder="pad"))
-    sums = jax.eval_shape(lambda p, b: loss_fn(p, b, jax.random.key(0), False)[1],
-                          state.params, batch)
+    sums = data_checks.check_params_fit(loss_fn, state.params, val_data,
+                                        "the validation split")
     names |= {"val_loss"} | ({"val_accuracy"} if "correct" in sums else set())
   if monitor not in names:
     raise ValueError(f"monitor {monitor!r} is not a metric this run writes; it writes "
@@ -231,10 +235,10 @@ def _check_fit(state, loss_fn, train_data, val_data, config, early_stopping) -> 
     raise ValueError("val_data has no examples (a validation_fraction of 0?); pass "
                      "val_data=None to train without validation")
   monitor = config.monitor if val_data is not None else "train_loss"
+  data_checks.check_data(loss_fn, state.params,
+                         {"the train split": train_data, "the validation split": val_data})
+  data_checks.check_params_fit(loss_fn, state.params, train_data, "the train split")
   _check_monitor(monitor, loss_fn, state, val_data)
-  check_data = getattr(loss_fn, "check_data", None)  # e.g. classification labels in range
-  if check_data is not None:
-    check_data(state.params, train_data, val_data)
   if train_data.steps_per_epoch(config.batch_size) < 1:
     raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
                      f"({len(train_data)} examples)")
@@ -311,8 +315,9 @@ class _RunFiles:
     ``shardings`` (without one, ``state`` placed on them), its step (or None) and the
     metrics rows up to it; the rows a dead run wrote after it are dropped."""
     resumed_from = self.checkpoints.latest_step() if self.checkpoints else None
-    if resumed_from is None:
-      state = jax.device_put(state, shardings)
+    if resumed_from is None:  # a copy unless donated: the caller's arrays stay usable
+      state = jax.device_put(state, shardings, donate=self.config.donate,
+                             may_alias=None if self.config.donate else False)
     else:
       state = self.checkpoints.restore(checkpoint_lib.abstract_like(state, shardings),
                                        step=resumed_from)
@@ -401,9 +406,13 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
         early_stopping: control.EarlyStopping | None = None) -> FitResult:
   """Trains ``state`` (see the module docstring); resumes from ``workdir`` if it has a
   checkpoint. ``early_stopping`` is fed the monitored metric at each evaluation; a
-  ``bt.reduce_on_plateau`` goes into the optimizer's chain. The train step donates the
-  state's buffers, so ``state`` (and the parameters it was made from) cannot be used after
-  a fresh start: pass a copy (``jax.tree.map(jnp.copy, params)``) to keep them."""
+  ``bt.reduce_on_plateau`` goes into the optimizer's chain.
+
+  The train step donates its buffers, and ``fit`` trains a copy of ``state``: the
+  caller's ``state`` and the parameters it was made from stay usable after ``fit``
+  (e.g. to compare before and after). ``FitConfig(donate=True)`` trains in the caller's
+  buffers instead, saving one copy of the state's memory (for a model that barely fits);
+  those arrays are then deleted, and using them raises JAX's "Array has been deleted"."""
   start_time = time.time()
   monitor = _check_fit(state, loss_fn, train_data, val_data, config, early_stopping)
   state = _with_early_stopping(state, early_stopping)

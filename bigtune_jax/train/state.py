@@ -47,8 +47,17 @@ def accepts_train_flag(model: nn.Module) -> bool:
 
 def init_params(model: nn.Module, sample_input: jax.Array, seed: int = 0):
   """``model``'s parameters for inputs shaped like ``sample_input`` (jit-compiled init;
-  compiled once per model configuration and input shape, not once per call)."""
+  compiled once per model configuration and input shape, not once per call).
+
+  ``sample_input`` is a *batch*: its first axis is the examples (``images[:1]``, shape
+  ``(1, 28, 28, 1)``), never one example (``images[0]``): an MLP would then take the 28
+  rows for a batch and size its first kernel for 28 features. A scalar is refused here;
+  ``fit`` and ``evaluate`` name any other mismatch with their data before a step.
+  """
   sample_input = jnp.asarray(sample_input)
+  if sample_input.ndim == 0:
+    raise ValueError(f"sample_input must be a batch of examples (its first axis the batch, "
+                     f"e.g. x[:1]), got a scalar {sample_input!r}")
   try:
     hash(model)
   except TypeError:  # a module with unhashable fields: compile for this call only
@@ -75,7 +84,7 @@ def create_train_state(model: nn.Module, params, tx: optax.GradientTransformatio
     model: the flax module (its ``apply`` becomes ``state.apply_fn``), linen or NNX.
     params: its parameters (e.g. from :func:`init_params`). For an ``nnx.Module``: None
       (its own ``nnx.Param`` state, ``nnx_state.params_of``; the arrays are the model's,
-      donated by ``fit`` like any state's) or a tree like that one.
+      which ``fit`` copies unless ``FitConfig.donate``) or a tree like that one.
     tx: the optimizer, any optax transform: ``bt.accumulate(...)`` for accumulation,
       ``optax.chain(..., bt.reduce_on_plateau())`` to follow the monitored metric,
       ``optax.inject_hyperparams`` to have ``fit`` log the learning rate.

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bigtune_jax.train import data_checks
 from bigtune_jax.train import nnx_state
 from bigtune_jax.train.state import TrainState
 from bigtune_jax.train.state import accepts_train_flag
@@ -51,6 +52,16 @@ def _apply(model: nn.Module) -> Callable:
     return model.apply({"params": params}, x, **kwargs)
 
   return apply
+
+
+def _inference(apply: Callable) -> Callable:
+  """``(params, x) -> output`` with dropout off: one function per loss, so that the
+  ``jax.eval_shape`` of its data checks is traced once per input shape."""
+
+  def forward(params, x):
+    return apply(params, x, jax.random.key(0), False)
+
+  return forward
 
 
 def _masked_mean(per_example, mask):
@@ -78,28 +89,20 @@ def classification_loss(model: nn.Module, input_key: str = "image",
     correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
     return loss, {"loss_sum": total, "count": count, "correct": correct.astype(jnp.float32)}
 
-  def check_data(params, *datasets) -> None:
-    """On the host, before training: labels are integers in [0, classes). (Inside the jitted
-    step an out-of-range label trains silently to NaN and a float label is cast.)"""
-    arrays = [getattr(d, "arrays", {}) for d in datasets if d is not None]
-    arrays = [a for a in arrays if label_key in a and input_key in a and len(a[label_key])]
-    if not arrays:
-      return
-    for a in arrays:
-      if not np.issubdtype(np.asarray(a[label_key]).dtype, np.integer):
-        raise ValueError(f"labels ({label_key!r}) must be integer class indices, got dtype "
-                         f"{np.asarray(a[label_key]).dtype}")
-    low = min(int(np.min(a[label_key])) for a in arrays)
-    high = max(int(np.max(a[label_key])) for a in arrays)
-    sample = jax.ShapeDtypeStruct((1, *np.shape(arrays[0][input_key])[1:]),
-                                  np.asarray(arrays[0][input_key][:1]).dtype)
-    classes = jax.eval_shape(lambda p, x: apply(p, x, jax.random.key(0), False),
-                             params, sample).shape[-1]  # one trace for every dataset
-    if low < 0 or high >= classes:
-      raise ValueError(f"labels ({label_key!r}) must lie in [0, {classes}) (the model's "
-                       f"{classes} classes), got values from {low} to {high}")
+  forward = _inference(apply)
 
-  loss_fn.check_data = check_data  # read by fit; absent on other losses
+  def check_data(params, splits: data_checks.Splits) -> None:
+    """On the host, before any step: labels are integers in [0, classes) (inside the jitted
+    step an out-of-range label trains silently to NaN and a float label is cast)."""
+    def classes(where, dataset) -> int:  # the last axis of the logits, traced, not computed
+      if input_key not in dataset.arrays:
+        raise ValueError(f"{where} has no model input {input_key!r}, only "
+                         f"{sorted(dataset.arrays)} (pass input_key=)")
+      x = np.asarray(dataset.arrays[input_key][:1])
+      return data_checks.traced_shape(forward, params, x, where).shape[-1]
+    data_checks.check_labels(splits, label_key, classes)
+
+  loss_fn.check_data = check_data  # read by fit and evaluate; absent on regression losses
   return loss_fn
 
 
@@ -135,6 +138,7 @@ def language_model_loss(model: nn.Module, input_key: str = "inputs",
   """
   apply = _apply(model)
   fused = _takes_targets(model)
+  forward = _inference(apply)
 
   def loss_fn(params, batch, rng, train):
     targets = batch[target_key]  # (B, T)
@@ -149,6 +153,19 @@ def language_model_loss(model: nn.Module, input_key: str = "inputs",
     correct = jnp.sum((jnp.argmax(logits, -1) == targets) & mask)
     return loss, {"loss_sum": total, "count": count, "correct": correct.astype(jnp.float32)}
 
+  def check_data(params, splits: data_checks.Splits) -> None:
+    """On the host, before any step: token ids lie in the model's vocabulary (its
+    ``config.vocab_size``; else the last axis of its logits), or training gives NaN."""
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    given = [(where, d) for where, d in splits.items() if d is not None]
+    if vocab_size is None and not fused and given:  # the logits' last axis
+      where, first = given[0]
+      x = next(first.batches(1, shuffle=False, process_index=0, process_count=1))[input_key]
+      vocab_size = data_checks.traced_shape(forward, params, x, where).shape[-1]
+    if vocab_size is not None:
+      data_checks.check_token_ids(splits, vocab_size, (input_key, target_key))
+
+  loss_fn.check_data = check_data
   return loss_fn
 
 

@@ -28,6 +28,29 @@ class WorkdirInUseError(RuntimeError):
   """Another live process holds the workdir."""
 
 
+class WorkdirNotWritableError(PermissionError):
+  """The workdir cannot be created or written (permissions, a read-only file system)."""
+
+
+def check_writable(workdir: str | os.PathLike) -> None:
+  """Raises before anything is written unless ``workdir`` is, or can be created as, a
+  directory this process may write: ``ValueError`` when it (or a parent) is a file,
+  :class:`WorkdirNotWritableError` naming the directory that refuses the write
+  (``os.access``: permissions and read-only mounts)."""
+  workdir = Path(workdir)
+  existing = workdir
+  while not existing.exists() and existing != existing.parent:
+    existing = existing.parent
+  if not existing.is_dir():
+    what = "is a file" if existing == workdir else f"is under {existing}, a file"
+    raise ValueError(f"workdir {workdir} {what}, not a directory")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    where = "" if existing == workdir else f" ({existing} cannot be written)"
+    raise WorkdirNotWritableError(
+        f"workdir {workdir} is not writable{where}: a run writes its lock, metrics and "
+        "checkpoints there; choose a directory you can write to")
+
+
 def _holder(path: Path) -> str:
   try:
     info = json.loads(path.read_text())
@@ -49,10 +72,13 @@ class WorkdirLock:
       if self._key in _HELD:
         _HELD[self._key][1] += 1
         return self
-      if self.workdir.exists() and not self.workdir.is_dir():
-        raise ValueError(f"workdir {self.workdir} is a file, not a directory")
-      self.workdir.mkdir(parents=True, exist_ok=True)
-      handle = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+      check_writable(self.workdir)
+      try:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+      except PermissionError as error:  # e.g. a read-only mount that os.access missed
+        raise WorkdirNotWritableError(f"workdir {self.workdir} is not writable: "
+                                      f"{error}") from error
       try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
