@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bigtune_jax.train import nnx_state
 
 
 class TrainState(train_state.TrainState):
@@ -80,15 +81,21 @@ def create_train_state(model: nn.Module, params, tx: optax.GradientTransformatio
   """A fresh state at step 0.
 
   Args:
-    model: the flax module (its ``apply`` becomes ``state.apply_fn``).
-    params: its parameters (e.g. from :func:`init_params`).
+    model: the flax module (its ``apply`` becomes ``state.apply_fn``), linen or NNX.
+    params: its parameters (e.g. from :func:`init_params`). For an ``nnx.Module``: None
+      (its own ``nnx.Param`` state, ``nnx_state.params_of``; the arrays are the model's,
+      which ``fit`` copies unless ``FitConfig.donate``) or a tree like that one.
     tx: the optimizer, any optax transform: ``bt.accumulate(...)`` for accumulation,
       ``optax.chain(..., bt.reduce_on_plateau())`` to follow the monitored metric,
       ``optax.inject_hyperparams`` to have ``fit`` log the learning rate.
     seed: base of the per-step dropout keys.
   """
+  apply = model.apply if not nnx_state.is_nnx(model) else nnx_state.apply_fn(
+      model, accepts_train_flag(model))
+  if nnx_state.is_nnx(model):
+    params = nnx_state.train_params(model, params)
   return TrainState.create(
-      apply_fn=model.apply, params=params, tx=tx,
+      apply_fn=apply, params=params, tx=tx,
       rng=jax.random.key_data(jax.random.key(seed)),
       skipped_steps=jnp.zeros([], jnp.int32),
       # not NaN: a multi-host device_put checks that every process holds the same value
