@@ -266,8 +266,9 @@ def main(argv=None) -> dict:
                          else config["lora_rank"], alpha=16.0)
     result = runner.adapters(lora, {"learning_rate": [lr], "weight_decay": [0.0]})
     runner.curves["lora"] = [(row["step"], row["val_loss"][0]) for row in result.history]
-    adapters = result.member(0)
-    return lora.merge(params, adapters), finetune.adapter_parameter_count(adapters)
+    adapters = result.member(0)  # a finetune.Adapters: its rank and alpha with it
+    return (lora.merge(params, adapters.params, alpha=adapters.alpha),
+            finetune.adapter_parameter_count(adapters.params))
 
   timed("lora", default_lora)
   searched = {}
@@ -276,14 +277,12 @@ def main(argv=None) -> dict:
     best, searcher, member_steps = search_adapters(runner, config, workdir)
     searched.update(best=best, searcher=searcher, member_steps=member_steps)
     runner.curves["lora_search"] = best["curve"]
-    lora, p = best["lora"], best["params"]
-    merged = lora.merge(params, best["adapters"], alpha=p["alpha"], rank=p["rank"])
+    lora, adapters = best["lora"], best["adapters"]  # adapters: at the trial's own rank
+    merged = lora.merge(params, adapters.params, alpha=adapters.alpha)
     hub.save_hf(os.path.join(workdir, "merged"), model, merged)
-    finetune.save_peft(os.path.join(workdir, "adapter"), lora, best["adapters"],
-                       alpha=p["alpha"], rank=p["rank"], base_model_name_or_path=str(base_dir))
-    # r (in + out) per adapted layer: the stored rank's count, scaled to the member's rank
-    count = finetune.adapter_parameter_count(best["adapters"]) * p["rank"] // lora.rank
-    return merged, count
+    finetune.save_peft(os.path.join(workdir, "adapter"), lora, adapters.params,
+                       alpha=adapters.alpha, base_model_name_or_path=str(base_dir))
+    return merged, finetune.adapter_parameter_count(adapters.params)
 
   timed("lora_search", best_lora)
   for row in rows.values():

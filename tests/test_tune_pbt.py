@@ -14,13 +14,13 @@ from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.tune import population
 # Names, not the module: bigtune_jax.tune re-exports the function pbt over the module name.
-from bigtune_jax.tune.population_based import exploit_and_explore
-from bigtune_jax.tune.population_based import explore_draws
-from bigtune_jax.tune.population_based import pbt
-from bigtune_jax.tune.population_based import quantile_size
-from bigtune_jax.tune.space import Choice
-from bigtune_jax.tune.space import LogUniform
-from bigtune_jax.tune.space import Uniform
+from bigtune_jax.tune.population.pbt import exploit_and_explore
+from bigtune_jax.tune.population.pbt import explore_draws
+from bigtune_jax.tune.population.pbt import pbt
+from bigtune_jax.tune.population.pbt import quantile_size
+from bigtune_jax.tune.search.space import Choice
+from bigtune_jax.tune.search.space import LogUniform
+from bigtune_jax.tune.search.space import Uniform
 
 MUTATIONS = {"learning_rate": LogUniform(1e-4, 1.0), "momentum": Uniform(0.0, 0.99)}
 

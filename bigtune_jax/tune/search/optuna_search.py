@@ -33,13 +33,13 @@ import warnings
 import numpy as np
 
 from bigtune_jax import validation
-from bigtune_jax.tune.search import Searcher
-from bigtune_jax.tune.search import Trial
-from bigtune_jax.tune.search import TrialResult
-from bigtune_jax.tune.space import Choice
-from bigtune_jax.tune.space import Int
-from bigtune_jax.tune.space import LogUniform
-from bigtune_jax.tune.space import Space
+from bigtune_jax.tune.search.searchers import Searcher
+from bigtune_jax.tune.search.searchers import Trial
+from bigtune_jax.tune.search.searchers import TrialResult
+from bigtune_jax.tune.search.space import Choice
+from bigtune_jax.tune.search.space import Int
+from bigtune_jax.tune.search.space import LogUniform
+from bigtune_jax.tune.search.space import Space
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = (None, "none", "median", "hyperband")

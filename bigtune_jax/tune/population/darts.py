@@ -52,8 +52,8 @@ from bigtune_jax.train.step import LossFn
 from bigtune_jax.train.step import classification_loss
 from bigtune_jax.transforms import adam
 from bigtune_jax.transforms import l2
-from bigtune_jax.tune.population import PopulationData
-from bigtune_jax.tune.population import model_input
+from bigtune_jax.tune.population.data import PopulationData
+from bigtune_jax.tune.population.data import model_input
 
 
 def arch_optimizer(learning_rate: float = 3e-4, b1: float = 0.5, b2: float = 0.999,
@@ -184,7 +184,7 @@ def darts_search(supernet: Supernet, train_data: ArrayDataset, val_data: ArrayDa
   weight_tx = weight_optimizer(steps) if weight_tx is None else weight_tx
   arch_tx = arch_optimizer() if arch_tx is None else arch_tx
 
-  weights, alphas = split_arch(init_params(supernet, model_input(train, input_key), seed))
+  weights, alphas = split_arch(init_params(supernet, model_input(train.sample, input_key), seed))
   state = DartsState(jnp.zeros([], jnp.int32), weights, alphas, weight_tx.init(weights),
                      arch_tx.init(alphas))
   step_fn = make_darts_step(loss_fn, weight_tx, arch_tx)
