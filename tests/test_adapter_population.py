@@ -124,7 +124,36 @@ def test_pbt_explores_adapter_populations_over_the_frozen_base():
   assert (result.final["val_loss"][from_best] < result.history[0]["val_loss"][from_best]).all()
   assert jax.tree.structure(result.params) == jax.tree.structure(
       LORA.init(jax.random.key(0), PARAMS))
+  for i in range(4):  # through the adapter path: Adapters at the rank each member ends with
+    member, rank = result.member(i), int(result.hparams["rank"][i])
+    assert isinstance(member, Adapters) and (member.rank, member.alpha) == (rank, 8.0)
+    assert member.params["layers"]["self_attn"]["q_proj"]["lora_a"].shape[-1] == rank
+  assert result.member(3).rank == 2  # the best, kept
+  kwargs = dict(steps=4, batch_size=8, perturbation_interval=2, metric="val_loss")
+  with pytest.raises(ValueError, match="base_params: the frozen parameters the LoRA"):
+    bt.tune.pbt(LORA, LOSS, make_optimizer, rates, mutations, TRAIN, VAL, **kwargs)
+  with pytest.raises(ValueError, match="base_params is only for a finetune.LoRA"):
+    bt.tune.pbt(MODEL, LOSS, make_optimizer, rates, mutations, TRAIN, VAL,
+                base_params=PARAMS, **kwargs)
+  with pytest.raises(ValueError, match="model must be a flax.linen.Module .* or a "
+                                       "bigtune_jax.finetune.LoRA with base_params"):
+    bt.tune.pbt(LORA.targets, LOSS, make_optimizer, rates, mutations, TRAIN, VAL,
+                base_params=PARAMS, **kwargs)
   with pytest.raises(ValueError, match="'rank' cannot explore"):
     bt.tune.pbt(LORA, LOSS, make_optimizer, rates, {"rank": bt.tune.Uniform(1, 4)}, TRAIN,
                 VAL, steps=4, batch_size=8, perturbation_interval=2, metric="val_loss",
                 base_params=PARAMS)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_naming_the_split():
+  vocab = MODEL.config.vocab_size
+  tokens = np.random.default_rng(8).integers(0, vocab, (24, 17)).astype(np.int32)
+  tokens[3, 5] = vocab + 7
+  bad = data.ArrayDataset({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]})
+  with pytest.raises(ValueError, match=rf"train_data\['inputs'\]: token id {vocab + 7} at "
+                                       r"position \(3, 5\)"):
+    train_adapter_population(LORA, LOSS, PARAMS, make_optimizer, HPARAMS, bad, VAL, steps=2,
+                             batch_size=8)
+  with pytest.raises(ValueError, match=r"val_data\['inputs'\]: token id"):
+    train_adapter_population(LORA, LOSS, PARAMS, make_optimizer, HPARAMS, TRAIN, bad, steps=2,
+                             batch_size=8)

@@ -13,7 +13,8 @@ from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.tune import population
-# Names, not the module: bigtune_jax.tune re-exports the function pbt over the module name.
+# Names, not the module: bigtune_jax.tune.population re-exports the function pbt over the
+# module's name.
 from bigtune_jax.tune.population.pbt import exploit_and_explore
 from bigtune_jax.tune.population.pbt import explore_draws
 from bigtune_jax.tune.population.pbt import pbt
@@ -135,6 +136,8 @@ def test_pbt_beats_no_pbt_when_most_learning_rates_are_bad():
   assert result.final["val_accuracy"].mean() > plain.final["val_accuracy"].mean() + 0.3
   assert result.final["val_accuracy"].max() >= plain.final["val_accuracy"].max() - 0.03
   assert (result.hparams["learning_rate"] >= 1e-4).all()
+  jax.tree.map(np.testing.assert_array_equal, result.member(3),
+               jax.tree.map(lambda x: x[3], result.params))  # whole models: the slice
   traced = len(traces)
   again = pbt(model, loss_fn, make_optimizer, {k: v * 1.1 for k, v in hparams.items()},
                   MUTATIONS, splits["train"], splits["validation"], perturbation_interval=25,
