@@ -13,12 +13,10 @@ from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.tune import population
-# Names, not the module: bigtune_jax.tune.population re-exports the function pbt over the
-# module's name.
-from bigtune_jax.tune.population.pbt import exploit_and_explore
-from bigtune_jax.tune.population.pbt import explore_draws
-from bigtune_jax.tune.population.pbt import pbt
-from bigtune_jax.tune.population.pbt import quantile_size
+from bigtune_jax.tune.population.exploration import exploit_and_explore
+from bigtune_jax.tune.population.exploration import explore_draws
+from bigtune_jax.tune.population.exploration import pbt
+from bigtune_jax.tune.population.exploration import quantile_size
 from bigtune_jax.tune.search.space import Choice
 from bigtune_jax.tune.search.space import LogUniform
 from bigtune_jax.tune.search.space import Uniform

@@ -15,8 +15,8 @@ from bigtune_jax.tune.population.data import PopulationData
 from bigtune_jax.tune.population.members import AdapterMembers
 from bigtune_jax.tune.population.members import WholeModels
 from bigtune_jax.tune.population.members import initial_state
-from bigtune_jax.tune.population.pbt import exploit_and_explore
-from bigtune_jax.tune.population.pbt import pbt
+from bigtune_jax.tune.population.exploration import exploit_and_explore
+from bigtune_jax.tune.population.exploration import pbt
 from bigtune_jax.tune.population.runner import AdapterPopulationResult
 from bigtune_jax.tune.population.runner import PopulationResult
 from bigtune_jax.tune.population.runner import run_population

@@ -12,9 +12,9 @@ over one frozen base. Every run is the same loop over intervals: train (``progra
   aside, so the next interval runs a smaller program (compiled once per size) and costs
   only the survivors' member-steps; ``compact=False`` keeps them and freezes them by a
   select (the same results, full cost, one program size);
-* **exploit / explore** (``explore``, PBT: ``population.pbt``): after each evaluation but
-  the last, the program's members are ranked and the bottom ones copy a top one's state and
-  perturb its hyperparameters.
+* **exploit / explore** (``explore``; PBT, ``population.exploration``): after each
+  evaluation but the last, the program's members are ranked and the bottom ones copy a top
+  one's state and perturb its hyperparameters.
 
 Member :math:`i` takes exactly the steps it would take trained alone (``bt.train.fit`` /
 a plain loop over ``make_train_step`` with ``FitConfig(seed=seed)``): the same batches, its
@@ -182,7 +182,7 @@ def run_population(kind, make_optimizer: members_lib.MakeOptimizer,
                    member_chunk: int | None = None) -> PopulationResult:
   """The one runner (module docstring); ``kind``: ``members.WholeModels`` or
   ``members.AdapterMembers``, ``shared`` the latter's frozen base; ``explore``: PBT's
-  exploit / explore (``pbt.Exploration``). Other arguments as :func:`train_population`.
+  exploit / explore (``exploration.Exploration``). Other arguments as :func:`train_population`.
   Every argument is checked, naming it, before any work."""
   start_time = time.time()
   values, n = members_lib.check_hparams(hparams)

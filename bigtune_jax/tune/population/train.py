@@ -1,7 +1,7 @@
 """The two plain entry points of the population runner (``population.runner``): whole
 models (:func:`train_population`) and LoRA adapters over one frozen base
 (:func:`train_adapter_population`). Both are ``runner.run_population`` with a kind of
-members; PBT (``population.pbt``) is the third.
+members; PBT (``population.exploration.pbt``) is the third.
 
 Adapter populations (seed 001 §6.4): member :math:`i` trains adapters :math:`\\theta^i` of
 the ``finetune.LoRA`` over the frozen :math:`W`, held once and broadcast to every member:
