@@ -10,7 +10,7 @@ weight decay (heavy-ball momentum + L2), trained for ``steps`` steps of ``batch_
 
 * *population*: one ``bigtune_jax.tune.train_population`` call, all members vmapped in
   one jitted ``lax.scan``, the batch shared. On a CPU its default vmaps cache-sized
-  chunks of members (``lax.map`` over the chunks, see ``population.choose_chunk``); the
+  chunks of members (``lax.map`` over the chunks, see ``tune.population.programs.choose_chunk``); the
   "all vmapped" row forces one vmap over every member, as on an accelerator;
 * *sequential*: the same configurations one after another, each a ``train_population``
   call with one member: its own jitted ``lax.scan`` loop, compiled once for the first
