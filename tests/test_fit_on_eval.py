@@ -153,3 +153,39 @@ def test_second_trial_of_a_structure_does_not_compile(splits):
 def test_bad_traced_hyperparameters_are_refused(splits, kwargs, match):
   with pytest.raises(ValueError, match=match):
     state_of(splits, **kwargs)
+
+
+_CACHE_RUN = """
+import importlib.util, sys, jax, jax.numpy as jnp
+spec = importlib.util.spec_from_file_location("compile_cache", sys.argv[3])
+train = importlib.util.module_from_spec(spec)  # the module alone: a fast subprocess
+spec.loader.exec_module(train)
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None)
+print(train.enable_compile_cache(sys.argv[1], min_compile_time_s=0))
+jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((4, 3)) * float(sys.argv[2]))
+print(len(hits))
+"""
+
+
+def test_compile_cache_serves_a_second_process(tmp_path):
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env["PYTHONPATH"] = os.getcwd()
+  cache = str(tmp_path / "cache")
+  module = os.path.join(os.path.dirname(train.__file__), "compile_cache.py")
+  runs = [subprocess.run([sys.executable, "-c", _CACHE_RUN, cache, str(value), module], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+          for value in np.random.default_rng().uniform(1, 2, 2)]
+  assert [r[0] for r in runs] == [cache, cache] and os.listdir(cache)
+  assert int(runs[0][1]) == 0 and int(runs[1][1]) >= 1  # compiled once, then read
+
+
+def test_compile_cache_keeps_a_folder_already_chosen(tmp_path):
+  chosen = jax.config.jax_compilation_cache_dir  # the suite's (conftest.py)
+  assert chosen and train.enable_compile_cache(tmp_path / "other") == chosen
+  assert jax.config.jax_compilation_cache_dir == chosen and not (tmp_path / "other").exists()
+  with pytest.raises(ValueError, match="min_compile_time_s"):
+    train.enable_compile_cache(tmp_path, min_compile_time_s=-1)
