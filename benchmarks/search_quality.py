@@ -1,6 +1,6 @@
 """Search that wins: at the same wall-clock budget, which search finds the better model.
 
-``python -m benchmarks.search_quality --workdir DIR [--preset quick|small|full]
+``python -m benchmarks.search_quality --workdir DIR [--quick | --preset small|full]
 [--tasks gpt,lora] [--methods bt,optuna_median,...] [--seeds N] [--budget S]``
 
 Two tasks that do not saturate within the budget (``search_quality_tasks.py``): LoRA
@@ -191,6 +191,7 @@ def parse(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+  parser.add_argument("--quick", action="store_true", help="--preset quick (a smoke test)")
   parser.add_argument("--tasks", default="gpt,lora")
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--seeds", type=int, help="override the preset's")
@@ -206,6 +207,8 @@ def parse(argv):
   for name in ("seeds", "budget"):
     if getattr(args, name) is not None and getattr(args, name) <= 0:
       parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
+  if args.quick:
+    args.preset = "quick"
   return args, tasks
 
 
