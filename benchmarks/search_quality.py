@@ -125,7 +125,7 @@ def _reach(by_method: dict) -> float | None:
                for method, group in by_method.items() if method != "bt")
   grid = np.linspace(0, budget, 201)
   median = [np.median([best_at(r["curve"], t) for r in by_method["bt"]]) for t in grid]
-  hit = [t for t, v in zip(grid, median) if v <= target]
+  hit = [t for t, v in zip(grid, median) if np.isfinite(v) and v <= target]
   return float(hit[0] / budget) if hit else None
 
 
