@@ -33,16 +33,19 @@ import numpy as np
 
 from benchmarks import common
 
+# bt asks one leader per population (leaders=1): every population then holds `size` members
+# of one structure, so each structure compiles one program (a compile costs ~20 times a
+# trial's training in the small GPT on a CPU; RESULTS.md)
 PRESETS = {  # per task: steps per trial, evaluation cadence, sizes; budgets in seconds
-    "quick": dict(seeds=1, budget=12, leaders=2, size=3, gpt=dict(
+    "quick": dict(seeds=1, budget=12, leaders=1, size=3, gpt=dict(
         steps=20, eval_every=10, batch_size=8, block_size=32, head_size=16, n_layers=[1],
         widths=[16, 32], eval_windows=64), lora=dict(steps=20, eval_every=10,
         base_preset="tiny", eval_windows=64)),
-    "small": dict(seeds=3, budget=60, leaders=2, size=4, gpt=dict(
+    "small": dict(seeds=3, budget=60, leaders=1, size=4, gpt=dict(
         steps=60, eval_every=20, batch_size=16, block_size=64, head_size=16, n_layers=[1, 2],
         widths=[32, 64], eval_windows=128), lora=dict(steps=60, eval_every=20,
         base_preset="tiny", eval_windows=128)),
-    "full": dict(seeds=5, budget=300, leaders=2, size=6, gpt=dict(
+    "full": dict(seeds=5, budget=300, leaders=1, size=6, gpt=dict(
         steps=150, eval_every=30, batch_size=16, block_size=64, head_size=16,
         n_layers=[1, 2, 3], widths=[32, 64, 96], eval_windows=256), lora=dict(
         steps=100, eval_every=20, base_preset="small", eval_windows=256)),
@@ -58,15 +61,15 @@ def run_one(task_name: str, method: str, seed: int, preset: dict, workdir: str) 
   from benchmarks import search_quality_tasks as tasks  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_enable_compilation_cache", False)  # every run pays its compiles
   task = tasks.build(task_name, preset[task_name], workdir)
-  budget = preset["budget"]
+  budget, clock = preset["budget"], preset.get("clock", "wall")
   if method == "bt":
-    result = methods.run_bt(task, budget, seed, preset["leaders"], preset["size"])
+    result = methods.run_bt(task, budget, seed, preset["leaders"], preset["size"], clock)
   elif method == "ray":
     result = methods.run_ray(task, budget, seed, workdir)
   else:
-    result = methods.run_single(task, budget, seed, method)
+    result = methods.run_single(task, budget, seed, method, clock)
   return {"task": task_name, "method": method, "seed": seed, "budget_s": budget,
-          "metric": task.metric, **result}
+          "clock": clock, "metric": task.metric, **result}
 
 
 def _spawn(task_name, method, seed, preset, workdir) -> dict | None:
@@ -145,7 +148,8 @@ def plot(runs: list[dict], path: str) -> None:
         low, mid, high = (np.percentile(values, q, axis=0) for q in (25, 50, 75))
         axes.plot(grid, mid, label=method)
         axes.fill_between(grid, low, high, alpha=0.2)
-      axes.set(xlabel="seconds (compiles included)", ylabel="best validation loss so far",
+      axes.set(xlabel=f"{runs[0].get('clock', 'wall')} seconds (compiles included)",
+               ylabel="best validation loss so far",
                title=task)
       axes.legend()
     figure.tight_layout()
@@ -197,6 +201,9 @@ def parse(argv):
   parser.add_argument("--seeds", type=int, help="override the preset's")
   parser.add_argument("--budget", type=float, help="seconds per search; override the preset's")
   parser.add_argument("--note", default="", help="the machine's load, for the report")
+  parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                      help="budget in wall seconds, or in the search process's CPU seconds "
+                           "(less disturbed by a shared machine; not with ray)")
   parser.add_argument("--one", nargs=3, metavar=("TASK", "METHOD", "SEED"), help=argparse.SUPPRESS)
   parser.add_argument("--preset-json", help=argparse.SUPPRESS)
   parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -209,6 +216,9 @@ def parse(argv):
       parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
   if args.quick:
     args.preset = "quick"
+  if args.clock == "cpu" and "ray" in args.methods.split(","):
+    parser.error("--clock cpu counts this process's CPU time; Ray's trials run in other "
+                 "processes: use --clock wall with ray")
   return args, tasks
 
 
@@ -220,7 +230,8 @@ def main(argv=None) -> dict:
     common.save(args.out, result)
     return result
   preset = dict(PRESETS[args.preset])
-  preset.update({k: v for k, v in (("seeds", args.seeds), ("budget", args.budget)) if v})
+  preset.update({k: v for k, v in (("seeds", args.seeds), ("budget", args.budget)) if v},
+                clock=args.clock)
   methods = _methods(args.methods)
   os.makedirs(args.workdir, exist_ok=True)
   if "lora" in task_names:
@@ -236,7 +247,7 @@ def main(argv=None) -> dict:
   summary = summarize(runs)
   command = common.command("benchmarks.search_quality", argv)
   note = (f"{time.strftime('%Y-%m-%d', time.gmtime())}, {os.cpu_count()} CPU cores, "
-          f"{preset['budget']:g} s per search, {preset['seeds']} seeds; {args.note}")
+          f"{preset['budget']:g} {args.clock} s per search, {preset['seeds']} seeds; {args.note}")
   text = report(summary, command, note)
   result = {"command": command, "note": note, "preset": preset, "summary": summary,
             "runs": runs, "wall_s": time.time() - start}
