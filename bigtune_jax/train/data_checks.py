@@ -12,6 +12,7 @@ array, which is cheap next to a step; a memory-mapped token corpus is read once.
 
 from collections.abc import Callable
 from collections.abc import Mapping
+import functools
 from typing import Any
 
 import flax
@@ -114,8 +115,11 @@ def _shapes(batch: Mapping[str, Any]) -> dict:
 def traced_shape(fn: Callable, params, inputs, where: str):
   """``jax.eval_shape(fn, params, inputs)`` (no work is done); a ``ValueError`` naming
   ``where`` when the parameters do not fit the inputs, e.g. parameters initialised from a
-  sample without its batch axis (Flax's own error only names a kernel)."""
+  sample without its batch axis (Flax's own error only names a kernel). A jitted ``fn`` is
+  traced once per shape: a second run of the same structure traces nothing."""
   try:
+    if hasattr(fn, "eval_shape"):  # jitted: its trace cache serves a repeated check
+      return fn.eval_shape(params, inputs)
     return jax.eval_shape(fn, params, inputs)
   except KeyError as error:
     raise ValueError(f"the loss reads {error} but {where} has only "
@@ -133,5 +137,15 @@ def check_params_fit(loss_fn: Callable, params, dataset, where: str) -> dict:
   """The shapes of ``loss_fn``'s sums on one batch of ``dataset``, by
   :func:`traced_shape` (which names ``where`` if the parameters do not fit it)."""
   batch = next(dataset.batches(jax.process_count(), shuffle=False, remainder="pad"))
-  return traced_shape(lambda p, b: loss_fn(p, b, jax.random.key(0), False)[1], params,
-                      batch, where)
+  try:
+    sums = _sums_of(loss_fn)
+  except TypeError:  # an unhashable loss object: traced afresh
+    sums = lambda p, b: loss_fn(p, b, jax.random.key(0), False)[1]  # noqa: E731
+  return traced_shape(sums, params, batch, where)
+
+
+@functools.lru_cache(maxsize=16)
+def _sums_of(loss_fn: Callable) -> Callable:
+  """``loss_fn``'s evaluation sums as one jitted function per loss (only ever shape-
+  evaluated), so that checking a later trial of the same structure traces nothing."""
+  return jax.jit(lambda p, b: loss_fn(p, b, jax.random.key(0), False)[1])
