@@ -1,4 +1,4 @@
-"""The helpers every experiment shares: ``bt.train.png_figure`` and ``common.make_searcher``."""
+"""The helpers every experiment shares: ``bt.train.png_figure`` and ``searching.make_searcher``."""
 
 import os
 import sys
@@ -8,7 +8,7 @@ import pytest
 
 from bigtune_jax import tune
 from bigtune_jax.train.metrics import png_figure
-from experiments import common
+from experiments import searching
 
 
 def test_figure_writes_one_png_and_nothing_on_an_error(tmp_path):
@@ -30,7 +30,7 @@ CONFIG = {"seed": 0, "sampler": "tpe", "pruner": "median"}
 
 def test_make_searcher_journals_an_optuna_study_in_the_workdir(tmp_path):
   pytest.importorskip("optuna")
-  searcher = common.make_searcher(SPACE, CONFIG, str(tmp_path / "run"), study_name="t",
+  searcher = searching.make_searcher(SPACE, CONFIG, str(tmp_path / "run"), study_name="t",
                                   mode="min")
   assert isinstance(searcher, tune.OptunaSearch) and searcher.mode == "min"
   trial, = searcher.ask(1)
@@ -40,7 +40,7 @@ def test_make_searcher_journals_an_optuna_study_in_the_workdir(tmp_path):
 
 def test_make_searcher_without_optuna_is_seeded_random_search(monkeypatch, tmp_path):
   monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
-  first, second = (common.make_searcher(SPACE, CONFIG, str(tmp_path), study_name="t")
+  first, second = (searching.make_searcher(SPACE, CONFIG, str(tmp_path), study_name="t")
                    for _ in range(2))
   assert isinstance(first, tune.RandomSearch) and first.mode == "max"
   assert [t.params for t in first.ask(3)] == [t.params for t in second.ask(3)]
