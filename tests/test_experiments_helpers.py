@@ -1,6 +1,9 @@
-"""The helpers every experiment shares: ``bt.train.png_figure`` and ``searching.make_searcher``."""
+"""The helpers every experiment shares (``bt.train.png_figure``, ``searching.make_searcher``),
+and the rule that experiments import only the shared modules."""
 
+import ast
 import os
+import pathlib
 import sys
 
 import matplotlib.image
@@ -8,7 +11,10 @@ import pytest
 
 from bigtune_jax import tune
 from bigtune_jax.train.metrics import png_figure
+from experiments import finetune_lm
 from experiments import searching
+
+SHARED = {"cli", "searching", "report", "tasks", "classification"}
 
 
 def test_figure_writes_one_png_and_nothing_on_an_error(tmp_path):
@@ -44,3 +50,31 @@ def test_make_searcher_without_optuna_is_seeded_random_search(monkeypatch, tmp_p
                    for _ in range(2))
   assert isinstance(first, tune.RandomSearch) and first.mode == "max"
   assert [t.params for t in first.ask(3)] == [t.params for t in second.ask(3)]
+
+
+def test_finetune_lm_keeps_its_study_in_study_log_and_resumes_it(tmp_path):
+  """finetune_lm gets its searcher from the one factory: ``WORKDIR/study.log``, as tune and
+  tune_lm; a second searcher on the same workdir holds the first one's trial."""
+  pytest.importorskip("optuna")
+  config = dict(finetune_lm.PRESETS["tiny"], seed=int.from_bytes(os.urandom(2), "little"))
+  first = finetune_lm.make_searcher(config, str(tmp_path))
+  trial, = first.ask(1)
+  first.tell(trial, 1.5)
+  assert sorted(os.listdir(tmp_path)) == ["study.log"]
+  again = finetune_lm.make_searcher(config, str(tmp_path))
+  assert [r.value for r in again.results] == [1.5]
+
+
+def test_experiments_import_only_the_shared_modules():
+  """Every script is forkable: it imports the shared modules (``cli``, ``searching``,
+  ``report``, ``tasks``, ``classification``), never another experiment."""
+  folder = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+  found = {}
+  for path in sorted(folder.glob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module == "experiments":
+        found[path.stem] = found.get(path.stem, set()) | {a.name for a in node.names}
+      elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("experiments."):
+        found[path.stem] = found.get(path.stem, set()) | {node.module.split(".")[1]}
+  assert len(found) > 15  # the scripts were read
+  assert {name: sorted(names - SHARED) for name, names in found.items() if names - SHARED} == {}
