@@ -30,8 +30,10 @@ from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.finetune import LoRA
-from bigtune_jax.tune import adapter_population
-from bigtune_jax.tune import population
+from bigtune_jax.tune.population import members
+from bigtune_jax.tune.population import programs
+from bigtune_jax.tune.population import train_adapter_population
+from bigtune_jax.tune.population.data import PopulationData
 
 PRESETS = {  # layers, width, heads, vocab, T, batch
     "cpu": (2, 128, 4, 256, 64, 8),
@@ -57,13 +59,16 @@ def build(preset: str):
 
 def peak_bytes(lora, loss_fn, params, n, train_data, val_data, batch) -> int:
   """Arguments + temporaries of the compiled train program for a population of ``n``."""
-  hp = {"learning_rate": jnp.full(n, 1e-3)}
-  states = adapter_population.init_states(lora, make_optimizer, params, hp, np.asarray(0))
-  pop_data = population.PopulationData(train_data, val_data, batch, 0)
-  lowered = jax.jit(population.train_members, static_argnames=(
-      "loss_fn", "make_optimizer", "chunk")).lower(
-          adapter_population.member_loss(lora, loss_fn), make_optimizer, states, hp, None,
-          pop_data.train, jnp.asarray(pop_data.rows(0, 2)), chunk=None, frozen=params)
+  values = {"learning_rate": np.full(n, 1e-3, np.float32)}
+  kind = members.AdapterMembers(lora, loss_fn)
+  pop_data = PopulationData(train_data, val_data, batch, 0)
+  states = members.init_states(kind, make_optimizer, values, np.zeros(n, np.int32),
+                               pop_data.sample["inputs"], params)
+  hp = {k: jnp.asarray(v) for k, v in values.items()}
+  lowered = jax.jit(programs.train_members, static_argnames=(
+      "kind", "make_optimizer", "chunk")).lower(
+          kind, make_optimizer, states, hp, None, pop_data.train,
+          jnp.asarray(pop_data.rows(0, 2)), chunk=None, shared=params)
   memory = lowered.compile().memory_analysis()
   return memory.argument_size_in_bytes + memory.temp_size_in_bytes
 
@@ -83,7 +88,7 @@ def main(argv=None) -> list[dict]:
     rates = np.geomspace(1e-4, 1e-2, n)
     kwargs = dict(steps=args.steps, batch_size=batch, eval_every=eval_every, on_eval=on_eval,
                   compact=compact)
-    go = lambda: adapter_population.train_adapter_population(
+    go = lambda: train_adapter_population(
         lora, loss_fn, params, make_optimizer, {"learning_rate": rates}, train_data, val_data,
         **kwargs)
     go()  # compile

@@ -10,7 +10,7 @@ weight decay (heavy-ball momentum + L2), trained for ``steps`` steps of ``batch_
 
 * *population*: one ``bigtune_jax.tune.train_population`` call, all members vmapped in
   one jitted ``lax.scan``, the batch shared. On a CPU its default vmaps cache-sized
-  chunks of members (``lax.map`` over the chunks, see ``population.choose_chunk``); the
+  chunks of members (``lax.map`` over the chunks, see ``tune.population.programs.choose_chunk``); the
   "all vmapped" row forces one vmap over every member, as on an accelerator;
 * *sequential*: the same configurations one after another, each a ``train_population``
   call with one member: its own jitted ``lax.scan`` loop, compiled once for the first
@@ -41,7 +41,7 @@ import numpy as np
 
 from bigtune_jax import data
 from bigtune_jax.tune import population
-from bigtune_jax.tune import space as space_lib
+from bigtune_jax.tune.search import space as space_lib
 from benchmarks import common
 from experiments.tasks import mlp_and_loss as model_and_loss  # one per structure: reused programs
 from experiments.tasks import momentum_l2  # heavy-ball momentum + L2 from traced values
@@ -130,7 +130,7 @@ def _objective(params: dict, space: space_lib.Space, splits, preset: dict) -> fl
 def tpe_vs_random(preset: dict) -> dict:
   """Part (b): best validation accuracy after n trials, per sampler and seed."""
   import optuna  # pylint: disable=g-import-not-at-top
-  from bigtune_jax.tune.optuna_search import OptunaSearch  # pylint: disable=g-import-not-at-top
+  from bigtune_jax.tune.search.optuna_search import OptunaSearch  # pylint: disable=g-import-not-at-top
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   splits = data.load_dataset("digits", seed=0)  # the native 8 x 8 view, as experiments.tune
   space = search_space(preset)

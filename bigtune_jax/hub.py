@@ -26,6 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,7 @@ import safetensors.numpy
 from bigtune_jax import hub_identity
 from bigtune_jax import hub_read
 from bigtune_jax import hub_tables
+from bigtune_jax.models.nnx import params as nnx_params
 from bigtune_jax import validation
 from bigtune_jax.hub_read import INDEX
 from bigtune_jax.hub_read import SINGLE
@@ -142,8 +144,10 @@ def _shardings(mesh, abstract):
 
 def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
             param_dtype: Any = jnp.float32, mesh: jax.sharding.Mesh | None = None,
-            **config_overrides):
-  """A transformers checkpoint directory as ``(model, params)``.
+            api: str = "linen", **config_overrides):
+  """A transformers checkpoint directory as ``(model, params)``, or with ``api="nnx"`` as
+  one ``nnx.Module`` (``bt.models.nnx.GPT`` / ``Llama``) holding the same arrays, placed
+  the same way.
 
   Args:
     path: a directory with ``config.json`` and ``model.safetensors`` or a sharded
@@ -153,6 +157,7 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
     param_dtype: the dtype the parameters are stored in.
     mesh: a device mesh (``bt.train.MeshConfig(...).make_mesh()``): every parameter is
       placed straight onto its shards. None: the default device.
+    api: ``"linen"`` or ``"nnx"``.
     **config_overrides: fields of the model config to set (``remat=True``, ``head_chunk``).
 
   Returns:
@@ -171,6 +176,7 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
     ``rope_scaling`` type, a dtype that is not floating point; all before any tensor is
     placed (and before any is read but the head and embedding ``_tied`` compares).
   """
+  validation.check_choice("api", api, ("linen", "nnx"))
   path = Path(path)
   dtype, param_dtype = _float_dtype("dtype", dtype), _float_dtype("param_dtype", param_dtype)
   config = read_config(path)
@@ -192,6 +198,8 @@ def load_hf(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16,
   shardings = _shardings(mesh, abstract) if mesh is not None else {}
   leaves = {entry.path: _load(entry, names[entry.path], stored, param_dtype,
                               shardings.get(entry.path)) for entry in entries}
+  if api == "nnx":
+    return nnx_params.from_linen(model, _fill(abstract, leaves))
   return model, _fill(abstract, leaves)
 
 
@@ -287,7 +295,7 @@ def _shards(plan, max_shard_size: int) -> list[list]:
   return shards
 
 
-def save_hf(path: str | os.PathLike, model: nn.Module, params, *,
+def save_hf(path: str | os.PathLike, model: nn.Module, params=None, *,
             max_shard_size: int | str = "5GB", dtype: Any = None) -> Path:
   """Writes ``model``/``params`` as a transformers checkpoint directory at ``path``.
 
@@ -303,8 +311,13 @@ def save_hf(path: str | os.PathLike, model: nn.Module, params, *,
   other file (a tokenizer, a README, a subfolder) stays; a previous save's checkpoint files
   this one no longer uses (``model*.safetensors``, the index) are removed. The files are
   written beside ``path`` first and moved in one by one, configs last
-  (``staged_dir.staged_directory``), so a failed save leaves the old checkpoint as it was.
+  (``staged_dir.staged_directory``), so a failed save leaves the old checkpoint as it was. An NNX
+  ``bt.models.nnx.GPT`` / ``Llama`` is saved with ``params=None`` (its own).
   """
+  if isinstance(model, nnx.Module):
+    if params is not None:
+      raise ValueError("save_hf of an NNX model takes params=None: it saves the model's own")
+    model, params = nnx_params.to_linen(model)
   family = hub_tables.family_of(model)
   size = _parse_size(max_shard_size)
   dtype = None if dtype is None else _float_dtype("dtype", dtype)

@@ -3,7 +3,7 @@
 
 As DARTS' ``train_search.py``: the training split is cut in two halves (stratified), the
 weights of ``bt.models.Supernet`` train on one and the architecture parameters on the other
-(``bt.tune.darts.darts_search``: first-order, Adam lr 3e-4 with betas (0.5, 0.999) and L2
+(``bt.tune.darts_search``: first-order, Adam lr 3e-4 with betas (0.5, 0.999) and L2
 1e-3 for the architecture; SGD momentum 0.9, cosine 0.025 -> 0.001, L2 3e-4, clipping at 5
 for the weights). The derived architecture (per node the 2 strongest non-zero edges, each
 its strongest candidate) is then trained from scratch on the whole training split with the
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
-from bigtune_jax.tune import darts
+from bigtune_jax.tune.population import darts
 from experiments import cli
 from experiments import report
 

@@ -238,8 +238,7 @@ def search_adapters(runner: Runner, config, searcher):
                       state="complete" if math.isfinite(value) else "failed")
         if math.isfinite(value) and (best is None or value < best["val_loss"]):
           best = {"val_loss": value, "trial": trial.number, "params": dict(trial.params),
-                  "lora": lora, "adapters": finetune.member_adapters(
-                      result.member(i), trial.params["rank"], trial.params["alpha"]),
+                  "lora": lora, "adapters": result.member(i),  # its own rank and alpha
                   "curve": [(row["step"], row["val_loss"][i]) for row in result.history]}
   if config["role"] == "worker":
     return best, searcher, member_steps
@@ -260,7 +259,7 @@ def train_again(runner: Runner, config, trial) -> dict:
                            p["schedule"])
   return {"val_loss": float(result.final["val_loss"][0]), "trial": trial.number,
           "params": dict(p), "lora": lora,
-          "adapters": finetune.member_adapters(result.member(0), p["rank"], p["alpha"]),
+          "adapters": result.member(0),
           "curve": [(row["step"], row["val_loss"][0]) for row in result.history]}
 
 
@@ -306,8 +305,9 @@ def main(argv=None) -> dict:
                          else config["lora_rank"], alpha=16.0)
     result = runner.adapters(lora, {"learning_rate": [lr], "weight_decay": [0.0]})
     runner.curves["lora"] = [(row["step"], row["val_loss"][0]) for row in result.history]
-    adapters = result.member(0)
-    return lora.merge(params, adapters), finetune.adapter_parameter_count(adapters)
+    adapters = result.member(0)  # a finetune.Adapters: its rank and alpha with it
+    return (lora.merge(params, adapters.params, alpha=adapters.alpha),
+            finetune.adapter_parameter_count(adapters.params))
 
   timed("lora", default_lora)
   searched = {}

@@ -27,7 +27,7 @@ import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
-from bigtune_jax.tune import structure
+from bigtune_jax.tune.search import structure
 from experiments import cli
 from experiments import report
 

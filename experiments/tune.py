@@ -36,8 +36,6 @@ import os
 import shutil
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -45,7 +43,7 @@ import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import train
 from bigtune_jax.tune import population
-from bigtune_jax.tune import space as space_lib
+from bigtune_jax.tune.search import space as space_lib
 from bigtune_jax.train.metrics import png_figure
 from experiments import cli
 from experiments import report
@@ -97,15 +95,16 @@ def train_group(searcher, trials, splits, config) -> list[dict]:
     members = [chunk[i % len(chunk)] for i in range(size)]
     hparams = {k: [t.params[k] for t in members] for k in CONTINUOUS}
 
-    def on_eval(step, metrics, chunk=chunk):
-      return [searcher.report(t, step, float(metrics["val_accuracy"][i]))
+    def on_eval(step, metrics, chunk=chunk):  # NaN: a member stopped earlier
+      accuracy = metrics["val_accuracy"]
+      return [bool(np.isfinite(accuracy[i])) and searcher.report(t, step, float(accuracy[i]))
               for i, t in enumerate(chunk)] + [False] * (size - len(chunk))
 
     result = population.train_population(
         model, loss_fn, momentum_l2, hparams, splits["train"], splits["validation"],
         steps=config["search_epochs"] * steps_per_epoch, batch_size=batch_size,
         eval_every=steps_per_epoch * max(1, config["search_epochs"] // 5),
-        seed=config["seed"], on_eval=on_eval)
+        seed=config["seed"], on_eval=on_eval, compact=False)  # one program per structure
     for i, trial in enumerate(chunk):
       accuracy, loss = (float(result.final[k][i]) for k in ("val_accuracy", "val_loss"))
       pruned = bool(result.stopped[i])
@@ -148,16 +147,13 @@ def train_best(best: dict, splits, config, workdir) -> dict:
   """The winner, trained with fit (plateau, early stopping, checkpoints), then tested."""
   model, loss_fn = model_and_loss(best["hidden"], best["layers"])
   steps_per_epoch = splits["train"].steps_per_epoch(best["batch_size"])
-  # init_params(model, x, seed), as member 0 of the init the search compiled for this model.
-  pop_data = population.PopulationData(splits["train"], splits["validation"],
-                                       best["batch_size"], config["seed"])
-  hparams = {k: jnp.full(config["population"], best[k], jnp.float32) for k in CONTINUOUS}
-  params = jax.tree.map(lambda x: x[0], population.init_states(
-      model, momentum_l2, pop_data, hparams, np.asarray(config["seed"], np.int32), None).params)
+  # The winner's initial weights, as the search started its member (the compiled init).
+  winner = {k: best[k] for k in CONTINUOUS}
+  params = bt.tune.initial_state(model, loss_fn, momentum_l2, winner, splits["train"],
+                                 seed=config["seed"]).params
   fit_config = train.FitConfig(steps=config["final_epochs"] * steps_per_epoch,
                                batch_size=best["batch_size"], eval_every=steps_per_epoch,
                                seed=config["seed"], checkpoint_every_evals=5, progress=False)
-  winner = {k: best[k] for k in CONTINUOUS}
   tx = optax.chain(tasks.with_logged_rate(momentum_l2, winner),
                    bt.reduce_on_plateau(factor=0.5, patience=3))
   final_dir = os.path.join(workdir, "final")

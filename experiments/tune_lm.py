@@ -73,7 +73,7 @@ PRESETS = {
                  leaders=4, population=1, evals=3, sampler="tpe", pruner="median", text="",
                  seed=0, **searching.STUDY),
 }
-CHECKS = {"schedules": cli.some_of(*tune.strategy.SCHEDULES)}
+CHECKS = {"schedules": cli.some_of(*tune.search.strategy.SCHEDULES)}
 FINAL_LR_FRACTION = 0.1  # every decaying schedule ends at a tenth of the peak, as lm.py
 
 
@@ -132,15 +132,15 @@ def train_trials(searcher, trials, splits, config) -> None:
 
   def on_eval(step, metrics):  # reported by tokens seen: comparable across batch sizes
     tokens = step * batch_size * config["block_size"]
-    return [searcher.report(t, tokens, float(metrics["val_loss"][i]))
-            for i, t in enumerate(trials)]
+    return [math.isfinite(v) and searcher.report(t, tokens, float(v))  # NaN: stopped
+            for t, v in zip(trials, metrics["val_loss"])]
 
   result = population.train_population(
       model, loss_fn, make_optimizer(fixed["schedule"], batch_size, steps,
                                      config["base_batch_size"]),
       {k: [t.params[k] for t in trials] for k in names}, splits["train"],
       splits["validation"], steps=steps, batch_size=batch_size, eval_every=every,
-      seed=config["seed"], on_eval=on_eval,
+      seed=config["seed"], on_eval=on_eval, compact=False,  # one program per structure
       eval_batch_size=64)
   for i, trial in enumerate(trials):
     if result.stopped is not None and result.stopped[i]:

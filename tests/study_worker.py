@@ -38,7 +38,7 @@ def main(argv=None) -> None:
   parser.add_argument("--go", default="")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--study", default="shared", help="the study's name in the storage")
-  parser.add_argument("--sampler", default="tpe", choices=tune.optuna_search.SAMPLERS)
+  parser.add_argument("--sampler", default="tpe", choices=tune.search.optuna_search.SAMPLERS)
   parser.add_argument("--grace", type=int, default=2,
                       help="seconds without heartbeat before a trial is failed (beats: 1 s)")
   args = parser.parse_args(argv)

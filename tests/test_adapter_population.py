@@ -14,6 +14,7 @@ import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
+from bigtune_jax.finetune import Adapters
 from bigtune_jax.finetune import LoRA
 from bigtune_jax.tune import train_adapter_population
 
@@ -63,11 +64,11 @@ def test_every_member_equals_its_adapter_trained_alone():
   curve, params = _alone(i, 8, 4)
   ours = np.asarray([(row["train_loss"][i], row["val_loss"][i]) for row in result.history])
   np.testing.assert_allclose(ours, curve, rtol=1e-5)
-  rank, member = HPARAMS["rank"][i], result.member(i)
-  for name, leaf in params["layers"]["self_attn"]["q_proj"].items():
-    live = member["layers"]["self_attn"]["q_proj"][name]
-    live = live[..., :rank] if name == "lora_a" else live[..., :rank, :]
-    np.testing.assert_allclose(live, leaf, rtol=1e-4, atol=1e-6)
+  member = result.member(i)  # sliced to its own rank: exactly the adapter trained alone
+  assert isinstance(member, Adapters) and (member.rank, member.alpha) == (3, 16.0)
+  assert jax.tree.structure(member.params) == jax.tree.structure(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               member.params, params)
 
 
 def test_pruned_members_leave_the_program_with_the_results_of_masking():
@@ -86,7 +87,7 @@ def test_pruned_members_leave_the_program_with_the_results_of_masking():
   for row in compacted.history[1:]:
     assert np.isnan(row["val_loss"][[1, 3]]).all() and np.isfinite(row["val_loss"][[0, 2]]).all()
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               compacted.lora_params, masked.lora_params)
+               compacted.params, masked.params)
 
 
 def test_bad_population_settings_are_named_before_any_work():
@@ -123,7 +124,36 @@ def test_pbt_explores_adapter_populations_over_the_frozen_base():
   assert (result.final["val_loss"][from_best] < result.history[0]["val_loss"][from_best]).all()
   assert jax.tree.structure(result.params) == jax.tree.structure(
       LORA.init(jax.random.key(0), PARAMS))
+  for i in range(4):  # through the adapter path: Adapters at the rank each member ends with
+    member, rank = result.member(i), int(result.hparams["rank"][i])
+    assert isinstance(member, Adapters) and (member.rank, member.alpha) == (rank, 8.0)
+    assert member.params["layers"]["self_attn"]["q_proj"]["lora_a"].shape[-1] == rank
+  assert result.member(3).rank == 2  # the best, kept
+  kwargs = dict(steps=4, batch_size=8, perturbation_interval=2, metric="val_loss")
+  with pytest.raises(ValueError, match="base_params: the frozen parameters the LoRA"):
+    bt.tune.pbt(LORA, LOSS, make_optimizer, rates, mutations, TRAIN, VAL, **kwargs)
+  with pytest.raises(ValueError, match="base_params is only for a finetune.LoRA"):
+    bt.tune.pbt(MODEL, LOSS, make_optimizer, rates, mutations, TRAIN, VAL,
+                base_params=PARAMS, **kwargs)
+  with pytest.raises(ValueError, match="model must be a flax.linen.Module .* or a "
+                                       "bigtune_jax.finetune.LoRA with base_params"):
+    bt.tune.pbt(LORA.targets, LOSS, make_optimizer, rates, mutations, TRAIN, VAL,
+                base_params=PARAMS, **kwargs)
   with pytest.raises(ValueError, match="'rank' cannot explore"):
     bt.tune.pbt(LORA, LOSS, make_optimizer, rates, {"rank": bt.tune.Uniform(1, 4)}, TRAIN,
                 VAL, steps=4, batch_size=8, perturbation_interval=2, metric="val_loss",
                 base_params=PARAMS)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_naming_the_split():
+  vocab = MODEL.config.vocab_size
+  tokens = np.random.default_rng(8).integers(0, vocab, (24, 17)).astype(np.int32)
+  tokens[3, 5] = vocab + 7
+  bad = data.ArrayDataset({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]})
+  with pytest.raises(ValueError, match=rf"train_data\['inputs'\]: token id {vocab + 7} at "
+                                       r"position \(3, 5\)"):
+    train_adapter_population(LORA, LOSS, PARAMS, make_optimizer, HPARAMS, bad, VAL, steps=2,
+                             batch_size=8)
+  with pytest.raises(ValueError, match=r"val_data\['inputs'\]: token id"):
+    train_adapter_population(LORA, LOSS, PARAMS, make_optimizer, HPARAMS, TRAIN, bad, steps=2,
+                             batch_size=8)

@@ -1,4 +1,4 @@
-"""bt.models.Supernet and bt.tune.darts: the mixed operation against a float64 NumPy
+"""bt.models.Supernet and bt.tune.population.darts: the mixed operation against a float64 NumPy
 reference, DARTS' genotype rule, the first-order bilevel step, and the search picking the
 operation that generated the data."""
 
@@ -14,7 +14,7 @@ from bigtune_jax.models import Supernet
 from bigtune_jax.models.supernet import DerivedNet
 from bigtune_jax.models.supernet import merge_arch
 from bigtune_jax.models.supernet import split_arch
-from bigtune_jax.tune import darts
+from bigtune_jax.tune.population import darts
 from tests.utils import assert_trees_close
 
 NP_OPS = {"dense_relu": lambda z: np.maximum(z, 0), "dense_tanh": np.tanh,

@@ -147,8 +147,8 @@ def pbt_setup():
 
 
 def test_pbt_refuses_out_of_range_members_and_mutation_ends_on_the_host(pbt_setup):
-  from bigtune_jax.tune.population_based import pbt  # pylint: disable=import-outside-toplevel
-  from bigtune_jax.tune.space import Uniform  # pylint: disable=import-outside-toplevel
+  from bigtune_jax.tune.population.exploration import pbt  # pylint: disable=import-outside-toplevel
+  from bigtune_jax.tune.search.space import Uniform  # pylint: disable=import-outside-toplevel
   splits, model, loss_fn = pbt_setup
   make = lambda h: bt.momentum(h["learning_rate"], gamma=h["momentum"])
   kwargs = dict(steps=2, batch_size=8, perturbation_interval=1)

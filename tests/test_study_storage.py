@@ -46,7 +46,7 @@ def _start(storage, name, budget, *args):
 def _trials(storage):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    return optuna.load_study(study_name="shared", storage=tune.storage.open_storage(
+    return optuna.load_study(study_name="shared", storage=tune.search.storage.open_storage(
         storage)).get_trials(deepcopy=False)
 
 
@@ -130,7 +130,7 @@ def test_a_bad_url_or_password_fails_at_once_naming_the_masked_url(postgres, tmp
                       ("postgresql://bigtune:secret@127.0.0.1:1/db", "unreachable within")]:
     with pytest.raises(ValueError) as error:
       tune.OptunaSearch(space, storage=url, connect_timeout=2)
-    assert str(error.value).startswith(f"storage '{tune.storage.masked(url)}' cannot be opened")
+    assert str(error.value).startswith(f"storage '{tune.search.storage.masked(url)}' cannot be opened")
     assert reason in str(error.value) and "secret" not in str(error.value)
   assert time.time() - start < 10
   workdir = tmp_path / "run"  # every searching experiment: one error, before any work or file
@@ -168,7 +168,7 @@ def test_optuna_dashboard_opens_the_study(postgres):
   body = b"".join(dashboard.wsgi(url)(environ, lambda s, h, *a: status.append(s)))
   assert status == ["200 OK"]
   assert b'"study_name": "seen"' in body.replace(b'":"', b'": "')
-  assert search.study.user_attrs[tune.optuna_search.SPACE_ATTR]["x"] == repr(
+  assert search.study.user_attrs[tune.search.optuna_search.SPACE_ATTR]["x"] == repr(
       study_worker.SPACE.distributions["x"])
 
 
@@ -195,7 +195,7 @@ def test_a_live_worker_whose_trial_was_failed_drops_its_result(tmp_path):
   late, kept = search.ask(2)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    optuna.load_study(study_name="late", storage=tune.storage.open_storage(url)).tell(
+    optuna.load_study(study_name="late", storage=tune.search.storage.open_storage(url)).tell(
         late.number, state=optuna.trial.TrialState.FAIL)
   assert search.report(late, 0, 0.5) is True and search.report(kept, 0, 0.5) is False
   with pytest.warns(UserWarning, match="trial 0 was failed by another worker"):

@@ -13,14 +13,16 @@ from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.tune import population
-# Names, not the module: bigtune_jax.tune re-exports the function pbt over the module name.
-from bigtune_jax.tune.population_based import exploit_and_explore
-from bigtune_jax.tune.population_based import explore_draws
-from bigtune_jax.tune.population_based import pbt
-from bigtune_jax.tune.population_based import quantile_size
-from bigtune_jax.tune.space import Choice
-from bigtune_jax.tune.space import LogUniform
-from bigtune_jax.tune.space import Uniform
+from bigtune_jax.tune.population.exploration import Exploration
+from bigtune_jax.tune.population.exploration import exploit_and_explore
+from bigtune_jax.tune.population.exploration import explore_draws
+from bigtune_jax.tune.population.exploration import pbt
+from bigtune_jax.tune.population.exploration import quantile_size
+from bigtune_jax.tune.population.members import WholeModels
+from bigtune_jax.tune.population.runner import run_population
+from bigtune_jax.tune.search.space import Choice
+from bigtune_jax.tune.search.space import LogUniform
+from bigtune_jax.tune.search.space import Uniform
 
 MUTATIONS = {"learning_rate": LogUniform(1e-4, 1.0), "momentum": Uniform(0.0, 0.99)}
 
@@ -135,6 +137,8 @@ def test_pbt_beats_no_pbt_when_most_learning_rates_are_bad():
   assert result.final["val_accuracy"].mean() > plain.final["val_accuracy"].mean() + 0.3
   assert result.final["val_accuracy"].max() >= plain.final["val_accuracy"].max() - 0.03
   assert (result.hparams["learning_rate"] >= 1e-4).all()
+  jax.tree.map(np.testing.assert_array_equal, result.member(3),
+               jax.tree.map(lambda x: x[3], result.params))  # whole models: the slice
   traced = len(traces)
   again = pbt(model, loss_fn, make_optimizer, {k: v * 1.1 for k, v in hparams.items()},
                   MUTATIONS, splits["train"], splits["validation"], perturbation_interval=25,
@@ -164,3 +168,30 @@ def test_pbt_bad_arguments():
   ]:
     with pytest.raises(ValueError, match=match):
       pbt(*args, mutations, splits["train"], splits["validation"], **kwargs, **extra)
+
+
+def test_the_runner_combines_stops_compaction_and_exploration():
+  """One runner, every option at once: member 0 stops at the first evaluation and leaves
+  the program; the three left rank and exploit among themselves only."""
+  splits = data.load_dataset("digits", seed=0)
+  model = models.MLP(hidden=(8,), num_classes=10)
+  loss_fn = train.classification_loss(model)
+  make = lambda h: bt.momentum(h["learning_rate"], h["momentum"])
+  rates = np.float32(np.exp(np.random.default_rng(9).uniform(np.log(1e-4), np.log(3e-2), 4)))
+  hparams = {"learning_rate": rates, "momentum": np.full(4, 0.5, np.float32)}
+  settings = Exploration("val_accuracy", (("learning_rate", LogUniform(1e-4, 1.0)),), 0.25,
+                         0.0, (0.8, 1.2), "max")
+  result = run_population(
+      WholeModels(model, loss_fn), make, hparams, splits["train"], splits["validation"],
+      steps=30, batch_size=32, eval_every=10, explore=settings,
+      on_eval=lambda step, metrics: np.arange(4) == 0 if step == 10 else None)
+  assert result.program_sizes == [4, 3, 3] and result.member_steps == 40 + 2 * 30
+  np.testing.assert_array_equal(result.stopped, [True, False, False, False])
+  first = result.history[0]
+  assert first["source"][0] == 0 and result.hparams["learning_rate"][0] == rates[0]
+  copied = np.flatnonzero(first["source"] != np.arange(4))
+  assert len(copied) == quantile_size(3, 0.25) and 0 not in first["source"][1:]
+  worst = 1 + np.argsort(-first["val_accuracy"][1:], stable=True)[-1]  # of the three
+  np.testing.assert_array_equal(copied, [worst])
+  assert np.isnan(result.history[1]["val_accuracy"][0])
+  assert (result.history[-1]["source"] == np.arange(4)).all()  # none after the last

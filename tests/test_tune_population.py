@@ -13,6 +13,7 @@ from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.tune import population
+from bigtune_jax.tune.population import members
 from tests.utils import assert_trees_close
 
 STEPS, BATCH, EVAL_EVERY = 30, 64, 15  # 19 steps per epoch: the run crosses an epoch
@@ -193,3 +194,88 @@ def test_bad_arguments_raise_before_work(splits, kwargs, match):
   with pytest.raises(ValueError, match=match):
     population.train_population(MODEL, LOSS, lambda h: bt.sgd(h["learning_rate"]), hparams,
                                 splits["train"], splits["validation"], **args)
+
+
+def test_compaction_of_whole_models_equals_masking_at_fewer_member_steps(splits):
+  hparams = random_hparams(np.random.default_rng(5), momentum_l2, 3)
+  stop_first = lambda step, metrics: np.array([step == EVAL_EVERY, False, False])
+  runs = {compact: population.train_population(
+      MODEL, LOSS, momentum_l2, hparams, splits["train"], splits["validation"], steps=STEPS,
+      batch_size=BATCH, eval_every=EVAL_EVERY, on_eval=stop_first, compact=compact)
+          for compact in (True, False)}
+  compacted, masked = runs[True], runs[False]
+  assert compacted.program_sizes == [3, 2] and compacted.member_steps == 45 + 30
+  assert masked.program_sizes == [3, 3] and masked.member_steps == 90
+  np.testing.assert_array_equal(compacted.stopped, [True, False, False])
+  assert np.isnan(compacted.history[1]["val_loss"][0])  # not trained after its stop
+  assert np.isfinite(compacted.history[1]["val_loss"][1:]).all()
+  np.testing.assert_allclose(compacted.final["val_loss"], masked.final["val_loss"], rtol=1e-5)
+  np.testing.assert_allclose(compacted.final["val_loss"][0],
+                             compacted.history[0]["val_loss"][0])  # its last evaluation
+  assert_trees_close(compacted.params, masked.params, rtol=2e-5, atol=2e-6)
+  for i in range(3):  # member(i) is the i-th slice of the stacked parameters
+    assert_trees_close(compacted.member(i), jax.tree.map(lambda x, i=i: x[i], masked.params),
+                       rtol=2e-5, atol=2e-6)
+  with pytest.raises(ValueError, match=r"member index must be an integer in \[0, 3\), got 3"):
+    compacted.member(3)
+
+
+def test_initial_state_is_the_members_start_compiled_once(splits):
+  traces = []
+
+  def make_optimizer(h):
+    traces.append(isinstance(h["learning_rate"], jax.core.Tracer))
+    return momentum_l2(h)
+
+  rng = np.random.default_rng(6)
+  h = {k: float(v[0]) for k, v in random_hparams(rng, momentum_l2, 1).items()}
+  seed = int(rng.integers(100))
+  state = bt.tune.initial_state(MODEL, LOSS, make_optimizer, h, splits["train"], seed=seed)
+  # init_params' draw (compiled at another XLA level: within an ulp) ...
+  assert_trees_close(state.params, initial_params(seed), rtol=1e-6, atol=1e-7)
+  fresh = train.create_train_state(MODEL, initial_params(seed), momentum_l2(h), seed=seed)
+  assert_trees_close(state.opt_state, fresh.opt_state, rtol=0, atol=0)
+  np.testing.assert_array_equal(state.rng, fresh.rng)
+  traced = sum(traces)
+  other = {k: v * 0.5 for k, v in h.items()}
+  again = bt.tune.initial_state(MODEL, LOSS, make_optimizer, other, splits["train"], seed=seed + 1)
+  assert sum(traces) == traced  # other values and seed: the init already compiled
+  # ... and bit for bit a population's member with that seed (the same program)
+  stacked = members.init_states(members.WholeModels(MODEL, LOSS), make_optimizer,
+                                {k: np.float32([h[k], v]) for k, v in other.items()},
+                                np.int32([seed, seed + 1]),
+                                jnp.asarray(splits["train"]["image"][:1]), None)
+  assert sum(traces) == traced  # two members: the same program called twice, no new trace
+  assert_trees_close(jax.tree.map(lambda x: x[1], stacked.params), again.params, rtol=0, atol=0)
+  steps = jax.jit(train.make_train_step(LOSS))  # fit can continue from it: tx is built
+  assert np.isfinite(steps(state, next(splits["train"].batches(BATCH, seed=0)))[1]["loss"])
+  with pytest.raises(ValueError, match="base_params is only for a finetune.LoRA"):
+    bt.tune.initial_state(MODEL, LOSS, make_optimizer, h, splits["train"], base_params={})
+
+
+def test_language_model_token_ids_are_checked_naming_the_split():
+  model = models.GPT(models.GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2,
+                                      n_embd=16, dropout=0.0))
+  rng = np.random.default_rng(7)
+  tokens = rng.integers(0, 32, (24, 9)).astype(np.int32)
+  bad = int(rng.integers(32, 1000))
+  tokens[20, 3] = bad
+  make = lambda rows: data.ArrayDataset({"inputs": rows[:, :-1], "targets": rows[:, 1:]})
+  traced = []
+
+  def make_optimizer(h):
+    traced.append(isinstance(h["learning_rate"], jax.core.Tracer))
+    return bt.sgd(h["learning_rate"])
+
+  with pytest.raises(ValueError, match=rf"val_data\['inputs'\]: token id {bad} at position "
+                                       r"\(4, 3\) is outside the model's vocabulary \[0, 32\)"):
+    population.train_population(model, train.language_model_loss(model), make_optimizer,
+                                {"learning_rate": [0.1, 0.2]}, make(tokens[:16]),
+                                make(tokens[16:]), steps=2, batch_size=4)
+  tokens[20, 3], tokens[2, 8] = 0, -1
+  with pytest.raises(ValueError, match=r"train_data\['targets'\]: token id -1 at position "
+                                       r"\(2, 7\)"):
+    population.train_population(model, train.language_model_loss(model), make_optimizer,
+                                {"learning_rate": [0.1, 0.2]}, make(tokens[:16]),
+                                make(tokens[16:]), steps=2, batch_size=4)
+  assert not any(traced)  # refused before any program was traced

@@ -247,7 +247,7 @@ def test_study_resumes_after_its_worker_is_killed(tmp_path, kind):
   env = dict(os.environ, PYTHONPATH=REPO)
   worker = subprocess.Popen([sys.executable, "-c", WORKER, url, str(budget), str(hang_at)],
                             env=env)
-  storage = tune.optuna_search.open_storage(url, heartbeat_interval=1, grace_period=2)
+  storage = tune.search.optuna_search.open_storage(url, heartbeat_interval=1, grace_period=2)
   deadline = time.time() + 60
   while time.time() < deadline and worker.poll() is None and not any(
       t.number == hang_at and len(t.params) == 2 for t in _trials(storage)):

@@ -16,6 +16,7 @@ import os
 import re
 from pathlib import Path
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +30,8 @@ from bigtune_jax.finetune.carried import LORA_A
 from bigtune_jax.finetune.carried import LORA_B
 from bigtune_jax.finetune.adapters import LoRA
 from bigtune_jax.finetune.carried import unpack
+from bigtune_jax.finetune import nnx_lora
+from bigtune_jax.models.nnx import params as nnx_params
 from bigtune_jax.staged_dir import staged_directory
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -67,9 +70,11 @@ def _adapted_layers(flat: dict) -> list[str]:
   return adapted
 
 
-def save_peft(path: str | os.PathLike, lora: LoRA, lora_params, *, alpha=None, rank=None,
+def save_peft(path: str | os.PathLike, lora: LoRA, lora_params=None, *, alpha=None, rank=None,
               base_model_name_or_path: str | None = None) -> Path:
   """Writes ``lora_params`` (one adapter, no member axis) as a PEFT LoRA adapter at ``path``.
+  ``lora`` may instead be an NNX model with adapters (``finetune.nnx_lora``; no
+  ``lora_params``): its own are written.
 
   ``lora_params``: ``Adapters`` (a population member's, ``result.member(i)``, carry their
   own rank and alpha; only that many columns are written), or a plain tree stored at
@@ -79,6 +84,10 @@ def save_peft(path: str | os.PathLike, lora: LoRA, lora_params, *, alpha=None, r
   zero (one the targets leave out) is not written. The directory is written beside
   ``path`` and moved into place, so a failed save leaves an old adapter as it was.
   """
+  if isinstance(lora, nnx.Module):
+    if lora_params is not None:
+      raise ValueError("save_peft of an NNX model takes no lora_params: it writes its own")
+    lora, lora_params = nnx_lora.adapters_of(lora)
   family = hub_tables.family_of(lora.model)
   n_layer = family.n_layer(lora.model.config)
   modules = targets.hf_modules(lora.model)
@@ -126,7 +135,12 @@ def load_peft(path: str | os.PathLike, model, *, dtype=jnp.float32) -> tuple[LoR
   An adapter on only some layers (``layers_to_transform``, or a ``target_modules`` that
   names some of them) loads with ``A = B = 0`` on the others, and a ``LoRA`` whose targets
   are the dotted module names of the layers present (``targets.py``): equal logits.
+  For an NNX model (``load_hf(..., api="nnx")``) it returns the model, the adapters
+  inserted (``nnx_lora.insert``).
   """
+  if isinstance(model, nnx.Module):
+    lora, adapters = load_peft(path, nnx_params.to_linen(model)[0], dtype=dtype)
+    return nnx_lora.insert(model, lora, adapters)
   path = Path(path)
   if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
     raise FileNotFoundError(f"{path} is not a PEFT adapter: it needs {CONFIG} and {WEIGHTS}")

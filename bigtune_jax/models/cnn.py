@@ -34,6 +34,7 @@ trains poorly from Flax's default LeCun init, which shrinks activations ~sqrt(2)
 """
 
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -62,18 +63,33 @@ class SimpleCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    if x.ndim != 4 or min(x.shape[1:3]) < 16:  # two VALID 5x5 convs and two 2x2 pools
-      raise ValueError(f"SimpleCNN takes images (batch, height, width, channels) of at least "
-                       f"16 x 16 pixels (two 5x5 convolutions and two 2x2 pools), got shape "
-                       f"{x.shape}; upsample small images, e.g. load_dataset('digits', "
-                       f"image_size=28)")
-    x = nn.relu(nn.Conv(10, (5, 5), padding="VALID", name="conv1")(x))  # (B, 24, 24, 10)
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, 12, 12, 10)
-    x = nn.relu(nn.Conv(20, (5, 5), padding="VALID", name="conv2")(x))  # (B, 8, 8, 20)
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, 4, 4, 20)
-    x = x.reshape((x.shape[0], -1))  # (B, 320)
-    x = nn.relu(nn.Dense(50, name="fc1")(x))  # (B, 50)
-    return nn.Dense(self.num_classes, name="fc2")(x)  # (B, num_classes)
+    return simple_cnn_forward(
+        x, nn.Conv(10, (5, 5), padding="VALID", name="conv1"),
+        nn.Conv(20, (5, 5), padding="VALID", name="conv2"), nn.Dense(50, name="fc1"),
+        nn.Dense(self.num_classes, name="fc2"))
+
+
+def check_simple_cnn_input(shape: tuple[int, ...]) -> None:
+  """Images ``(batch, height, width, channels)`` of at least 16 x 16 pixels."""
+  if len(shape) != 4 or min(shape[1:3]) < 16:  # two VALID 5x5 convs and two 2x2 pools
+    raise ValueError(f"SimpleCNN takes images (batch, height, width, channels) of at least "
+                     f"16 x 16 pixels (two 5x5 convolutions and two 2x2 pools), got shape "
+                     f"{tuple(shape)}; upsample small images, e.g. load_dataset('digits', "
+                     f"image_size=28)")
+
+
+def simple_cnn_forward(x: jax.Array, conv1: Callable, conv2: Callable, fc1: Callable,
+                       fc2: Callable) -> jax.Array:
+  """SimpleCNN's math, shared by the linen and NNX modules (layers given, 5x5 VALID convs):
+  conv1, ReLU, 2x2 max-pool, conv2, ReLU, 2x2 max-pool, flatten (H, W, C), fc1, ReLU, fc2."""
+  check_simple_cnn_input(x.shape)
+  x = nn.relu(conv1(x))  # (B, 24, 24, 10)
+  x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, 12, 12, 10)
+  x = nn.relu(conv2(x))  # (B, 8, 8, 20)
+  x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, 4, 4, 20)
+  x = x.reshape((x.shape[0], -1))  # (B, 320)
+  x = nn.relu(fc1(x))  # (B, 50)
+  return fc2(x)  # (B, num_classes)
 
 
 # Configuration D: output channels of each 3x3 conv, "M" a 2x2 max-pool.

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 
 from bigtune_jax.models.counting import count_params
 from bigtune_jax.models.kv_cache import KVCache, cached_attention
-from bigtune_jax.models.tied_head import tied_softmax_cross_entropy
+from bigtune_jax.models import decoder_math
 from bigtune_jax import validation
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
@@ -271,14 +271,10 @@ class GPT(nn.Module):
   def __call__(self, idx: jax.Array, *, train: bool = False,
                targets: jax.Array | None = None, cache: KVCache | None = None):
     cfg = self.config
-    if idx.ndim != 2 or not jnp.issubdtype(idx.dtype, jnp.integer):
-      raise ValueError(f"idx must be integer token ids (batch, time), got {idx.dtype} "
-                       f"of shape {idx.shape}")
+    decoder_math.check_token_inputs(idx, targets)
     _, t = idx.shape
     if cache is None and t > cfg.block_size:
       raise ValueError(f"sequence length {t} exceeds block_size={cfg.block_size}")
-    if targets is not None and targets.shape != idx.shape:
-      raise ValueError(f"targets must have idx's shape {idx.shape}, got {targets.shape}")
     wte = nn.Embed(cfg.vocab_size, cfg.n_embd, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                    embedding_init=_init(("vocab", "embed"), 0.02), name="wte")
     wpe = self.param("wpe", _init((None, "embed"), 0.02), (cfg.block_size, cfg.n_embd),
@@ -299,15 +295,9 @@ class GPT(nn.Module):
     index = None if cache is None else (cache.length, cache.start)
     x, new_layers = blocks(cfg, deterministic=not train, name="h")(x, xs, index)  # (B, T, C)
     x = _layer_norm(cfg, "ln_f")(x)
-    if targets is not None:
-      return tied_softmax_cross_entropy(x, wte.embedding, targets, chunk_size=cfg.head_chunk,
-                                        logits_dtype=cfg.head_logits_dtype)  # (B, T)
-
-    # Tied head: wte.attend(x), with float32 accumulation and output.
-    embedding = jnp.asarray(wte.embedding, cfg.dtype)  # (vocab_size, C)
-    logits = jnp.einsum("btc,vc->btv", x, embedding,
-                        preferred_element_type=jnp.float32)  # (B, T, vocab_size)
-    if cache is None:
+    # Tied head: wte.attend(x), with float32 accumulation and output; or the fused losses.
+    logits = decoder_math.decoder_output(x, wte.embedding, targets, cfg)  # (B, T, V)
+    if targets is not None or cache is None:
       return logits
     key, value = new_layers
     return logits, cache.replace(key=key, value=value, length=cache.length + t)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from bigtune_jax.models.gpt import FLOAT_DTYPES, attention_implementation, _dtype_name
 from bigtune_jax.models.kv_cache import KVCache, cached_attention
-from bigtune_jax.models.tied_head import tied_softmax_cross_entropy
+from bigtune_jax.models import decoder_math
 from bigtune_jax import validation
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -227,9 +227,7 @@ class RMSNorm(nn.Module):
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
                                                              ("embed",)),
                        (x.shape[-1],), cfg.param_dtype)
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + cfg.rms_norm_eps)
-    return jnp.asarray(scale, cfg.dtype) * x32.astype(cfg.dtype)
+    return decoder_math.rms_norm(x, scale, cfg.rms_norm_eps, cfg.dtype)
 
 
 class Attention(nn.Module):
@@ -271,9 +269,9 @@ class SwiGLU(nn.Module):
     dense = lambda features, name, names: nn.Dense(  # noqa: E731
         features, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         kernel_init=_init(names), name=name)
-    hidden = nn.silu(dense(cfg.intermediate_size, "gate_proj", ("embed", "mlp"))(x))
-    hidden = hidden * dense(cfg.intermediate_size, "up_proj", ("embed", "mlp"))(x)
-    return dense(cfg.hidden_size, "down_proj", ("mlp", "embed"))(hidden)
+    return decoder_math.swiglu(x, dense(cfg.intermediate_size, "gate_proj", ("embed", "mlp")),
+                               dense(cfg.intermediate_size, "up_proj", ("embed", "mlp")),
+                               dense(cfg.hidden_size, "down_proj", ("mlp", "embed")))
 
 
 class DecoderLayer(nn.Module):
@@ -307,11 +305,7 @@ class Llama(nn.Module):
                cache: KVCache | None = None):
     del train
     cfg = self.config
-    if idx.ndim != 2 or not jnp.issubdtype(idx.dtype, jnp.integer):
-      raise ValueError(f"idx must be integer token ids (batch, time), got {idx.dtype} "
-                       f"of shape {idx.shape}")
-    if targets is not None and targets.shape != idx.shape:
-      raise ValueError(f"targets must have idx's shape {idx.shape}, got {targets.shape}")
+    decoder_math.check_token_inputs(idx, targets)
     if cache is None:
       cfg.check_positions(idx.shape[1], "sequence length")
     else:  # static: positions past the cache's end would be dropped silently
@@ -336,12 +330,8 @@ class Llama(nn.Module):
     else:
       head = self.param("lm_head", _init(("embed", "vocab")), (cfg.hidden_size, cfg.vocab_size),
                         cfg.param_dtype).T  # stored (C, V) as a Dense kernel
-    if targets is not None:
-      return tied_softmax_cross_entropy(x, head, targets, chunk_size=cfg.head_chunk,
-                                        logits_dtype=cfg.head_logits_dtype)  # (B, T)
-    logits = jnp.einsum("btc,vc->btv", x, jnp.asarray(head, cfg.dtype),
-                        preferred_element_type=jnp.float32)  # (B, T, V)
-    if cache is None:
+    logits = decoder_math.decoder_output(x, head, targets, cfg)  # (B, T, V); losses (B, T)
+    if targets is not None or cache is None:
       return logits
     key, value = new_layers
     return logits, cache.replace(key=key, value=value, length=cache.length + idx.shape[1])

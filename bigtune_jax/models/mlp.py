@@ -35,6 +35,28 @@ def resolve_activation(name: str, activation: str | Callable) -> Callable:
   return ACTIVATIONS[activation]
 
 
+def check_mlp_fields(hidden, num_classes, activation, dropout_rate) -> None:
+  """The fields of ``MLP`` (linen and NNX alike), each checked by name."""
+  if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+    raise ValueError(f"hidden must be a sequence of integers >= 1 (one per hidden layer), "
+                     f"got {hidden!r}")
+  for i, width in enumerate(hidden):
+    validation.check_int(f"hidden[{i}]", width, 1)
+  validation.check_int("num_classes", num_classes, 1)
+  resolve_activation("activation", activation)
+  validation.check_interval("dropout_rate", dropout_rate, 0.0, 1.0)
+
+
+def mlp_forward(x: jax.Array, hidden_layers: Sequence[Callable], head: Callable,
+                act: Callable, dropouts: Sequence[Callable]) -> jax.Array:
+  """The MLP's math, shared by the linen and NNX modules: ``x`` flattened to ``(B, D)``,
+  then ``dropout_i(act(layer_i(x)))`` for each hidden layer, then ``head``: logits."""
+  x = x.reshape((x.shape[0], -1))  # (B, D)
+  for layer, dropout in zip(hidden_layers, dropouts, strict=True):
+    x = dropout(act(layer(x)))  # (B, hidden[i])
+  return head(x)  # (B, num_classes)
+
+
 class MLP(nn.Module):
   """Dense layers with an activation between them: ``(B, ...) -> (B, num_classes)`` logits.
 
@@ -60,21 +82,12 @@ class MLP(nn.Module):
   dropout_rate: float = 0.0
 
   def __post_init__(self):
-    if isinstance(self.hidden, (str, bytes)) or not isinstance(self.hidden, Sequence):
-      raise ValueError(f"hidden must be a sequence of integers >= 1 (one per hidden layer), "
-                       f"got {self.hidden!r}")
-    for i, width in enumerate(self.hidden):
-      validation.check_int(f"hidden[{i}]", width, 1)
-    validation.check_int("num_classes", self.num_classes, 1)
-    resolve_activation("activation", self.activation)
-    validation.check_interval("dropout_rate", self.dropout_rate, 0.0, 1.0)
+    check_mlp_fields(self.hidden, self.num_classes, self.activation, self.dropout_rate)
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    act = resolve_activation("activation", self.activation)
-    x = x.reshape((x.shape[0], -1))  # (B, D)
-    for i, width in enumerate(self.hidden):
-      x = act(nn.Dense(width, name=f"hidden_{i}")(x))  # (B, hidden[i])
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, name="head")(x)  # (B, num_classes)
+    layers = [nn.Dense(width, name=f"hidden_{i}") for i, width in enumerate(self.hidden)]
+    dropouts = [nn.Dropout(self.dropout_rate, deterministic=not train) for _ in layers]
+    return mlp_forward(x, layers, nn.Dense(self.num_classes, name="head"),
+                       resolve_activation("activation", self.activation), dropouts)

@@ -3,6 +3,7 @@ hosts, the fit loop, checkpoints, metrics."""
 
 from bigtune_jax.train.checkpoint import Checkpointer
 from bigtune_jax.train.checkpoint import abstract_like
+from bigtune_jax.train.compile_cache import enable_compile_cache
 from bigtune_jax.train.data_checks import check_data
 from bigtune_jax.train.distributed import global_batch
 from bigtune_jax.train.distributed import maybe_initialize
@@ -30,6 +31,7 @@ from bigtune_jax.train.sharding import state_sharding
 from bigtune_jax.train.state import TrainState
 from bigtune_jax.train.state import create_train_state
 from bigtune_jax.train.state import init_params
+from bigtune_jax.train.state import traced_optimizer
 from bigtune_jax.train.step import classification_loss
 from bigtune_jax.train.step import language_model_loss
 from bigtune_jax.train.step import make_eval_step
@@ -54,6 +56,7 @@ __all__ = (
     "check_data",
     "classification_loss",
     "create_train_state",
+    "enable_compile_cache",
     "evaluate",
     "fit",
     "global_batch",
@@ -71,4 +74,5 @@ __all__ = (
     "regression_loss",
     "shard_state",
     "state_sharding",
+    "traced_optimizer",
 )

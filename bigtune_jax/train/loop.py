@@ -19,6 +19,15 @@ evaluates on the validation set and then, in this order:
    them);
 3. saves a checkpoint of the whole ``TrainState`` (every ``checkpoint_every_evals`` rows).
 
+Between 2 and the writes of 1 and 3 it hands the row to ``on_eval(step, row)`` (report,
+prune, stop, as the population runner's ``on_eval``): True makes this row the run's last
+(checkpointed); an exception (a pruned trial) is raised on after the row is written and
+checkpointed. The jitted programs are kept for the run's structure (the ``loss_fn``
+object, the mesh, the state's shardings and static fields: model and ``tx``), so a later
+``fit`` of the same structure compiles nothing; traced hyperparameters
+(``create_train_state(make_optimizer=..., hparams=...)``) make every trial of a model one
+structure.
+
 A checkpoint is only ever taken at an evaluation, so everything between two of them is a
 pure function of the checkpoint: a run that is killed and started again on the same
 workdir restores the latest checkpoint, drops the metrics rows written after it (all rows
@@ -36,6 +45,7 @@ many hosts (``distributed.py``) each host loads its rows of every batch, and onl
 writes the metrics log, the plots and the progress bar; all of them write checkpoints.
 """
 
+import collections
 import contextlib
 import dataclasses
 import math
@@ -269,6 +279,22 @@ class _Programs:
   keep_best: Callable  # EarlyStopping.select_best; donates the old copy
 
   @classmethod
+  def cached(cls, loss_fn: LossFn, mesh, shardings, early_stopping) -> "_Programs":
+    """The programs of an earlier run of the same structure (``loss_fn`` object, mesh,
+    state shardings and static fields, which hold ``tx`` and the model's ``apply``, and
+    early stopping), else new ones: a second trial of a structure does not compile."""
+    key = (loss_fn, mesh, jax.tree.structure(shardings), tuple(jax.tree.leaves(shardings)),
+           early_stopping)
+    try:
+      programs = _PROGRAMS.pop(key, None) or cls.build(loss_fn, mesh, shardings, early_stopping)
+    except TypeError:  # an unhashable part: built for this run only
+      return cls.build(loss_fn, mesh, shardings, early_stopping)
+    _PROGRAMS[key] = programs  # the most recent last
+    while len(_PROGRAMS) > _KEPT_PROGRAMS:
+      _PROGRAMS.popitem(last=False)
+    return programs
+
+  @classmethod
   def build(cls, loss_fn: LossFn, mesh, shardings, early_stopping) -> "_Programs":
     scalars = (shardings.metric, shardings.metric_count)
     return cls(
@@ -285,6 +311,10 @@ class _Programs:
     if distributed.cpu_collectives_need_sync():
       jax.block_until_ready(out)
     return state, out
+
+
+_KEPT_PROGRAMS = 16  # structures whose compiled programs stay in memory (least recent dropped)
+_PROGRAMS: "collections.OrderedDict[tuple, _Programs]" = collections.OrderedDict()
 
 
 class _RunFiles:
@@ -401,9 +431,33 @@ def _feed_metric(programs: _Programs, state: TrainState, value: np.float32,
   return state, bool(state.early_stopping.should_stop)
 
 
+def _check_on_eval(on_eval) -> None:
+  if on_eval is not None and not callable(on_eval):
+    raise ValueError(f"on_eval must be a callable (step, row) -> bool | None, or None; got "
+                     f"{on_eval!r}")
+
+
+def _ask_on_eval(on_eval, step: int, row: dict, files: "_RunFiles", state: TrainState,
+                 history: list[dict]) -> bool:
+  """``on_eval(step, row)`` (a copy of the row); whether it asks to stop. When it raises
+  (``TrialPruned``), the row is logged and checkpointed and its files closed before the
+  exception goes on, as at a run's last evaluation."""
+  if on_eval is None:
+    return False
+  try:
+    stop = on_eval(step, dict(row))
+    if stop is not None and not isinstance(stop, (bool, np.bool_)):
+      raise ValueError(f"on_eval must return True (stop), False or None, got {stop!r}")
+  except Exception:
+    files.record(state, history, final=True)
+    raise
+  return bool(stop)
+
+
 def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
         val_data: ArrayDataset | None = None, *, config: FitConfig, workdir: str | None = None,
-        early_stopping: control.EarlyStopping | None = None) -> FitResult:
+        early_stopping: control.EarlyStopping | None = None,
+        on_eval: Callable[[int, dict], bool | None] | None = None) -> FitResult:
   """Trains ``state`` (see the module docstring); resumes from ``workdir`` if it has a
   checkpoint. ``early_stopping`` is fed the monitored metric at each evaluation; a
   ``bt.reduce_on_plateau`` goes into the optimizer's chain.
@@ -412,8 +466,18 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
   caller's ``state`` and the parameters it was made from stay usable after ``fit``
   (e.g. to compare before and after). ``FitConfig(donate=True)`` trains in the caller's
   buffers instead, saving one copy of the state's memory (for a model that barely fits);
-  those arrays are then deleted, and using them raises JAX's "Array has been deleted"."""
+  those arrays are then deleted, and using them raises JAX's "Array has been deleted".
+
+  ``on_eval(step, row)`` is called after each evaluation with the metrics row (the
+  contract of ``bt.tune.train_population``'s ``on_eval``, for one model): to report a
+  trial to a searcher, prune it, or stop. Returning True stops the run there
+  (``stopped_early``; the row is its last, checkpointed); an exception it raises (e.g.
+  ``bt.tune.TrialPruned`` / ``optuna.TrialPruned``) propagates once the row is logged,
+  checkpointed and the workdir released. Compiled programs are reused by a later run of
+  the same structure (the same ``loss_fn`` object, mesh and static fields of the state:
+  with ``create_train_state(make_optimizer=..., hparams=...)`` every trial of a model)."""
   start_time = time.time()
+  _check_on_eval(on_eval)
   monitor = _check_fit(state, loss_fn, train_data, val_data, config, early_stopping)
   state = _with_early_stopping(state, early_stopping)
   mesh, shardings = _placement(state, config)
@@ -421,7 +485,7 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
   eval_every = config.eval_every or steps_per_epoch
   with _run_files(workdir, config, monitor) as files:
     state, resumed_from, history = files.resume(state, shardings)
-    programs = _Programs.build(loss_fn, mesh, shardings, early_stopping)
+    programs = _Programs.cached(loss_fn, mesh, shardings, early_stopping)
     step = int(state.step)
     stopped = bool(early_stopping and state.early_stopping.should_stop)
     losses, grad_norms = [], []  # this row's step metrics, on the device until it is written
@@ -440,6 +504,7 @@ def fit(state: TrainState, loss_fn: LossFn, train_data: ArrayDataset,
         losses, grad_norms = [], []
         state, stopped = _feed_metric(programs, state, np.float32(row[monitor]), early_stopping)
         history.append({"step": step, **row})
+        stopped = _ask_on_eval(on_eval, step, history[-1], files, state, history) or stopped
         files.record(state, history, final=stopped or step >= config.steps)
         if stopped or step >= config.steps:
           break

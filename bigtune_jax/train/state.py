@@ -16,10 +16,24 @@ bit for bit:
 * ``early_stopping``: the state of the ``bt.EarlyStopping`` given to ``fit``, or ``()``;
 * ``best_params``: a copy of the parameters at the best validation metric, kept when
   the early stopping restores them (``restore_best=True``), or ``()``.
+
+**Traced hyperparameters.** ``tx`` is a static field of the state, so a train step is
+compiled for one optimizer object: a new ``bt.adam(lr)`` per trial compiles the step again.
+``create_train_state(model, params, make_optimizer=f, hparams={"learning_rate": 3e-3})``
+instead builds the optimizer as ``optax.inject_hyperparams`` of ``f`` with the values
+stored in the optimizer state (``opt_state.hyperparams``, float32) and rebuilt from there
+at each update, ``tx = f(opt_state.hyperparams)``; the transform object itself is one per
+``(f, names of hparams)`` (:func:`traced_optimizer`), so every trial of a structure (the
+same model and loss objects, the same ``f``) runs the train step compiled for the first,
+whatever its values: the contract of ``bt.tune.train_population``'s ``make_optimizer``,
+for one model.
 """
 
 import functools
 import inspect
+import math
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -28,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bigtune_jax.train import nnx_state
 
 
 class TrainState(train_state.TrainState):
@@ -75,21 +90,102 @@ def params_from_key(model: nn.Module, key: jax.Array, x: jax.Array):
 _init_jit = jax.jit(params_from_key, static_argnums=0)
 
 
-def create_train_state(model: nn.Module, params, tx: optax.GradientTransformation, *,
-                       seed: int = 0) -> TrainState:
+MakeOptimizer = Callable[[Mapping[str, jax.Array]], optax.GradientTransformation]
+_TRACED: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
+
+
+def traced_optimizer(make_optimizer: MakeOptimizer,
+                     names: tuple[str, ...]) -> optax.GradientTransformationExtraArgs:
+  """``optax.inject_hyperparams`` of ``make_optimizer`` over the hyperparameters ``names``
+  (float32), one object per ``(make_optimizer, names)``: its ``update`` rebuilds
+  ``make_optimizer(state.hyperparams)`` from the values in its state, so states of any
+  values share it, and the programs compiled for it. Its ``init`` holds placeholder
+  values (zeros); :func:`create_train_state` initializes with the trial's own."""
+  names = tuple(sorted(names))
+  try:
+    built = _TRACED.setdefault(make_optimizer, {})
+  except TypeError:  # not weakly referable: one object for this call only
+    built = {}
+  if names not in built:
+    built[names] = _inject(make_optimizer, names)(**dict.fromkeys(names, 0.0))
+  return built[names]
+
+
+def _inject(make_optimizer: MakeOptimizer, names: tuple[str, ...]):
+  """``optax.inject_hyperparams`` of ``make_optimizer`` called with a dict: it binds the
+  factory's signature, so the factory is given one keyword parameter per name."""
+  def factory(**hparams):
+    return make_optimizer(hparams)
+
+  factory.__signature__ = inspect.Signature(
+      [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in names])
+  return optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)
+
+
+def _check_traced(tx, make_optimizer, hparams) -> None:
+  """Exactly one of ``tx`` or ``make_optimizer`` + ``hparams`` (finite real scalars)."""
+  if (tx is None) == (make_optimizer is None):
+    raise ValueError("create_train_state takes either tx (an optax transform) or "
+                     "make_optimizer with hparams (traced hyperparameters), not "
+                     f"{'both' if tx is not None else 'neither'}")
+  if make_optimizer is None:
+    if hparams is not None:
+      raise ValueError("hparams needs make_optimizer (hparams -> optax transform); with a "
+                       "tx, the values are already in the transform")
+    return
+  if not callable(make_optimizer):
+    raise ValueError(f"make_optimizer must be a callable hparams -> optax transform, got "
+                     f"{make_optimizer!r}")
+  if not isinstance(hparams, Mapping) or not hparams:
+    raise ValueError(f"hparams must be a non-empty mapping {{name: number}}, got {hparams!r}")
+  for name, value in hparams.items():
+    if not (isinstance(name, str) and name.isidentifier()):
+      raise ValueError(f"hparams names must be identifiers, got {name!r}")
+    shape = getattr(value, "shape", ())
+    try:
+      number = float(value) if shape == () else math.nan
+    except (TypeError, ValueError):
+      number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+      raise ValueError(f"hparams[{name!r}] must be one finite real number, got {value!r}")
+
+
+def create_train_state(model: nn.Module, params, tx: optax.GradientTransformation | None = None,
+                       *, seed: int = 0, make_optimizer: MakeOptimizer | None = None,
+                       hparams: Mapping[str, float] | None = None) -> TrainState:
   """A fresh state at step 0.
 
   Args:
-    model: the flax module (its ``apply`` becomes ``state.apply_fn``).
-    params: its parameters (e.g. from :func:`init_params`).
+    model: the flax module (its ``apply`` becomes ``state.apply_fn``), linen or NNX.
+    params: its parameters (e.g. from :func:`init_params`). For an ``nnx.Module``: None
+      (its own ``nnx.Param`` state, ``nnx_state.params_of``; the arrays are the model's,
+      which ``fit`` copies unless ``FitConfig.donate``) or a tree like that one.
     tx: the optimizer, any optax transform: ``bt.accumulate(...)`` for accumulation,
       ``optax.chain(..., bt.reduce_on_plateau())`` to follow the monitored metric,
       ``optax.inject_hyperparams`` to have ``fit`` log the learning rate.
     seed: base of the per-step dropout keys.
+    make_optimizer, hparams: instead of ``tx``, traced hyperparameters (module docstring):
+      ``make_optimizer(h)`` builds the optax transform from ``h``, a dict of scalars that
+      may be traced; ``hparams`` gives this state's values. ``fit`` logs
+      ``hparams["learning_rate"]`` (if any) as ``lr``.
+
+  Raises:
+    ValueError: naming the argument, before any work.
   """
-  return TrainState.create(
-      apply_fn=model.apply, params=params, tx=tx,
+  _check_traced(tx, make_optimizer, hparams)
+  if make_optimizer is not None:  # initialized with the trial's values, then the shared tx
+    values = {name: float(value) for name, value in hparams.items()}
+    tx = _inject(make_optimizer, tuple(sorted(values)))(**values)
+  apply = model.apply if not nnx_state.is_nnx(model) else nnx_state.apply_fn(
+      model, accepts_train_flag(model))
+  if nnx_state.is_nnx(model):
+    params = nnx_state.train_params(model, params)
+  state = TrainState.create(
+      apply_fn=apply, params=params, tx=tx,
       rng=jax.random.key_data(jax.random.key(seed)),
       skipped_steps=jnp.zeros([], jnp.int32),
       # not NaN: a multi-host device_put checks that every process holds the same value
       metric=jnp.zeros([], jnp.float32), metric_count=jnp.zeros([], jnp.int32))
+  if make_optimizer is None:
+    return state
+  return state.replace(tx=traced_optimizer(make_optimizer, tuple(hparams)))

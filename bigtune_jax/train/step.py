@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from bigtune_jax.train import data_checks
+from bigtune_jax.train import nnx_state
 from bigtune_jax.train.state import TrainState
 from bigtune_jax.train.state import accepts_train_flag
 
@@ -42,6 +43,8 @@ LossFn = Callable[[Any, dict, jax.Array, bool], tuple[jax.Array, dict]]
 
 def _apply(model: nn.Module) -> Callable:
   takes_train = accepts_train_flag(model)
+  if nnx_state.is_nnx(model):  # nnx.merge of its graph and the params inside the loss
+    return nnx_state.apply_fn(model, takes_train)
 
   def apply(params, x, rng, train, **kwargs):
     if takes_train:

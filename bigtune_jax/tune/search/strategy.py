@@ -48,12 +48,12 @@ from bigtune_jax.transforms import l2
 from bigtune_jax.transforms import momentum
 from bigtune_jax.transforms import sgd
 from bigtune_jax import validation
-from bigtune_jax.tune.space import Choice
-from bigtune_jax.tune.space import Conditional
-from bigtune_jax.tune.space import Int
-from bigtune_jax.tune.space import LogUniform
-from bigtune_jax.tune.space import Space
-from bigtune_jax.tune.space import Uniform
+from bigtune_jax.tune.search.space import Choice
+from bigtune_jax.tune.search.space import Conditional
+from bigtune_jax.tune.search.space import Int
+from bigtune_jax.tune.search.space import LogUniform
+from bigtune_jax.tune.search.space import Space
+from bigtune_jax.tune.search.space import Uniform
 
 SCHEDULES = ("constant", "exponential", "step", "warmup_cosine")
 OPTIMIZERS = ("sgd", "momentum", "adam")

@@ -9,7 +9,7 @@ median pruner stops a trial whose intermediate value at step :math:`t` is worse 
 median of the other trials at :math:`t`; Hyperband runs successive halving in several
 brackets (Li et al., JMLR 2018).
 
-The study lives where ``storage`` says (:mod:`bigtune_jax.tune.storage`): memory, a
+The study lives where ``storage`` says (:mod:`bigtune_jax.tune.search.storage`): memory, a
 journal file, or a database server that many workers share. Optuna records heartbeats
 only inside ``Study.optimize``; here ``ask`` starts a daemon thread per trial that records
 them until ``tell``, and fails stale trials (a dead worker's) before asking, so that their
@@ -29,15 +29,15 @@ import warnings
 import numpy as np
 
 from bigtune_jax import validation
-from bigtune_jax.tune.search import Searcher
-from bigtune_jax.tune.search import Trial
-from bigtune_jax.tune.search import TrialResult
-from bigtune_jax.tune.space import Choice
-from bigtune_jax.tune.space import Int
-from bigtune_jax.tune.space import LogUniform
-from bigtune_jax.tune.space import Space
-from bigtune_jax.tune.storage import open_storage  # noqa: F401  (public here too)
-from bigtune_jax.tune.storage import quietly
+from bigtune_jax.tune.search.searchers import Searcher
+from bigtune_jax.tune.search.searchers import Trial
+from bigtune_jax.tune.search.searchers import TrialResult
+from bigtune_jax.tune.search.space import Choice
+from bigtune_jax.tune.search.space import Int
+from bigtune_jax.tune.search.space import LogUniform
+from bigtune_jax.tune.search.space import Space
+from bigtune_jax.tune.search.storage import open_storage  # noqa: F401  (public here too)
+from bigtune_jax.tune.search.storage import quietly
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = (None, "none", "median", "hyperband")

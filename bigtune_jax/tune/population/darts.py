@@ -52,8 +52,8 @@ from bigtune_jax.train.step import LossFn
 from bigtune_jax.train.step import classification_loss
 from bigtune_jax.transforms import adam
 from bigtune_jax.transforms import l2
-from bigtune_jax.tune.population import PopulationData
-from bigtune_jax.tune.population import model_input
+from bigtune_jax.tune.population.data import PopulationData
+from bigtune_jax.tune.population.data import model_input
 
 
 def arch_optimizer(learning_rate: float = 3e-4, b1: float = 0.5, b2: float = 0.999,
@@ -137,6 +137,24 @@ class DartsResult:
   wall_s: float
 
 
+def _check_search(supernet, train_data, val_data, steps, batch_size, record_every,
+                  seed) -> int:
+  """``darts_search``'s arguments, each named; returns ``record_every`` (its default:
+  ``steps // 50``)."""
+  if not isinstance(supernet, Supernet):
+    raise ValueError(f"supernet must be a bigtune_jax.models.Supernet, got {supernet!r}")
+  validation.check_int("steps", steps, 1)
+  validation.check_int("seed", seed, 0)
+  record_every = max(steps // 50, 1) if record_every is None else record_every
+  validation.check_int("record_every", record_every, 1)
+  validation.check_int("batch_size", batch_size, 1)
+  for name, dataset in (("train_data", train_data), ("val_data", val_data)):
+    if not isinstance(dataset, ArrayDataset) or len(dataset) < batch_size:
+      raise ValueError(f"{name} must be a bigtune_jax.data.ArrayDataset of at least "
+                       f"batch_size={batch_size} examples, got {dataset!r}")
+  return record_every
+
+
 def darts_search(supernet: Supernet, train_data: ArrayDataset, val_data: ArrayDataset, *,
                  steps: int, batch_size: int = 64, loss_fn: LossFn | None = None,
                  weight_tx: optax.GradientTransformation | None = None,
@@ -167,24 +185,15 @@ def darts_search(supernet: Supernet, train_data: ArrayDataset, val_data: ArrayDa
     ValueError: naming the argument, before any work.
   """
   start = time.time()
-  if not isinstance(supernet, Supernet):
-    raise ValueError(f"supernet must be a bigtune_jax.models.Supernet, got {supernet!r}")
-  validation.check_int("steps", steps, 1)
-  validation.check_int("seed", seed, 0)
-  record_every = max(steps // 50, 1) if record_every is None else record_every
-  validation.check_int("record_every", record_every, 1)
-  validation.check_int("batch_size", batch_size, 1)
-  for name, dataset in (("train_data", train_data), ("val_data", val_data)):
-    if not isinstance(dataset, ArrayDataset) or len(dataset) < batch_size:
-      raise ValueError(f"{name} must be a bigtune_jax.data.ArrayDataset of at least "
-                       f"batch_size={batch_size} examples, got {dataset!r}")
+  record_every = _check_search(supernet, train_data, val_data, steps, batch_size,
+                               record_every, seed)
   train = PopulationData(train_data, None, batch_size, seed)  # the weights' steps
   val = PopulationData(val_data, None, batch_size, seed + 1)  # the architecture's steps
   loss_fn = classification_loss(supernet) if loss_fn is None else loss_fn
   weight_tx = weight_optimizer(steps) if weight_tx is None else weight_tx
   arch_tx = arch_optimizer() if arch_tx is None else arch_tx
 
-  weights, alphas = split_arch(init_params(supernet, model_input(train, input_key), seed))
+  weights, alphas = split_arch(init_params(supernet, model_input(train.sample, input_key), seed))
   state = DartsState(jnp.zeros([], jnp.int32), weights, alphas, weight_tx.init(weights),
                      arch_tx.init(alphas))
   step_fn = make_darts_step(loss_fn, weight_tx, arch_tx)

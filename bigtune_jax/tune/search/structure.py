@@ -10,7 +10,7 @@ is :class:`~bigtune_jax.tune.GridSearch` / :class:`~bigtune_jax.tune.RandomSearc
 :func:`structure_space`, each configuration built by :func:`build_structure` into
 ``bigtune_jax.models.MLP(hidden=(hidden,) * layers, activation=...)`` (equal widths, as
 in the seed's examples). The gradient-based structure search of §3.2.1 is DARTS
-(``bigtune_jax.tune.darts``).
+(``bigtune_jax.tune.population.darts``).
 """
 
 from collections.abc import Mapping, Sequence
@@ -19,9 +19,9 @@ from typing import Any
 from bigtune_jax.models.mlp import ACTIVATIONS
 from bigtune_jax.models.mlp import MLP
 from bigtune_jax import validation
-from bigtune_jax.tune.space import Choice
-from bigtune_jax.tune.space import Int
-from bigtune_jax.tune.space import Space
+from bigtune_jax.tune.search.space import Choice
+from bigtune_jax.tune.search.space import Int
+from bigtune_jax.tune.search.space import Space
 
 KEYS = ("layers", "hidden", "activation", "dropout_rate")
 

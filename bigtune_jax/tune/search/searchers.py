@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 
 from bigtune_jax import validation
-from bigtune_jax.tune.space import Space
+from bigtune_jax.tune.search.space import Space
 
 STATES = ("complete", "pruned", "failed")
 

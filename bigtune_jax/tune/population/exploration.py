@@ -11,7 +11,7 @@ Every ``perturbation_interval`` steps the population is ranked by the validation
   member drawn uniformly from the :math:`q` top ones;
 * **explores**: each mutated hyperparameter :math:`h` of the copy is, with probability
   ``resample_probability`` (0.25), drawn afresh from its distribution (``Uniform`` or
-  ``LogUniform`` of ``bigtune_jax.tune.space``), else multiplied by a factor drawn uniformly
+  ``LogUniform`` of ``bigtune_jax.tune.search.space``), else multiplied by a factor drawn uniformly
   from ``perturbation_factors`` (0.8, 1.2):
 
 .. math::
@@ -22,31 +22,29 @@ Every ``perturbation_interval`` steps the population is ranked by the validation
 The one difference from Ray: a perturbed value is clipped to its distribution's range
 (Ray leaves it unclipped), so that a momentum of 0.95 never becomes 1.14. The exploit /
 explore step :func:`exploit_and_explore` is a pure function of (population, hparams,
-scores, rng); one jitted program trains an interval (``population.train_members``),
-evaluates and perturbs, so the whole run compiles once.
+scores, rng), jitted once (:class:`Exploration`); the population runner
+(``population.runner``) trains and evaluates the intervals and calls it after each
+evaluation but the last: members are whole models or, for a ``finetune.LoRA``, adapters
+over a frozen base, as in ``train_adapter_population``.
 """
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import functools
 import math
-import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from bigtune_jax.data.pipeline import ArrayDataset
-from bigtune_jax.finetune.adapters import LoRA
 from bigtune_jax.train.step import LossFn
 from bigtune_jax.train.step import mean_metrics
 from bigtune_jax import validation
-from bigtune_jax.tune import adapter_population
-from bigtune_jax.tune import population
-from bigtune_jax.tune.space import LogUniform
-from bigtune_jax.tune.space import Space
-from bigtune_jax.tune.space import Uniform
+from bigtune_jax.tune.population import members as members_lib
+from bigtune_jax.tune.population.runner import PopulationResult
+from bigtune_jax.tune.population.runner import run_population
 
 METRICS = ("val_accuracy", "val_loss")
 
@@ -73,16 +71,8 @@ def explore_draws(rng: jax.Array, n: int, num_hparams: int, quantile: int,
           "fresh": jax.random.uniform(k_fresh, shape)}
 
 
-def _from_unit(dist: Uniform, u: jax.Array) -> jax.Array:
-  """A draw of ``dist`` from a uniform [0, 1) number."""
-  if isinstance(dist, LogUniform):
-    low, high = math.log(dist.low), math.log(dist.high)
-    return jnp.exp(low + (high - low) * u)
-  return dist.low + (dist.high - dist.low) * u
-
-
 def exploit_and_explore(members: Any, hparams: Mapping[str, jax.Array], scores: jax.Array,
-                        rng: jax.Array, *, mutations: Mapping[str, Uniform],
+                        rng: jax.Array, *, mutations: Mapping[str, Any],
                         quantile_fraction: float = 0.25, resample_probability: float = 0.25,
                         perturbation_factors: Sequence[float] = (0.8, 1.2),
                         mode: str = "max") -> tuple[Any, dict[str, jax.Array], jax.Array]:
@@ -117,56 +107,55 @@ def exploit_and_explore(members: Any, hparams: Mapping[str, jax.Array], scores: 
   for j, name in enumerate(names):
     dist, h = mutations[name], hparams[name]
     perturbed = jnp.clip(h * factors[draws["factor"][:, j]], dist.low, dist.high)
-    fresh = _from_unit(dist, draws["fresh"][:, j])
+    fresh = dist.from_unit(draws["fresh"][:, j])
     explored = jnp.where(draws["resample"][:, j] < resample_probability, fresh, perturbed)
     hparams[name] = jnp.where(replaced, explored.astype(h.dtype), h)
   return members, hparams, source
 
 
+
+
+def _continuous(dist) -> bool:
+  """A distribution PBT can explore: ``tune.Uniform`` / ``tune.LogUniform`` (anything with
+  ``low``, ``high`` and a traceable ``from_unit``; the search side is not imported)."""
+  return all(hasattr(dist, a) for a in ("low", "high", "check")) and callable(
+      getattr(dist, "from_unit", None))
+
+
 @dataclasses.dataclass(frozen=True)
 class Exploration:
-  """How PBT ranks, exploits and explores (hashable: a static argument of the program)."""
+  """How PBT ranks, exploits and explores (hashable: a static argument of its program).
+  Called by the runner as ``exploration(states, hparams, sums, rng) -> (states, hparams,
+  source)`` on the program's members, ``sums`` their summed eval metrics."""
   metric: str
-  mutations: tuple[tuple[str, Uniform], ...]
+  mutations: tuple[tuple[str, Any], ...]
   quantile_fraction: float
   resample_probability: float
   perturbation_factors: tuple[float, ...]
   mode: str
 
+  def __call__(self, states, hparams, sums, rng):
+    return _explore_states(self, states, hparams, sums, rng)
 
-def _interval(loss_fn, make_optimizer, settings: Exploration, chunk, states, hparams, rng,
-              data, val, rows, perturb, frozen=None):
-  """Trains one interval, evaluates, and (if ``perturb``) exploits and explores."""
-  metric, mode = settings.metric, settings.mode
-  states, train_loss = population.train_members(loss_fn, make_optimizer, states, hparams,
-                                                None, data, rows, chunk, frozen=frozen)
-  sums = population.evaluate_members(loss_fn, states.params, val, frozen=frozen,
-                                     hparams=None if frozen is None else hparams)
-  if metric == "val_accuracy" and "correct" not in sums:
+
+@functools.partial(jax.jit, static_argnames=("settings",), donate_argnames=("states",))
+def _explore_states(settings: Exploration, states, hparams, sums, rng):
+  """Ranks the members by ``settings.metric`` and exploits / explores their parameters,
+  optimizer state and hyperparameters (one gather by ``source``)."""
+  if settings.metric == "val_accuracy" and "correct" not in sums:
     raise ValueError("metric='val_accuracy' needs a classifier's loss_fn (it counts correct "
                      "rows); use metric='val_loss', mode='min'")
-  scores = mean_metrics(sums)["accuracy" if metric == "val_accuracy" else "loss"]
-  _, new_hparams, source = exploit_and_explore(
-      (), hparams, scores, rng, mutations=dict(settings.mutations),
-      quantile_fraction=settings.quantile_fraction,
+  scores = mean_metrics(sums)["accuracy" if settings.metric == "val_accuracy" else "loss"]
+  members, hparams, source = exploit_and_explore(
+      (states.params, states.opt_state), hparams, scores, rng,
+      mutations=dict(settings.mutations), quantile_fraction=settings.quantile_fraction,
       resample_probability=settings.resample_probability,
-      perturbation_factors=settings.perturbation_factors, mode=mode)
-  # Without a perturbation every member keeps its own state: one gather by `source` either
-  # way, rather than a gather and then a select over every weight and optimizer state.
-  source = jnp.where(perturb, source, jnp.arange(source.shape[0]))
-  take = lambda tree: jax.tree.map(lambda x: x[source], tree)
-  states = states.replace(params=take(states.params), opt_state=take(states.opt_state))
-  hparams = {k: jnp.where(perturb, new_hparams[k], h) for k, h in hparams.items()}
-  return states, hparams, train_loss, sums, source
+      perturbation_factors=settings.perturbation_factors, mode=settings.mode)
+  return states.replace(params=members[0], opt_state=members[1]), hparams, source
 
 
-_interval_jit = jax.jit(
-    _interval, static_argnames=("loss_fn", "make_optimizer", "settings", "chunk"),
-    donate_argnames=("states",))
-
-
-def _check_mutations(mutations, hparams) -> tuple[tuple[str, Uniform], ...]:
-  if isinstance(mutations, Space):
+def _check_mutations(mutations, hparams) -> tuple[tuple[str, Any], ...]:
+  if hasattr(mutations, "continuous_names"):  # a tune.Space
     mutations = {name: mutations.base(name) for name in mutations.continuous_names
                  if name in hparams}
   if not isinstance(mutations, Mapping) or not mutations:
@@ -176,7 +165,7 @@ def _check_mutations(mutations, hparams) -> tuple[tuple[str, Uniform], ...]:
     if name not in hparams:
       raise ValueError(f"mutations[{name!r}]: unknown hyperparameter; hparams has "
                        f"{sorted(hparams)}")
-    if not isinstance(dist, Uniform):
+    if not _continuous(dist):
       raise ValueError(f"mutations[{name!r}] must be a Uniform or LogUniform (continuous), "
                        f"got {dist!r}")
     dist.check(f"mutations[{name!r}]")
@@ -198,11 +187,14 @@ def _check_mutation_ends(make_optimizer, values, mutation_items) -> None:
         return  # a builder that needs traced arrays: the traced run reports its own errors
 
 
-def _check_exploration(make_optimizer, values, n, mutations, metric, mode, quantile_fraction,
+def _check_exploration(make_optimizer, values, mutations, metric, mode, quantile_fraction,
                        resample_probability, perturbation_factors) -> Exploration:
   """PBT's exploit-and-explore settings, each checked by name before any work."""
   mutation_items = _check_mutations(mutations, values)
-  population.check_member_optimizers(make_optimizer, values, n)
+  if "rank" in dict(mutation_items):
+    raise ValueError("mutations: 'rank' cannot explore (a perturbed rank is not an "
+                     "integer); give it in hparams only")
+  members_lib.check_member_optimizers(make_optimizer, values, len(next(iter(values.values()))))
   _check_mutation_ends(make_optimizer, values, mutation_items)
   validation.check_choice("metric", metric, METRICS)
   mode = mode or ("max" if metric == "val_accuracy" else "min")
@@ -218,32 +210,7 @@ def _check_exploration(make_optimizer, values, n, mutations, metric, mode, quant
                      float(resample_probability), factors, mode)
 
 
-def _first_members(model, loss_fn, make_optimizer, values, hp, seeds, data_args, input_key,
-                   base_params, mutations):
-  """``(member loss, PopulationData, stacked states)`` at step 0: full models, or for a
-  ``finetune.LoRA`` adapters over the frozen ``base_params``."""
-  if not isinstance(model, LoRA):
-    if base_params is not None:
-      raise ValueError("base_params is for a finetune.LoRA model (adapter populations)")
-    data = population.PopulationData(*data_args)
-    return loss_fn, data, population.init_states(model, make_optimizer, data, hp, seeds,
-                                                 input_key)
-  lora = model
-  adapter_population.check_adapter_hparams(lora, values)
-  if "rank" in mutations:
-    raise ValueError("mutations: 'rank' cannot explore (a perturbed rank is not an "
-                     "integer); give it in hparams only")
-  if base_params is None:
-    raise ValueError("base_params: the frozen parameters the LoRA adapters train over")
-  lora.layers(base_params)
-  train_data, val_data, *rest = data_args
-  data = population.PopulationData(adapter_population.as_arrays(train_data, "train_data"),
-                                   adapter_population.as_arrays(val_data, "val_data"), *rest)
-  states = adapter_population.init_states(lora, make_optimizer, base_params, hp, seeds)
-  return adapter_population.member_loss(lora, loss_fn), data, states
-
-
-def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimizer,
+def pbt(model, loss_fn: LossFn, make_optimizer: members_lib.MakeOptimizer,
         hparams: Mapping[str, Sequence[float] | np.ndarray], mutations: Any,
         train_data: ArrayDataset, val_data: ArrayDataset, *, steps: int, batch_size: int,
         perturbation_interval: int, metric: str = "val_accuracy", mode: str | None = None,
@@ -251,14 +218,15 @@ def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimi
         perturbation_factors: Sequence[float] = (0.8, 1.2), seed: int = 0,
         member_seeds: Sequence[int] | None = None, eval_batch_size: int = 512,
         input_key: str | None = None, member_chunk: int | None = None,
-        base_params=None) -> population.PopulationResult:
+        base_params=None) -> PopulationResult:
   """Population-based training of N members (see the module docstring).
 
   Args:
-    model: the flax module every member shares; or a ``finetune.LoRA``, whose members are
-      adapters over the frozen ``base_params`` (held once; ``alpha`` and ``rank`` in
-      ``hparams`` set each adapter, as in ``train_adapter_population``; ``rank`` does not
-      explore). The result's ``params`` are then the stacked adapters.
+    model: a flax module (each member a whole model), or a ``finetune.LoRA`` together with
+      ``base_params`` (each member an adapter over that frozen base, held once, as in
+      ``train_adapter_population``: ``alpha`` and ``rank`` in ``hparams`` set each adapter,
+      ``rank`` does not explore, ``result.member(i)`` is a ``finetune.Adapters``). A LoRA
+      without ``base_params``, ``base_params`` with a module, or anything else: ValueError.
     loss_fn, make_optimizer, hparams, train_data, val_data, batch_size, seed,
       member_seeds, eval_batch_size, input_key, member_chunk: as ``train_population``.
     mutations: ``{name: Uniform | LogUniform}`` (or a ``Space``: its continuous axes
@@ -275,37 +243,13 @@ def pbt(model: nn.Module, loss_fn: LossFn, make_optimizer: population.MakeOptimi
     A ``PopulationResult``; each history row adds ``hparams`` (after the step's explore)
     and ``source`` (the member each one copied, itself if none).
   """
-  start_time = time.time()
-  values, n = population.check_hparams(hparams)
-  seeds = population.check_seeds(member_seeds, seed, n)
-  population.check_member_chunk(member_chunk, n)
-  validation.check_int("steps", steps, 1)
+  kind = members_lib.members_for(model, loss_fn, base_params)
+  values, _ = members_lib.check_hparams(hparams)
   validation.check_int("perturbation_interval", perturbation_interval, 1)
-  settings = _check_exploration(make_optimizer, values, n, mutations, metric, mode,
+  settings = _check_exploration(make_optimizer, values, mutations, metric, mode,
                                 quantile_fraction, resample_probability, perturbation_factors)
-  hp = {name: jnp.asarray(v) for name, v in values.items()}
-  data_args = (train_data, val_data, batch_size, seed, eval_batch_size)
-  loss_fn, data, states = _first_members(model, loss_fn, make_optimizer, values, hp, seeds,
-                                         data_args, input_key, base_params,
-                                         dict(settings.mutations))
-  chunk = member_chunk or population.choose_chunk(states.params)
-  rng = jax.random.key(seed)
-  history, step = [], 0
-  while step < steps:
-    count = min(perturbation_interval, steps - step)
-    rng, key = jax.random.split(rng)
-    perturb = step + count < steps
-    states, hp, train_loss, sums, source = _interval_jit(
-        loss_fn, make_optimizer, settings, chunk, states, hp, key, data.train, val=data.val,
-        rows=jnp.asarray(data.rows(step, count)), perturb=jnp.asarray(perturb),
-        frozen=base_params)
-    step += count
-    history.append({"step": step, "train_loss": np.asarray(train_loss),
-                    **population.mean_metrics(sums),
-                    "hparams": {k: np.asarray(v) for k, v in hp.items()},
-                    "source": np.asarray(source)})
-  final = {k: v for k, v in history[-1].items() if k in METRICS}
-  return population.PopulationResult(
-      params=states.params, hparams={k: np.asarray(v) for k, v in hp.items()},
-      history=history, final=final, steps=step, wall_s=time.time() - start_time,
-      stopped=np.zeros(n, bool))
+  return run_population(
+      kind, make_optimizer, hparams, train_data, val_data, steps=steps, batch_size=batch_size,
+      eval_every=perturbation_interval, seed=seed, member_seeds=member_seeds,
+      explore=settings, shared=base_params, eval_batch_size=eval_batch_size,
+      input_key=input_key, member_chunk=member_chunk)

@@ -27,6 +27,7 @@ import numbers
 import types
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -65,6 +66,10 @@ class Uniform:
   def sample(self, rng: np.random.Generator) -> float:
     return float(rng.uniform(self.low, self.high))
 
+  def from_unit(self, u):
+    """The value at ``u`` in [0, 1) (traceable): ``low + (high - low) u``."""
+    return self.low + (self.high - self.low) * u
+
   def grid(self, points: int) -> list[float]:
     if points == 1:
       return [0.5 * (self.low + self.high)]
@@ -82,6 +87,11 @@ class LogUniform(Uniform):
 
   def sample(self, rng: np.random.Generator) -> float:
     return float(np.exp(rng.uniform(np.log(self.low), np.log(self.high))))
+
+  def from_unit(self, u):
+    """The value at ``u`` in [0, 1) (traceable): ``exp(log low + (log high - log low) u)``."""
+    low, high = math.log(self.low), math.log(self.high)
+    return jnp.exp(low + (high - low) * u)
 
   def grid(self, points: int) -> list[float]:
     if points == 1:

@@ -1,0 +1,112 @@
+"""The two plain entry points of the population runner (``population.runner``): whole
+models (:func:`train_population`) and LoRA adapters over one frozen base
+(:func:`train_adapter_population`). Both are ``runner.run_population`` with a kind of
+members; PBT (``population.exploration.pbt``) is the third.
+
+Adapter populations (seed 001 §6.4): member :math:`i` trains adapters :math:`\\theta^i` of
+the ``finetune.LoRA`` over the frozen :math:`W`, held once and broadcast to every member:
+
+.. math::
+  (u^i, s^i_{t+1}) = tx(h^i)\\big(\\nabla_\\theta \\ell(W, \\theta^i_t; \\alpha^i, r^i;
+  B_t), s^i_t, \\theta^i_t\\big), \\qquad \\theta^i_{t+1} = \\theta^i_t + u^i
+"""
+
+from collections.abc import Sequence, Mapping
+
+import flax.linen as nn
+import numpy as np
+
+from bigtune_jax.data.pipeline import ArrayDataset
+from bigtune_jax.finetune.adapters import LoRA
+from bigtune_jax.train.step import LossFn
+from bigtune_jax.tune.population.members import AdapterMembers
+from bigtune_jax.tune.population.members import MakeOptimizer
+from bigtune_jax.tune.population.members import WholeModels
+from bigtune_jax.tune.population.runner import OnEval
+from bigtune_jax.tune.population.runner import PopulationResult
+from bigtune_jax.tune.population.runner import run_population
+
+
+def train_population(model: nn.Module, loss_fn: LossFn, make_optimizer: MakeOptimizer,
+                     hparams: Mapping[str, Sequence[float] | np.ndarray],
+                     train_data: ArrayDataset, val_data: ArrayDataset, *, steps: int,
+                     batch_size: int, eval_every: int | None = None, seed: int = 0,
+                     member_seeds: Sequence[int] | None = None, on_eval: OnEval | None = None,
+                     compact: bool = True, eval_batch_size: int = 512,
+                     input_key: str | None = None,
+                     member_chunk: int | None = None) -> PopulationResult:
+  """Trains N whole models of ``model``, one configuration each, at once.
+
+  Args:
+    model: the flax module every member shares.
+    loss_fn: e.g. ``bigtune_jax.train.classification_loss(model)``.
+    make_optimizer: ``hparams_i -> optax.GradientTransformation``, called inside the
+      vmapped program with member i's scalars (traced): build the optimizer from them.
+    hparams: ``{name: N values}``, the continuous hyperparameters of the members.
+    train_data, val_data: ``ArrayDataset`` s (or ``TokenBlocks``); a language model's
+      token ids are checked against its vocabulary, naming the split.
+    steps: training steps, >= 1.
+    batch_size: examples per step (the same batch for every member).
+    eval_every: steps between evaluations (and one after the last step); None: once per
+      epoch, as in ``bt.train.FitConfig``.
+    seed: the data order (as ``FitConfig.seed``) and every member's init / dropout seed.
+    member_seeds: N seeds for the members' init and dropout instead of ``seed``.
+    on_eval: ``on_eval(step, {"val_loss": (N,), "val_accuracy": (N,)})`` after each
+      evaluation (NaN for stopped members); may return a bool mask (N,) of members to stop.
+    compact: stopped members leave the program (True), or stay in it frozen (False).
+    eval_batch_size: examples per evaluation batch.
+    input_key: the array the model takes (default: the first one not named ``label``,
+      ``y`` or ``targets``), to initialize the parameters.
+    member_chunk: members vmapped together, a divisor of N; None: all of them on an
+      accelerator, a cache-sized chunk on a CPU (``programs.choose_chunk``).
+
+  Returns:
+    A ``PopulationResult`` (``result.member(i)``: member i's parameters).
+
+  Raises:
+    ValueError: naming the argument, before any work.
+  """
+  if not isinstance(model, nn.Module):
+    raise ValueError(f"model must be a flax.linen.Module, got {model!r} (LoRA adapters: "
+                     "train_adapter_population)")
+  return run_population(
+      WholeModels(model, loss_fn), make_optimizer, hparams, train_data, val_data, steps=steps,
+      batch_size=batch_size, eval_every=eval_every, seed=seed, member_seeds=member_seeds,
+      on_eval=on_eval, compact=compact, eval_batch_size=eval_batch_size, input_key=input_key,
+      member_chunk=member_chunk)
+
+
+def train_adapter_population(lora: LoRA, loss_fn: LossFn, params, make_optimizer: MakeOptimizer,
+                             hparams: Mapping[str, Sequence[float] | np.ndarray],
+                             train_data, val_data, *, steps: int, batch_size: int,
+                             eval_every: int | None = None, seed: int = 0,
+                             member_seeds: Sequence[int] | None = None,
+                             on_eval: OnEval | None = None, compact: bool = True,
+                             eval_batch_size: int = 64,
+                             member_chunk: int | None = None) -> PopulationResult:
+  """Trains N adapters of ``lora`` on the frozen ``params`` at once (module docstring).
+
+  Args:
+    lora: the ``finetune.LoRA`` (model, targets, stored rank, default alpha, dropout).
+    loss_fn: a ``bt.train`` loss of ``lora.model`` (``language_model_loss(model)``).
+    params: the pretrained parameters, frozen and shared by all members.
+    make_optimizer: ``hparams_i -> optax transform``, called with traced scalars.
+    hparams: ``{name: N values}``; ``alpha`` (> 0) and ``rank`` (an integer in
+      ``[1, lora.rank]``) set each member's adapter; every entry reaches make_optimizer.
+    train_data, val_data, steps, batch_size, eval_every, seed, member_seeds, on_eval,
+      compact, eval_batch_size, member_chunk: as ``train_population``.
+
+  Returns:
+    A ``PopulationResult``; ``result.member(i)`` is member i's ``finetune.Adapters``, sliced
+    to its own rank with its own alpha (what ``save_peft`` and ``LoRA.merge`` take).
+
+  Raises:
+    ValueError: naming the argument, before any work.
+  """
+  if not isinstance(lora, LoRA):
+    raise ValueError(f"lora must be a bigtune_jax.finetune.LoRA, got {lora!r}")
+  return run_population(
+      AdapterMembers(lora, loss_fn), make_optimizer, hparams, train_data, val_data,
+      steps=steps, batch_size=batch_size, eval_every=eval_every, seed=seed,
+      member_seeds=member_seeds, on_eval=on_eval, compact=compact, shared=params,
+      eval_batch_size=eval_batch_size, member_chunk=member_chunk)
