@@ -5,7 +5,7 @@ The seed's §4.3 snippet trains its VGG16 (the network of §4.2) with ``optim.SG
 and ``ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=5)`` on CIFAR-10 for 10
 epochs, calling ``scheduler.step(loss)`` after every mini-batch. Here the rule is
 ``bt.reduce_on_plateau(factor=0.1, patience=5)``, an optax transform whose scale follows
-PyTorch's decision rule exactly (``tests/test_vs_torch.py`` checks it against
+PyTorch's decision rule exactly (``tests/transforms/test_vs_torch.py`` checks it against
 ``torch.optim.lr_scheduler.ReduceLROnPlateau`` on random metric sequences), chained after
 the SGD: ``optax.chain(sgd, bt.reduce_on_plateau(...))``. ``bt.train.fit`` hands it the
 validation loss of every evaluation (``value=``), and its scale multiplies the updates.

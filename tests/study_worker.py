@@ -1,4 +1,4 @@
-"""One worker of a shared study, for tests/test_study_storage.py and
+"""One worker of a shared study, for tests/tune/test_study_storage.py and
 benchmarks/study_workers.py: the loop of the tuning experiments (``searching.budget``,
 ``ask_populations``, ``tell``) with a population that "trains" by sleeping.
 

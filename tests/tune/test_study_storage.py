@@ -21,11 +21,11 @@ from experiments import tune as tune_experiment
 from experiments import tune_lm
 from tests import study_worker
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("postgresql", "journal")
 # One xdist worker runs this file, so that one PostgreSQL server (a session fixture, asked
 # for by name inside `storage`) serves all of it.
-pytestmark = pytest.mark.xdist_group("tests.test_study_storage")
+pytestmark = pytest.mark.xdist_group("tests.tune.test_study_storage")
 
 
 @pytest.fixture(params=KINDS)

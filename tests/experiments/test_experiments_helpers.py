@@ -68,7 +68,7 @@ def test_finetune_lm_keeps_its_study_in_study_log_and_resumes_it(tmp_path):
 def test_experiments_import_only_the_shared_modules():
   """Every script is forkable: it imports the shared modules (``cli``, ``searching``,
   ``report``, ``tasks``, ``classification``), never another experiment."""
-  folder = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+  folder = pathlib.Path(__file__).resolve().parents[2] / "experiments"
   found = {}
   for path in sorted(folder.glob("*.py")):
     for node in ast.walk(ast.parse(path.read_text())):
