@@ -43,8 +43,8 @@ from bigtune_jax import data
 from bigtune_jax.tune import population
 from bigtune_jax.tune.search import space as space_lib
 from benchmarks import common
-from experiments.tune import model_and_loss  # one model object per structure: reused programs
-from experiments.tune import momentum_l2  # heavy-ball momentum + L2 from traced values
+from experiments.tasks import mlp_and_loss as model_and_loss  # one per structure: reused programs
+from experiments.tasks import momentum_l2  # heavy-ball momentum + L2 from traced values
 
 PRESETS = {  # tiny: (b) searches one structure, the one (a) compiled, so it compiles nothing
     "tiny": dict(members=4, hidden=16, image_size=8, batch_size=32, steps=20, repeats=3,

@@ -34,7 +34,7 @@ from bigtune_jax import hub
 from bigtune_jax import train
 from bigtune_jax import tune
 from experiments import finetune_lm
-from experiments import lm
+from experiments import tasks
 from experiments import tune_lm
 
 
@@ -162,14 +162,14 @@ def _build(name: str, frozen: tuple, workdir: str) -> Task:
   config = dict(frozen)
   n = config["eval_windows"]
   if name == "gpt":
-    splits = lm.load({"text": "", "block_size": config["block_size"]})
+    splits = tasks.load_text({"text": "", "block_size": config["block_size"]})
     space = {"learning_rate": ("log", 3e-4, 3e-2), "warmup_fraction": ("uniform", 0.0, 0.3),
              "n_layer": ("choice", list(config["n_layers"])),
              "n_embd": ("choice", list(config["widths"]))}
     splits = {k: v if k == "train" else _head(v, n) for k, v in splits.items()}
     return GPTTask(name, config, splits, space, "test_bits_per_byte")
   base_config = finetune_lm.PRESETS[config["base_preset"]]
-  splits = lm.split_windows(finetune_lm.source_domain(base_config["source_kb"]),
+  splits = tasks.split_windows(finetune_lm.source_domain(base_config["source_kb"]),
                             base_config["block_size"], "standard library source")
   splits = {k: v if k == "train" else _head(v, n) for k, v in splits.items()}
   space = {"learning_rate": ("log", 1e-4, 3e-2), "weight_decay": ("uniform", 0.0, 0.1),

@@ -4,7 +4,7 @@ PostgreSQL study and one journal file, and the storage's own cost per trial.
   python -m benchmarks.study_workers [--workers 1,2,4] [--budget 48] [--seconds 0.4]
       [--postgres URL] [--out FILE.json]
 
-Each worker is ``tests/study_worker.py``: the tuning experiments' loop (``common.budget``,
+Each worker is ``tests/study_worker.py``: the tuning experiments' loop (``searching.budget``,
 ``ask_populations`` of 4 trials, ``tell``) around a population that "trains" for
 ``--seconds`` (a sleep: the compute a real population would take, here free, so that the
 workers measure the study, not the CPU). The workers are released together once imported;

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import optax
 
 from bigtune_jax import train
-from experiments import common
+from experiments import cli
+from experiments import report
+from experiments import tasks
 
 DEFAULT_IMAGE_SIZE = 28  # the upsampled digits, the size of MNIST (the seed's data)
 
@@ -42,18 +44,18 @@ def main(argv, experiment: str, presets: Mapping[str, Config], doc: str, *,
     describe: ``(params, splits) -> entries`` the summary adds before ``config`` (e.g. the
       parameter count).
   """
-  workdir, preset, config = common.parse_args(argv, presets, doc.split("\n\n")[0])
-  splits = common.load_images(config, config.get("image_size", DEFAULT_IMAGE_SIZE))
+  workdir, preset, config = cli.parse_args(argv, presets, doc.split("\n\n")[0])
+  splits = tasks.load_images(config, config.get("image_size", DEFAULT_IMAGE_SIZE))
   network = model(config)
   params = train.init_params(network, jnp.asarray(splits["train"]["image"][:1]),
                              config["seed"])
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
                                eval_every=config["eval_every"], seed=config["seed"],
                                progress=preset != "tiny")
-  tx = common.with_logged_rate(optimizer, config)
-  summary = common.train_and_evaluate(
+  tx = tasks.with_logged_rate(optimizer, config)
+  summary = report.train_and_evaluate(
       experiment, preset, network, params, tx,
       train.classification_loss(network), splits, fit_config, workdir,
       extra={**(describe(params, splits) if describe is not None else {}), "config": config})
-  common.print_summary(summary)
+  report.print_summary(summary)
   return summary

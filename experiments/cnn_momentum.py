@@ -38,7 +38,7 @@ images); ``full`` is the seed's 10 epochs of MNIST's 60k at batch 64.
 import bigtune_jax as bt
 from bigtune_jax import models
 from experiments import classification
-from experiments import common
+from experiments import cli
 
 PRESETS = {
     "tiny": dict(steps=20, batch_size=32, learning_rate=0.01, momentum=0.9, eval_every=10,
@@ -62,4 +62,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -50,7 +50,8 @@ from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.train.metrics import png_figure
-from experiments import common
+from experiments import cli
+from experiments import report
 
 PRESETS = {
     "tiny": dict(hidden=(64,), steps=150, batch_size=64, learning_rate=0.1,
@@ -70,15 +71,15 @@ PRESETS = {
 
 
 CHECKS = {
-    "sparsities": common.Rule(lambda v: len(v) > 0 and all(0 < x < 1 for x in v),
-                              "one or more fractions in (0, 1), comma-separated"),
-    "scope": common.one_of("global", "layer"),
+    "sparsities": cli.Rule(lambda v: len(v) > 0 and all(0 < x < 1 for x in v),
+                           "one or more fractions in (0, 1), comma-separated"),
+    "scope": cli.one_of("global", "layer"),
 }
 
 
 def check_data(config, splits, model, params) -> None:
   """The settings that depend on the data and the model, before anything is trained."""
-  common.check_batch_size("batch_size", config["batch_size"], splits["train"])
+  cli.check_batch_size("batch_size", config["batch_size"], splits["train"])
   batches = splits["train"].steps_per_epoch(config["batch_size"])
   if config["calibration_batches"] > batches:
     raise ValueError(f"--set calibration_batches must be at most {batches} (the batches of "
@@ -147,8 +148,8 @@ def print_table(results: list[dict]) -> None:
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
-                                              checks=CHECKS)
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
+                                           checks=CHECKS)
   start = time.time()
   splits = data.load_dataset("digits", seed=config["seed"], image_size=28)
   progress = preset != "tiny"
@@ -220,11 +221,11 @@ def main(argv=None) -> dict:
       "results": results,
       "storage": "float32/int8 arrays + float32 scales as stored; pruned models in the "
                  "bitmask format (1 bit per weight + nonzero values; dense where smaller)",
-      **common.run_facts(start), "config": config,
+      **report.run_facts(start), "config": config,
   }
-  common.write_summary(workdir, summary)
+  report.write_summary(workdir, summary)
   return summary
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -24,7 +24,8 @@ from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.tune.population import darts
-from experiments import common
+from experiments import cli
+from experiments import report
 
 PRESETS = {
     "tiny": dict(nodes=1, width=16, search_steps=20, search_batch_size=32, steps=20,
@@ -44,14 +45,14 @@ def search_halves(train_split: data.ArrayDataset, seed: int) -> tuple[data.Array
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
   splits = data.load_dataset("digits", seed=config["seed"], image_size=config["image_size"])
   supernet = models.Supernet(nodes=config["nodes"], width=config["width"], num_classes=10)
   weights_half, arch_half = search_halves(splits["train"], config["seed"])
-  common.check_batch_size("search_batch_size", config["search_batch_size"],
-                          min(weights_half, arch_half, key=len), "examples in a search half")
-  common.check_batch_size("batch_size", config["batch_size"], splits["train"])
+  cli.check_batch_size("search_batch_size", config["search_batch_size"],
+                       min(weights_half, arch_half, key=len), "examples in a search half")
+  cli.check_batch_size("batch_size", config["batch_size"], splits["train"])
   result = darts.darts_search(supernet, weights_half, arch_half, steps=config["search_steps"],
                               batch_size=config["search_batch_size"], seed=config["seed"])
   model = supernet.discrete(result.arch)
@@ -60,7 +61,7 @@ def main(argv=None) -> dict:
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
                                eval_every=config["eval_every"], seed=config["seed"],
                                progress=preset != "tiny")
-  summary = common.train_and_evaluate(
+  summary = report.train_and_evaluate(
       "darts", preset, model, params, tx, train.classification_loss(model), splits,
       fit_config, workdir, extra={
           "arch": [[list(edge) for edge in node] for node in result.arch],
@@ -70,8 +71,8 @@ def main(argv=None) -> dict:
           "search_wall_s": round(result.wall_s, 2),
           "params": models.count_params(params), "config": config})
   # wall_s: the search and the retraining
-  return common.finish(workdir, summary, start, hide=("final_alphas", "config"))
+  return report.finish(workdir, summary, start, hide=("final_alphas", "config"))
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

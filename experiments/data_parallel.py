@@ -50,7 +50,9 @@ import bigtune_jax as bt
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.train import distributed
-from experiments import common
+from experiments import cli
+from experiments import report
+from experiments import tasks
 
 PRESETS = {
     "tiny": dict(steps=20, batch_size=64, hidden=(512,), learning_rate=0.01, eval_every=10,
@@ -63,8 +65,8 @@ PRESETS = {
 }
 
 
-# Settings of this experiment only (common.RULES checks the shared ones).
-CHECKS = {"data": common.Rule(lambda v: v == -1 or v >= 1,
+# Settings of this experiment only (cli.RULES checks the shared ones).
+CHECKS = {"data": cli.Rule(lambda v: v == -1 or v >= 1,
                                "-1 (the devices fsdp leaves) or an integer >= 1")}
 
 
@@ -72,10 +74,10 @@ def main(argv=None) -> dict:
   flags, argv = distributed.add_flags(argparse.ArgumentParser(add_help=False)).parse_known_args(
       argv)
   distributed.initialize_from_flags(flags)  # before any JAX computation
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
-                                              checks=CHECKS)
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
+                                           checks=CHECKS)
   mesh = train.MeshConfig(data=config["data"], fsdp=config["fsdp"])
-  splits = common.load_images(config, image_size=28)
+  splits = tasks.load_images(config, image_size=28)
   model = models.MLP(hidden=config["hidden"], num_classes=10)
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
@@ -83,16 +85,16 @@ def main(argv=None) -> dict:
                                progress=preset != "tiny")
   devices = mesh.make_mesh().shape
   # inject_hyperparams: the rate sits in the optimizer state, where fit reads it to log it
-  summary = common.train_and_evaluate(
+  summary = report.train_and_evaluate(
       "data_parallel", preset, model, params,
       optax.inject_hyperparams(bt.sgd)(learning_rate=config["learning_rate"]),
       train.classification_loss(model), splits, fit_config, workdir,
       extra={"mesh": dict(devices), "processes": jax.process_count(),
              "rows_per_device": config["batch_size"] // (devices["data"] * devices["fsdp"]),
              "config": config})
-  common.print_summary({k: v for k, v in summary.items() if k != "config"})
+  report.print_summary({k: v for k, v in summary.items() if k != "config"})
   return summary
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

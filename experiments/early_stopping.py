@@ -13,9 +13,9 @@ uptick; a patience of a few evaluations is the usual reading (Prechelt, "Early S
 But When?", 1998) and the default here is 5 evaluations of one epoch each.
 
 **Making the rise visible.** On the clean digits a small MLP's validation loss barely turns
-up. The training data are therefore those of ``experiments.regularization``: a stratified
-30% of the training split (377 images) with 30% of the labels replaced by another class
-(validation and test stay clean). An unregularized MLP first learns the true pattern —
+up. The training data are therefore those of ``experiments.regularization``
+(``tasks.noisy_digits``): a stratified 30% of the training split (377 images) with 30% of
+the labels replaced by another class (validation and test stay clean). An unregularized MLP first learns the true pattern —
 the validation loss falls — then memorizes the wrong labels, and the validation loss rises:
 the setting early stopping is for.
 
@@ -40,8 +40,9 @@ import bigtune_jax as bt
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.train.metrics import png_figure
-from experiments import common
-from experiments import regularization
+from experiments import cli
+from experiments import report
+from experiments import tasks
 
 _DATA = dict(train_fraction=0.3, label_noise=0.3, image_size=8, seed=0)
 PRESETS = {
@@ -76,11 +77,11 @@ def best_evaluation(state: train.TrainState) -> dict:
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
   stopper = bt.EarlyStopping(patience=config["patience"], min_delta=config["min_delta"],
                              restore_best=True)
-  splits = regularization.load(config)
+  splits = tasks.noisy_digits(config)
   splits = {name: splits[name] for name in ("train", "validation", "test")}
   model = models.MLP(hidden=config["hidden"], num_classes=10)
   params = train.init_params(model, jnp.asarray(splits["train"]["image"][:1]), config["seed"])
@@ -92,7 +93,7 @@ def main(argv=None) -> dict:
   loss_fn = train.classification_loss(model)
   runs = {}
   for name, rule in (("full", None), ("early", stopper)):
-    runs[name] = common.train_and_evaluate(
+    runs[name] = report.train_and_evaluate(
         f"early_stopping/{name}", preset, model, jax.tree.map(jnp.copy, params), tx, loss_fn,
         splits, fit_config, os.path.join(workdir, name), early_stopping=rule,
         report=None if rule is None else best_evaluation)
@@ -114,8 +115,8 @@ def main(argv=None) -> dict:
                "min_val_loss": min(row["val_loss"] for row in histories["full"])},
       "resumed_from": early["resumed_from"], "config": config,
   }
-  return common.finish(workdir, summary, start)
+  return report.finish(workdir, summary, start)
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -1,7 +1,8 @@
 """Seed 001 §3.2 / §4.2 / §6.2: fine-tuning strategies compared, frozen backbone vs full
 fine-tuning vs LoRA, by test accuracy and trainable-parameter count.
 
-On the bundled digits (as ``experiments.finetune_basic``, whose task split this reuses):
+On the bundled digits (as ``experiments.finetune_basic``, the same task split:
+``tasks.task_splits``):
 
 1. **Pretrain** an MLP on the digits 0-4 with ``bt.train.fit`` into ``DIR/pretrain``.
 2. **Load** its checkpoint into the new model (a new 5-way head for the digits 5-9,
@@ -50,8 +51,9 @@ import bigtune_jax as bt
 from bigtune_jax import finetune as ft
 from bigtune_jax import models
 from bigtune_jax import train
-from experiments import common
-from experiments import finetune_basic
+from experiments import cli
+from experiments import report
+from experiments import tasks
 
 PRESETS = {
     "tiny": dict(hidden=(32,), pretrain_steps=60, finetune_steps=20, batch_size=25,
@@ -106,30 +108,30 @@ def format_table(results) -> str:
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
-  splits = common.load_images(config, config["image_size"])
-  old = finetune_basic.task_splits(splits, finetune_basic.OLD_CLASSES)
-  new = finetune_basic.task_splits(splits, finetune_basic.NEW_CLASSES,
+  splits = tasks.load_images(config, config["image_size"])
+  old = tasks.task_splits(splits, tasks.OLD_CLASSES)
+  new = tasks.task_splits(splits, tasks.NEW_CLASSES,
                                    config["finetune_per_class"])
-  common.check_batch_size("batch_size", config["batch_size"], old["train"],
-                          "pretraining examples")
-  common.check_batch_size("batch_size", config["batch_size"], new["train"],
-                          "fine-tuning examples (finetune_per_class x 5 classes)")
+  cli.check_batch_size("batch_size", config["batch_size"], old["train"],
+                       "pretraining examples")
+  cli.check_batch_size("batch_size", config["batch_size"], new["train"],
+                       "fine-tuning examples (finetune_per_class x 5 classes)")
   sample = jnp.asarray(splits["train"]["image"][:1])
   progress, seed = preset != "tiny", config["seed"]
-  new_model = models.MLP(hidden=config["hidden"], num_classes=len(finetune_basic.NEW_CLASSES))
+  new_model = models.MLP(hidden=config["hidden"], num_classes=len(tasks.NEW_CLASSES))
   fresh = train.init_params(new_model, sample, seed + 1)
   # Every method built once on the fresh parameters: a bad rank, alpha or learning rate
   # fails here, before anything is trained or written.
   methods(config, new_model, fresh, fresh, sample)
 
   # 1. Pretrain on the digits 0-4 (resumes from DIR/pretrain/checkpoints).
-  old_model = models.MLP(hidden=config["hidden"], num_classes=len(finetune_basic.OLD_CLASSES))
-  pretrain = common.train_and_evaluate(
+  old_model = models.MLP(hidden=config["hidden"], num_classes=len(tasks.OLD_CLASSES))
+  pretrain = report.train_and_evaluate(
       "finetune/pretrain", preset, old_model, train.init_params(old_model, sample, seed),
       bt.adam(config["learning_rate"]), train.classification_loss(old_model), old,
-      finetune_basic.fit_config(config, config["pretrain_steps"], progress),
+      tasks.fit_config(config, config["pretrain_steps"], progress),
       os.path.join(workdir, "pretrain"))
 
   # 2. The new model: a new head on the pretrained backbone.
@@ -139,9 +141,9 @@ def main(argv=None) -> dict:
   results, runs = [], {}
   plans = methods(config, new_model, pretrained, fresh, sample)
   for name, (params, tx, loss, count) in plans.items():
-    runs[name] = common.train_and_evaluate(
+    runs[name] = report.train_and_evaluate(
         f"finetune/{name}", preset, new_model, params, tx, loss, new,
-        finetune_basic.fit_config(config, config["finetune_steps"], progress),
+        tasks.fit_config(config, config["finetune_steps"], progress),
         os.path.join(workdir, name), extra={"trainable_params": count})
     results.append({"method": name, "trainable_params": count,
                     "test_accuracy": runs[name]["test_accuracy"],
@@ -156,8 +158,8 @@ def main(argv=None) -> dict:
       "finetune_train_examples": len(new["train"]), "results": results, "config": config,
   }
   print(format_table(results))
-  return common.finish(workdir, summary, start, hide=("results", "config"))
+  return report.finish(workdir, summary, start, hide=("results", "config"))
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -70,18 +70,16 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import bigtune_jax as bt
-from bigtune_jax import data
 from bigtune_jax import finetune as ft
 from bigtune_jax import models
 from bigtune_jax import train
-from experiments import common
+from experiments import cli
+from experiments import report
+from experiments import tasks
 
-OLD_CLASSES = (0, 1, 2, 3, 4)  # the pretraining task
-NEW_CLASSES = (5, 6, 7, 8, 9)  # the fine-tuning task
 
 PRESETS = {
     "tiny": dict(hidden=(64,), pretrain_steps=150, finetune_steps=30, batch_size=25,
@@ -98,55 +96,32 @@ PRESETS = {
 }
 
 
-def task_splits(splits, classes, per_class: int = 0) -> dict[str, data.ArrayDataset]:
-  """The examples of ``classes``, relabelled ``0..len(classes)-1``; the training split keeps
-  only the first ``per_class`` examples of each class when ``per_class > 0``."""
-  out = {}
-  for name, split in splits.items():
-    labels = split["label"]
-    keep = np.isin(labels, classes)
-    if name == "train" and per_class > 0:
-      rank = np.zeros_like(labels)  # rank[i]: how many earlier examples share i's label
-      for c in classes:
-        where = np.flatnonzero(labels == c)
-        rank[where] = np.arange(where.size)
-      keep &= rank < per_class
-    relabel = np.searchsorted(np.asarray(classes), labels[keep]).astype(np.int32)
-    out[name] = data.ArrayDataset({"image": split["image"][keep], "label": relabel})
-  return out
-
-
-def fit_config(config, steps: int, progress: bool) -> train.FitConfig:
-  return train.FitConfig(steps=steps, batch_size=config["batch_size"],
-                         eval_every=config["eval_every"], seed=config["seed"],
-                         progress=progress)
-
-
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
-  splits = common.load_images(config, config["image_size"])
-  old = task_splits(splits, OLD_CLASSES)
-  new = task_splits(splits, NEW_CLASSES, config["finetune_per_class"])
-  common.check_batch_size("batch_size", config["batch_size"], old["train"],
-                          "pretraining examples")
-  common.check_batch_size("batch_size", config["batch_size"], new["train"],
-                          "fine-tuning examples (finetune_per_class x 5 classes)")
+  splits = tasks.load_images(config, config["image_size"])
+  old = tasks.task_splits(splits, tasks.OLD_CLASSES)
+  new = tasks.task_splits(splits, tasks.NEW_CLASSES, config["finetune_per_class"])
+  cli.check_batch_size("batch_size", config["batch_size"], old["train"],
+                       "pretraining examples")
+  cli.check_batch_size("batch_size", config["batch_size"], new["train"],
+                       "fine-tuning examples (finetune_per_class x 5 classes)")
   sample = jnp.asarray(splits["train"]["image"][:1])
   tx = optax.inject_hyperparams(bt.adam)(learning_rate=config["learning_rate"])  # logged
   progress = preset != "tiny"
   seed = config["seed"]
 
   # 1. Pretrain on the old task; fit checkpoints into DIR/pretrain/checkpoints.
-  old_model = models.MLP(hidden=config["hidden"], num_classes=len(OLD_CLASSES))
-  pretrain = common.train_and_evaluate(
+  old_model = models.MLP(hidden=config["hidden"], num_classes=len(tasks.OLD_CLASSES))
+  pretrain = report.train_and_evaluate(
       "finetune_basic/pretrain", preset, old_model, train.init_params(old_model, sample, seed),
       tx, train.classification_loss(old_model), old,
-      fit_config(config, config["pretrain_steps"], progress), os.path.join(workdir, "pretrain"))
+      tasks.fit_config(config, config["pretrain_steps"], progress),
+      os.path.join(workdir, "pretrain"))
 
   # 2-3. The new task: a new head on the pretrained backbone, read back from the checkpoint;
   # the new loss is its cross-entropy.
-  new_model = models.MLP(hidden=config["hidden"], num_classes=len(NEW_CLASSES))
+  new_model = models.MLP(hidden=config["hidden"], num_classes=len(tasks.NEW_CLASSES))
   fresh = train.init_params(new_model, sample, seed + 1)  # random backbone, new head
   pretrained = ft.load_pretrained(os.path.join(workdir, "pretrain"), fresh, skip=("head",))
   new_loss = train.classification_loss(new_model)
@@ -156,9 +131,10 @@ def main(argv=None) -> dict:
   runs = {}
   for name, params in (("finetune", pretrained), ("scratch", fresh)):
     params = jax.tree.map(jnp.copy, params)
-    runs[name] = common.train_and_evaluate(
+    runs[name] = report.train_and_evaluate(
         f"finetune_basic/{name}", preset, new_model, params, tx, new_loss, new,
-        fit_config(config, config["finetune_steps"], progress), os.path.join(workdir, name))
+        tasks.fit_config(config, config["finetune_steps"], progress),
+        os.path.join(workdir, name))
 
   finetune, scratch = runs["finetune"], runs["scratch"]
   summary = {
@@ -171,8 +147,8 @@ def main(argv=None) -> dict:
       "pretrain_steps": pretrain["steps"], "finetune_train_examples": len(new["train"]),
       "resumed_from": finetune["resumed_from"], "config": config,
   }
-  return common.finish(workdir, summary, start)
+  return report.finish(workdir, summary, start)
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -51,22 +51,24 @@ from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax import tune
 from bigtune_jax.train.metrics import png_figure
-from experiments import common
-from experiments import lm
+from experiments import cli
+from experiments import report
+from experiments import searching
+from experiments import tasks
 
 PRESETS = {
     "tiny": dict(hidden_size=32, n_layer=1, n_head=2, block_size=32, pretrain_steps=40,
                  finetune_steps=20, batch_size=8, learning_rate=3e-3,
                  finetune_learning_rate=1e-3, head_learning_rate=3e-3, lora_rank=4,
                  population=4, rounds=1, eval_every=10, source_kb=48, seed=0,
-                 checkpoint="", train_text="", **common.STUDY),
+                 checkpoint="", train_text="", **searching.STUDY),
     "small": dict(hidden_size=96, n_layer=3, n_head=4, block_size=64, pretrain_steps=400,
                   finetune_steps=100, batch_size=16, learning_rate=3e-3,
                   finetune_learning_rate=1e-3, head_learning_rate=3e-3, lora_rank=8,
                   population=6, rounds=2, eval_every=20, source_kb=256, seed=0,
-                  checkpoint="", train_text="", **common.STUDY),
+                  checkpoint="", train_text="", **searching.STUDY),
 }
-CHECKS = {"n_head": common.integer(1)}
+CHECKS = {"n_head": cli.integer(1)}
 TARGETS = {"qv": ("q_proj", "v_proj"), "all": "all-linear"}  # GPT-2: c_attn, all-linear
 
 
@@ -86,7 +88,7 @@ def pretrain(config, workdir):
       max_position_embeddings=config["block_size"], tie_word_embeddings=False,
       dtype=jnp.float32)
   model = models.Llama(cfg)
-  splits = lm.split_windows(data.stdlib_corpus(), config["block_size"], "pydoc topics")
+  splits = tasks.split_windows(data.stdlib_corpus(), config["block_size"], "pydoc topics")
   params = train.init_params(model, jnp.asarray(splits["train"]["inputs"][:1]), config["seed"])
   steps = config["pretrain_steps"]
   tx = optax.chain(optax.clip_by_global_norm(1.0), bt.adam(bt.warmup_cosine_decay(
@@ -126,9 +128,9 @@ def target_splits(config, workdir):
             "validation": blocks["validation"].materialize(),
             "test": blocks["test"].materialize()}
   if config["train_text"]:
-    return lm.split_windows(data.read_text(config["train_text"]), config["block_size"],
+    return tasks.split_windows(data.read_text(config["train_text"]), config["block_size"],
                             "train_text")
-  return lm.split_windows(source_domain(config["source_kb"]), config["block_size"],
+  return tasks.split_windows(source_domain(config["source_kb"]), config["block_size"],
                           "standard library source")
 
 
@@ -193,17 +195,17 @@ def lora_targets(model, key: str):
 
 
 def make_searcher(config, workdir):
-  """The Optuna study of the adapters (TPE, median pruning), in ``WORKDIR/study.journal``
-  or ``--set storage=URL``: opened before any work, so a bad storage fails at once."""
+  """The Optuna study of the adapters (TPE, median pruning), in ``WORKDIR/study.log``
+  or ``--set storage=URL`` (``searching.make_searcher``, as every tuning experiment):
+  opened before any work, so a bad storage fails at once."""
   space = tune.Space({"learning_rate": tune.LogUniform(1e-4, 3e-2),
                       "alpha": tune.Uniform(2.0, 64.0), "weight_decay": tune.Uniform(0.0, 0.1),
                       "warmup_fraction": tune.Uniform(0.0, 0.3),
                       "rank": tune.Int(1, config["lora_rank"]),
                       "targets": tune.Choice(sorted(TARGETS)),
                       "schedule": tune.Choice(SCHEDULES)})
-  return common.make_searcher(space, {"sampler": "tpe", "pruner": "median", **config},
-                              workdir, study_name="bigtune", mode="min",
-                              journal="study.journal")
+  return searching.make_searcher(space, {"sampler": "tpe", "pruner": "median", **config},
+                                 workdir, study_name="bigtune", mode="min")
 
 
 def search_adapters(runner: Runner, config, searcher):
@@ -212,7 +214,7 @@ def search_adapters(runner: Runner, config, searcher):
   pruned members compacted away)."""
   best = None
   member_steps = {"trained": 0, "all_members": 0}
-  for want in common.budget(searcher, config["rounds"] * config["population"], config["role"]):
+  for want in searching.budget(searcher, config["rounds"] * config["population"], config["role"]):
     trials = searcher.ask(min(config["population"], want))
     for key, schedule in sorted({(t.params["targets"], t.params["schedule"]) for t in trials}):
       group = [t for t in trials if (t.params["targets"], t.params["schedule"]) == (key, schedule)]
@@ -262,8 +264,8 @@ def train_again(runner: Runner, config, trial) -> dict:
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
-                                              checks=CHECKS)
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
+                                           checks=CHECKS)
   start = time.time()
   base_dir = config["checkpoint"]
   if base_dir:
@@ -276,11 +278,11 @@ def main(argv=None) -> dict:
     raise ValueError(f"--set block_size must be at most the model's positions "
                      f"({model.config.block_size}), got {config['block_size']}")
   splits = target_splits(config, workdir)
-  common.check_batch_size("batch_size", config["batch_size"], splits["train"])
+  cli.check_batch_size("batch_size", config["batch_size"], splits["train"])
   runner = Runner(model, params, splits, config, workdir)
   if config["role"] == "worker":  # search only: the run without it trains, tests, exports
     search_adapters(runner, config, searcher)
-    return common.finish(workdir, {"experiment": "finetune_lm", "preset": preset,
+    return report.finish(workdir, {"experiment": "finetune_lm", "preset": preset,
                                    "role": "worker", "search_trials": len(searcher.results)},
                          start)
   rows = {"base": {"test_loss": runner.test_loss(params), "trainable": 0, "wall_s": 0.0}}
@@ -334,7 +336,7 @@ def main(argv=None) -> dict:
       "search_member_steps": searched["member_steps"],
       "test_loss": rows["lora_search"]["test_loss"], "config": config}
   write_report(workdir, summary, runner.curves)
-  return common.finish(workdir, summary, start, hide=("config",))
+  return report.finish(workdir, summary, start, hide=("config",))
 
 
 def write_report(workdir, summary, curves) -> None:
@@ -368,4 +370,4 @@ def write_report(workdir, summary, curves) -> None:
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

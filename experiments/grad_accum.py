@@ -78,7 +78,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -86,7 +85,9 @@ import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
-from experiments import common
+from experiments import cli
+from experiments import report
+from experiments import tasks
 
 PRESETS = {
     "tiny": dict(updates=3, micro_batch=8, accumulation=4, learning_rate=0.01, width=0.0625,
@@ -101,35 +102,6 @@ PRESETS = {
                  classifier_width=4096, dropout_rate=0.0, eval_every=None, dataset="cifar10",
                  data_dir="", seed=0),
 }
-
-
-def he_classifier(params, seed: int):
-  """``params`` with VGG16's dense kernels re-drawn He-normal (head: LeCun-normal).
-
-  N(0, 2 / fan_in) keeps the activations' scale through each ReLU layer whatever the
-  classifier width; torchvision's N(0, 0.01) does so only near fan_in = 25,088 and 4,096.
-  Drawn with NumPy: nothing to compile.
-  """
-  rng = np.random.default_rng([seed, 1])
-  params = dict(params)
-  for name in ("fc0", "fc1", "head"):
-    kernel = params[name]["kernel"]  # (fan_in, fan_out)
-    gain = 1.0 if name == "head" else 2.0  # the head feeds a softmax, not a ReLU
-    draw = rng.standard_normal(kernel.shape) * np.sqrt(gain / kernel.shape[0])
-    params[name] = {**params[name], "kernel": jnp.asarray(draw, kernel.dtype)}
-  return params
-
-
-def vgg16(config, sample):
-  """``(model, params)``: the configured VGG16 for inputs like ``sample``."""
-  model = models.VGG16(num_classes=10, width=config["width"],
-                       classifier_width=config["classifier_width"],
-                       dropout_rate=config["dropout_rate"], pool_size=None)
-  # XLA:CPU compiles the init's threefry draws in ~20 s with jax's default partitionable
-  # threefry and ~4 s without it; the draws differ, their distribution does not.
-  with jax.threefry_partitionable(False):
-    params = train.init_params(model, jnp.asarray(sample), config["seed"])
-  return model, he_classifier(params, config["seed"])
 
 
 def whole_windows(dataset: data.ArrayDataset, examples_per_update: int) -> data.ArrayDataset:
@@ -161,12 +133,12 @@ def max_abs_diff(a, b) -> float:
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
   k, micro = config["accumulation"], config["micro_batch"]
-  splits = common.load_images(config, image_size=32)
+  splits = tasks.load_images(config, image_size=32)
   splits["train"] = whole_windows(splits["train"], k * micro)
-  model, params = vgg16(config, splits["train"]["image"][:1])
+  model, params = tasks.vgg16(config, splits["train"]["image"][:1])
   loss_fn = train.classification_loss(model)
   initial = jax.device_get(params)
   progress = preset != "tiny"
@@ -199,8 +171,8 @@ def main(argv=None) -> dict:
                       "test_loss": big_test["loss"], "test_accuracy": big_test["accuracy"]},
       "params": models.count_params(params), "config": config,
   }
-  return common.finish(workdir, summary, start, hide=())
+  return report.finish(workdir, summary, start, hide=())
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

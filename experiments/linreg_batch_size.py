@@ -64,8 +64,9 @@ import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import train
 from bigtune_jax.train.metrics import png_figure
-from experiments import common
-from experiments import linreg_sgd
+from experiments import cli
+from experiments import report
+from experiments import tasks
 
 PRESETS = {
     "tiny": dict(num_examples=400, batch_sizes=(4, 64), epochs=2, learning_rate=0.01,
@@ -81,7 +82,7 @@ FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}  # as data.load_datas
 
 def load(config) -> dict:
   """The toy ``y = 2 x + 0.1 eps`` with ``num_examples`` examples, split like ``load_dataset``."""
-  arrays = data.linear_regression_toy(config["num_examples"], slope=linreg_sgd.TRUE_SLOPE,
+  arrays = data.linear_regression_toy(config["num_examples"], slope=tasks.TRUE_SLOPE,
                                       seed=config["seed"])
   parts = data.split_arrays(arrays, FRACTIONS, seed=config["seed"])
   return {name: data.ArrayDataset(part) for name, part in parts.items()}
@@ -94,7 +95,7 @@ def steady_state_throughput(params, tx, split: data.ArrayDataset, batch_size: in
   Compilation and one warm-up step are excluded; the best of three blocks of ``steps``
   steps is kept (the least disturbed by other processes). ``params`` are donated.
   """
-  model = linreg_sgd.MODEL
+  model = tasks.LINEAR_MODEL
   state = train.create_train_state(model, params, tx, seed=seed)
   step = jax.jit(train.make_train_step(train.regression_loss(model)), donate_argnums=0)
   batch = jax.device_put(next(split.batches(batch_size, seed=seed)))
@@ -135,20 +136,20 @@ def plot(workdir: str, results: dict) -> str:
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
   splits = load(config)
   num_train = len(splits["train"])
   if not config["batch_sizes"] or not all(1 <= b <= num_train for b in config["batch_sizes"]):
     raise ValueError(f"batch_sizes {config['batch_sizes']}: give at least one, each in [1, "
                      f"{num_train}] (the training examples; raise num_examples for more)")
-  params = linreg_sgd.initial_params(config["seed"])  # every run starts from these
+  params = tasks.linear_params(config["seed"])  # every run starts from these
   tx = optax.inject_hyperparams(bt.sgd)(learning_rate=config["learning_rate"])  # rate logged
   results = {}
   for batch_size in config["batch_sizes"]:
     steps = config["epochs"] * (num_train // batch_size)  # remainders are dropped
     run_config = dict(config, steps=steps, batch_size=batch_size, eval_every=None)  # per epoch
-    run = linreg_sgd.train_linear_regression(
+    run = tasks.train_linear_regression(
         f"linreg_batch_size/{batch_size}", preset, run_config, splits,
         jax.tree.map(jnp.copy, params), tx,
         os.path.join(workdir, f"batch_{batch_size}"),
@@ -165,9 +166,9 @@ def main(argv=None) -> dict:
       "selected_by": "lowest final val_loss; the top-level losses and theta are its",
       **{k: best[k] for k in ("steps", "final_train_loss", "val_loss", "test_loss", "theta",
                               "bias", "resumed_from", "examples_per_s")},
-      "true_slope": linreg_sgd.TRUE_SLOPE, "results": results, "config": config,
+      "true_slope": tasks.TRUE_SLOPE, "results": results, "config": config,
   }
-  summary = common.finish(workdir, summary, start, hide=("results", "config"))
+  summary = report.finish(workdir, summary, start, hide=("results", "config"))
   for b, run in results.items():
     print(f"  batch {b:>5}  steps {run['steps']:>5}  train {run['final_train_loss']:.5f}  "
           f"val {run['val_loss']:.5f}  test {run['test_loss']:.5f}  theta {run['theta']:.4f}  "
@@ -176,4 +177,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

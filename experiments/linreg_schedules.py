@@ -64,8 +64,9 @@ import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import train
 from bigtune_jax.train.metrics import png_figure
-from experiments import common
-from experiments import linreg_sgd
+from experiments import cli
+from experiments import report
+from experiments import tasks
 
 PRESETS = {
     # An evaluation every 10 steps draws the curves; a checkpoint (an Orbax save, the slow
@@ -118,14 +119,14 @@ def plot(workdir: str, runs: dict, steps: int) -> str:
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
   splits = data.load_dataset("linear_toy", seed=config["seed"])
   runs = schedules(config)
-  params = linreg_sgd.initial_params(config["seed"])
+  params = tasks.linear_params(config["seed"])
   results = {}
   for name, (schedule, hyperparameters) in runs.items():
-    run = linreg_sgd.train_linear_regression(
+    run = tasks.train_linear_regression(
         f"linreg_schedules/{name}", preset, config, splits,
         jax.tree.map(jnp.copy, params),
         optax.inject_hyperparams(bt.sgd)(learning_rate=schedule),  # fit logs the rate
@@ -143,9 +144,9 @@ def main(argv=None) -> dict:
       "selected_by": "lowest final val_loss; the top-level losses and theta are its",
       **{k: best[k] for k in ("steps", "final_train_loss", "val_loss", "test_loss", "theta",
                               "bias", "resumed_from")},
-      "true_slope": linreg_sgd.TRUE_SLOPE, "results": results, "config": config,
+      "true_slope": tasks.TRUE_SLOPE, "results": results, "config": config,
   }
-  summary = common.finish(workdir, summary, start, hide=("results", "config"))
+  summary = report.finish(workdir, summary, start, hide=("results", "config"))
   for name, run in results.items():
     print(f"  {name:<12} final lr {run['final_lr']:.2e}  train {run['final_train_loss']:.5f}  "
           f"val {run['val_loss']:.5f}  test {run['test_loss']:.5f}  theta {run['theta']:.4f}")
@@ -153,4 +154,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

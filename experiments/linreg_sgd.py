@@ -24,22 +24,19 @@ with PyTorch 2.13); what we changed, and why:
 ``summary.json`` adds ``theta``, ``bias``, ``true_slope`` and ``least_squares_slope`` (the
 closed-form fit of the training split, the best any optimizer can do) to the harness's keys.
 
-:func:`train_linear_regression` is shared by ``linreg_schedules`` and ``linreg_batch_size``.
+The model and its training (``tasks.train_linear_regression``) are shared with
+``linreg_schedules`` and ``linreg_batch_size``.
 """
 
 
-import jax.numpy as jnp
-import numpy as np
 import optax
 
 import bigtune_jax as bt
 from bigtune_jax import data
-from bigtune_jax import models
-from bigtune_jax import train
-from experiments import common
+from experiments import cli
+from experiments import report
+from experiments import tasks
 
-TRUE_SLOPE = 2.0  # the toy's y = 2 x + 0.1 eps (bigtune_jax/data/toy.py)
-MODEL = models.LinearRegression(features=1)  # y = theta x + b, §4.4's nn.Linear(1, 1)
 
 PRESETS = {
     "tiny": dict(steps=400, batch_size=70, learning_rate=0.01, eval_every=200, seed=0),
@@ -48,53 +45,17 @@ PRESETS = {
 }
 
 
-def least_squares_slope(split) -> float:
-  """The closed-form slope of ``y ~ theta x + b`` on one split."""
-  x, y = split["x"][:, 0].astype(np.float64), split["y"][:, 0].astype(np.float64)
-  return float(np.polyfit(x, y, 1)[0])
-
-
-def initial_params(seed: int = 0):
-  """Fresh parameters of ``MODEL`` (give each run its own copy: ``fit`` donates them)."""
-  return train.init_params(MODEL, jnp.zeros((1, 1), jnp.float32), seed)
-
-
-def final_line(state: train.TrainState) -> dict:
-  """``theta`` and ``bias`` of the trained line (the harness's ``report`` hook)."""
-  line = state.params["linear"]
-  return {"theta": float(line["kernel"][0, 0]), "bias": float(line["bias"][0])}
-
-
-def train_linear_regression(experiment: str, preset: str, config: dict, splits, params, tx,
-                            workdir: str, *, checkpoint_every_evals: int = 1, extra=None) -> dict:
-  """Trains ``MODEL`` from ``params`` with ``tx`` on ``splits`` through the harness
-  (resuming from ``workdir``) and returns its summary, with ``theta`` and ``bias``.
-
-  ``config`` needs ``steps``, ``batch_size``, ``eval_every`` and ``seed``. ``fit`` logs
-  the rate of a ``tx`` built by ``optax.inject_hyperparams``. ``params`` are donated.
-  """
-  fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
-                               eval_every=config["eval_every"], seed=config["seed"],
-                               checkpoint_every_evals=checkpoint_every_evals,
-                               progress=preset != "tiny")
-  extra = {**(extra or {}), "true_slope": TRUE_SLOPE,
-           "least_squares_slope": least_squares_slope(splits["train"])}
-  return common.train_and_evaluate(experiment, preset, MODEL, params, tx,
-                                   train.regression_loss(MODEL), splits, fit_config, workdir,
-                                   extra=extra, report=final_line)
-
-
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   splits = data.load_dataset("linear_toy", seed=config["seed"])
-  summary = train_linear_regression("linreg_sgd", preset, config, splits,
-                                    initial_params(config["seed"]),
+  summary = tasks.train_linear_regression("linreg_sgd", preset, config, splits,
+                                    tasks.linear_params(config["seed"]),
                                     optax.inject_hyperparams(bt.sgd)(
                                         learning_rate=config["learning_rate"]), workdir,
                                     extra={"config": config})
-  common.print_summary(summary)
+  report.print_summary(summary)
   return summary
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

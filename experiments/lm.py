@@ -38,7 +38,6 @@ same command on each with ``--coordinator_address HOST0:PORT --num_processes N
 
 import argparse
 import math
-import os
 import time
 
 import jax
@@ -47,11 +46,12 @@ import numpy as np
 import optax
 
 import bigtune_jax as bt
-from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.train import distributed
-from experiments import common
+from experiments import cli
+from experiments import report
+from experiments import tasks
 
 PRESETS = {
     "tiny": dict(n_layer=1, n_head=2, n_embd=32, block_size=32, steps=20, batch_size=16,
@@ -64,30 +64,6 @@ PRESETS = {
                  learning_rate=6e-4, warmup_steps=200, eval_every=250, dropout=0.0, text="",
                  sample_bytes=200, seed=0, fsdp=1, tensor=1),
 }
-HELD_OUT = 0.05  # the fraction of the stream for validation, and again for test
-
-
-def load(config) -> dict[str, data.ArrayDataset]:
-  """Train / validation / test windows from contiguous parts of the byte stream."""
-  if config["text"] and not os.path.exists(config["text"]):
-    raise ValueError(f"--set text={config['text']}: no such text file or folder")
-  tokens = data.read_text(config["text"]) if config["text"] else data.stdlib_corpus()
-  return split_windows(tokens, config["block_size"], "text")
-
-
-def split_windows(tokens: np.ndarray, block_size: int, what: str) -> dict[str, data.ArrayDataset]:
-  """Windows of ``block_size`` tokens from the contiguous train / validation / test parts of
-  ``tokens`` (the first 90 %, then ``HELD_OUT`` and ``HELD_OUT``, cut by the library's
-  ``bt.data.text_splits``), so that no window of one part overlaps another."""
-  return data.text_splits(tokens, block_size, HELD_OUT, HELD_OUT, what=what)
-
-
-def gpt_config(config) -> models.GPTConfig:
-  on_accelerator = jax.default_backend() != "cpu"
-  return models.GPTConfig(vocab_size=data.VOCAB_SIZE, block_size=config["block_size"],
-                          n_layer=config["n_layer"], n_head=config["n_head"],
-                          n_embd=config["n_embd"], dropout=config["dropout"],
-                          dtype=jnp.bfloat16 if on_accelerator else jnp.float32)
 
 
 def optimizer(config) -> optax.GradientTransformation:
@@ -122,9 +98,9 @@ def main(argv=None) -> dict:
   flags, argv = distributed.add_flags(argparse.ArgumentParser(add_help=False)).parse_known_args(
       argv)
   distributed.initialize_from_flags(flags)  # before any JAX computation
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
-  splits = load(config)
-  model = models.GPT(gpt_config(config))
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  splits = tasks.load_text(config)
+  model = models.GPT(tasks.gpt_config(config))
   params = train.init_params(model, jnp.asarray(splits["train"]["inputs"][:1]), config["seed"])
   tx = optimizer(config)
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
@@ -133,22 +109,22 @@ def main(argv=None) -> dict:
                                mesh=train.MeshConfig(fsdp=config["fsdp"],
                                                      tensor=config["tensor"]))
 
-  def report(state):
+  def with_sample(state):
     prompt = np.asarray(splits["test"]["inputs"][0])
     return {"prompt": bytes(prompt.tolist()).decode("utf-8", errors="replace"),
             "sample": sample(model, state.params, prompt, config["sample_bytes"],
                              seed=config["seed"])}
 
   start = time.time()
-  summary = common.train_and_evaluate(
+  summary = report.train_and_evaluate(
       "lm", preset, model, params, tx, train.language_model_loss(model), splits, fit_config,
-      workdir, report=report,
+      workdir, report=with_sample,
       extra={"params": models.count_params(params), "config": config,
              "mesh": dict(fit_config.mesh.make_mesh().shape)})
   summary.update(test_perplexity=math.exp(summary["test_loss"]),
                  test_bits_per_byte=summary["test_loss"] / math.log(2))
-  return common.finish(workdir, summary, start, hide=("prompt", "config"))
+  return report.finish(workdir, summary, start, hide=("prompt", "config"))
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

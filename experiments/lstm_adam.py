@@ -39,7 +39,7 @@ MNIST, 28 rows of 28). The small preset runs 400 steps of 64 (20 epochs of 1,258
 import bigtune_jax as bt
 from bigtune_jax import models
 from experiments import classification
-from experiments import common
+from experiments import cli
 
 PRESETS = {
     "tiny": dict(steps=20, batch_size=32, hidden_size=16, learning_rate=1e-3, eval_every=10,
@@ -65,4 +65,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -12,7 +12,7 @@ dataset=mnist --set data_dir=DIR`` trains on real MNIST IDX files instead.
 import bigtune_jax as bt
 from bigtune_jax import models
 from experiments import classification
-from experiments import common
+from experiments import cli
 
 PRESETS = {
     "tiny": dict(steps=40, batch_size=32, hidden=(32,), learning_rate=0.1, eval_every=20,
@@ -32,4 +32,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

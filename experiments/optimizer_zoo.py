@@ -32,7 +32,8 @@ import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax.train.metrics import png_figure
-from experiments import common
+from experiments import cli
+from experiments import report
 
 BATCH_SIZE = 64
 HIDDEN = (64,)
@@ -157,8 +158,8 @@ def run_zoo(workdir: str, steps: int = 600, seed: int = 0, names=tuple(OPTIMIZER
   plot(curves, adapted, os.path.join(workdir, "loss_curves.png"))
   summary = {"experiment": "optimizer_zoo", "dataset": "sklearn digits 8x8", "steps": steps,
              "batch_size": BATCH_SIZE, "model": f"MLP 64-{'-'.join(map(str, HIDDEN))}-10",
-             **common.run_facts(start), "results": results}
-  common.write_summary(workdir, summary)
+             **report.run_facts(start), "results": results}
+  report.write_summary(workdir, summary)
   return summary
 
 
@@ -188,4 +189,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -5,7 +5,7 @@ The seed's §4.3 snippet trains its VGG16 (the network of §4.2) with ``optim.SG
 and ``ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=5)`` on CIFAR-10 for 10
 epochs, calling ``scheduler.step(loss)`` after every mini-batch. Here the rule is
 ``bt.reduce_on_plateau(factor=0.1, patience=5)``, an optax transform whose scale follows
-PyTorch's decision rule exactly (``tests/test_vs_torch.py`` checks it against
+PyTorch's decision rule exactly (``tests/transforms/test_vs_torch.py`` checks it against
 ``torch.optim.lr_scheduler.ReduceLROnPlateau`` on random metric sequences), chained after
 the SGD: ``optax.chain(sgd, bt.reduce_on_plateau(...))``. ``bt.train.fit`` hands it the
 validation loss of every evaluation (``value=``), and its scale multiplies the updates.
@@ -39,7 +39,7 @@ a VGG does not (it barely moves in a few hundred steps, see ``grad_accum``); it 
 trains the seed's other CNN (``SimpleCNN`` of seed 000 §4.2, 28x28 view) at rate 0.1,
 evaluating every 19 steps (one epoch of 1,258 images at batch 64), for 40 epochs — long
 enough for the validation loss to stop improving, and for the rule to act. ``--set
-model=vgg16`` trains the CPU-sized VGG16 of ``grad_accum`` instead.
+model=vgg16`` trains the CPU-sized VGG16 of ``grad_accum`` (``tasks.vgg16``) instead.
 
   python -m experiments.plateau --workdir runs/plateau [--preset small|full|tiny]
 """
@@ -55,8 +55,9 @@ import bigtune_jax as bt
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.train.metrics import png_figure
-from experiments import common
-from experiments import grad_accum
+from experiments import cli
+from experiments import report
+from experiments import tasks
 
 _RULE = dict(factor=0.1, patience=5, threshold=1e-4, cooldown=0)
 PRESETS = {
@@ -73,14 +74,14 @@ PRESETS = {
 }
 
 
-# Settings of this experiment only (common.RULES checks the shared ones).
-CHECKS = {"model": common.one_of("cnn", "vgg16")}
+# Settings of this experiment only (cli.RULES checks the shared ones).
+CHECKS = {"model": cli.one_of("cnn", "vgg16")}
 
 
 def build(config, splits):
   """``(model, params)`` for the configured ``model``."""
   if config["model"] == "vgg16":
-    return grad_accum.vgg16(dict(config, dropout_rate=0.0), splits["train"]["image"][:1])
+    return tasks.vgg16(dict(config, dropout_rate=0.0), splits["train"]["image"][:1])
   if config["model"] == "cnn":
     model = models.SimpleCNN(num_classes=10)
     return model, train.init_params(model, jnp.asarray(splits["train"]["image"][:1]),
@@ -104,11 +105,11 @@ def plot(path, runs) -> None:
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
-                                              checks=CHECKS)
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
+                                           checks=CHECKS)
   start = time.time()
   image_size = 32 if config["model"] == "vgg16" else 28
-  splits = common.load_images(config, image_size=image_size)
+  splits = tasks.load_images(config, image_size=image_size)
   model, params = build(config, splits)
   loss_fn = train.classification_loss(model)
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
@@ -118,7 +119,7 @@ def main(argv=None) -> dict:
   sgd = optax.inject_hyperparams(bt.sgd)(learning_rate=config["learning_rate"])  # rate logged
   runs = {}
   for name, tx in (("fixed", sgd), ("plateau", optax.chain(sgd, bt.reduce_on_plateau(**rule)))):
-    runs[name] = common.train_and_evaluate(
+    runs[name] = report.train_and_evaluate(
         f"plateau/{name}", preset, model, jax.tree.map(jnp.copy, params), tx, loss_fn, splits,
         fit_config, os.path.join(workdir, name))
   histories = {name: train.MetricsLog(os.path.join(workdir, name, "metrics.jsonl")).rows()
@@ -141,8 +142,8 @@ def main(argv=None) -> dict:
                                             "val_loss")},
       "resumed_from": cut["resumed_from"], "config": config,
   }
-  return common.finish(workdir, summary, start)
+  return report.finish(workdir, summary, start)
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

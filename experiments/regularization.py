@@ -73,11 +73,12 @@ import numpy as np
 import optax
 
 import bigtune_jax as bt
-from bigtune_jax import data
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax.train.metrics import png_figure
-from experiments import common
+from experiments import cli
+from experiments import report
+from experiments import tasks
 
 # name -> (activation, regularizer); "relu" is the unregularized baseline.
 VARIANTS = {
@@ -109,29 +110,6 @@ def check_config(config) -> None:
   if unknown or not config["variants"]:
     raise ValueError(f"variants: unknown or empty {unknown or config['variants']!r}; "
                      f"choose among {list(VARIANTS)}")
-
-
-def load(config):
-  """Digits splits whose "train" is a stratified subset with ``label_noise`` of its labels
-  replaced by another class; "train_clean" holds the same images with their true labels.
-  A ``train_fraction`` or ``label_noise`` out of range is a ValueError, before any work."""
-  if not 0.0 < config["train_fraction"] <= 1.0:
-    raise ValueError(f"train_fraction must lie in (0, 1], got {config['train_fraction']!r}")
-  if not 0.0 <= config["label_noise"] < 1.0:
-    raise ValueError(f"label_noise must lie in [0, 1), got {config['label_noise']!r}")
-  splits = data.load_dataset("digits", seed=config["seed"], image_size=config["image_size"])
-  subset = splits["train"].arrays
-  if config["train_fraction"] < 1.0:
-    fraction = config["train_fraction"]
-    subset = data.split_arrays(subset, {"subset": fraction, "rest": 1.0 - fraction},
-                               seed=config["seed"], stratify="label")["subset"]
-  rng = np.random.default_rng(config["seed"])
-  labels = subset["label"].copy()
-  flip = rng.random(labels.shape[0]) < config["label_noise"]
-  labels[flip] = (labels[flip] + rng.integers(1, 10, flip.sum())) % 10  # never the true class
-  return {"train": data.ArrayDataset({"image": subset["image"], "label": labels}),
-          "train_clean": data.ArrayDataset(subset),
-          "validation": splits["validation"], "test": splits["test"]}
 
 
 def optimizer(config, regularizer: str) -> optax.GradientTransformation:
@@ -207,10 +185,10 @@ def print_table(results) -> None:
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   check_config(config)
   start = time.time()
-  splits = load(config)
+  splits = tasks.noisy_digits(config)
   fit_config = train.FitConfig(steps=config["steps"], batch_size=config["batch_size"],
                                eval_every=config["eval_every"], seed=config["seed"],
                                eval_batch_size=128,  # one shape for every split: one compile
@@ -231,12 +209,12 @@ def main(argv=None) -> dict:
       "baseline": baseline, "final_train_loss": base["final_train_loss"],
       "test_loss": base["test_loss"], "test_accuracy": base["test_accuracy"],
       "resumed_from": base["resumed_from"], "train_examples": len(splits["train"]),
-      **common.run_facts(start), "results": results, "config": config,
+      **report.run_facts(start), "results": results, "config": config,
   }
-  common.write_summary(workdir, summary)
+  report.write_summary(workdir, summary)
   print_table(results)
   return summary
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -31,7 +31,6 @@ Data: the native 8 x 8 digits (64 inputs); the 28 x 28 upsampled view holds the 
 information, was no more accurate in our runs and costs 12 times the compute.
 """
 
-import functools
 import json
 import os
 import shutil
@@ -45,23 +44,25 @@ from bigtune_jax import data
 from bigtune_jax import train
 from bigtune_jax.tune import population
 from bigtune_jax.tune.search import space as space_lib
-from bigtune_jax.tune.search import structure
 from bigtune_jax.train.metrics import png_figure
-from experiments import common
+from experiments import cli
+from experiments import report
+from experiments import searching
+from experiments import tasks
 
 _SPACE = dict(lr_range=(1e-3, 0.5), momentum_max=0.95, weight_decay_range=(1e-6, 1e-3))
 PRESETS = {
     "tiny": dict(_SPACE, hidden=(16,), layers=(1,), batch_sizes=(64,), rounds=1, leaders=2,
                  population=2, search_epochs=1, final_epochs=2, patience=2, sampler="tpe",
-                 pruner="none", seed=0, **common.STUDY),
+                 pruner="none", seed=0, **searching.STUDY),
     # 4 rounds x 2 leaders x 8 = 64 trials, at most 8 structures compiled.
     "small": dict(_SPACE, hidden=(64, 128, 256), layers=(1, 2), batch_sizes=(32, 64, 128),
                   rounds=4, leaders=2, population=8, search_epochs=10, final_epochs=60,
-                  patience=10, sampler="tpe", pruner="none", seed=0, **common.STUDY),
+                  patience=10, sampler="tpe", pruner="none", seed=0, **searching.STUDY),
     "full": dict(_SPACE, hidden=(64, 128, 256, 512, 1024), layers=(1, 2, 3),
                  batch_sizes=(16, 32, 64, 128), rounds=8, leaders=4, population=64,
                  search_epochs=30, final_epochs=200, patience=20, sampler="tpe",
-                 pruner="median", seed=0, **common.STUDY),
+                 pruner="median", seed=0, **searching.STUDY),
 }
 CONTINUOUS = ("learning_rate", "momentum", "weight_decay")
 STRUCTURE = ("hidden", "layers", "batch_size")
@@ -78,16 +79,8 @@ def make_space(config) -> space_lib.Space:
   })
 
 
-def momentum_l2(h):
-  """The optimizer of one member, from its (traced) continuous hyperparameters."""
-  return optax.chain(bt.l2(h["weight_decay"]), bt.momentum(h["learning_rate"], h["momentum"]))
-
-
-@functools.cache
-def model_and_loss(hidden: int, layers: int):
-  """One model and loss object per structure, so populations reuse its compiled programs."""
-  model = structure.build_structure({"layers": layers, "hidden": hidden})
-  return model, train.classification_loss(model)
+momentum_l2 = tasks.momentum_l2  # the optimizer of one member, from its traced values
+model_and_loss = tasks.mlp_and_loss  # one model and loss object per structure
 
 
 def train_group(searcher, trials, splits, config) -> list[dict]:
@@ -116,7 +109,7 @@ def train_group(searcher, trials, splits, config) -> list[dict]:
       accuracy, loss = (float(result.final[k][i]) for k in ("val_accuracy", "val_loss"))
       pruned = bool(result.stopped[i])
       searcher.tell(trial, None if pruned else accuracy, state="pruned" if pruned else
-                    "complete", **common.attrs(searcher, val_accuracy=accuracy, val_loss=loss))
+                    "complete", **searching.attrs(searcher, val_accuracy=accuracy, val_loss=loss))
       records.append({"number": trial.number, **trial.params, "val_accuracy": accuracy,
                       "val_loss": loss, "pruned": pruned})
   return records
@@ -124,13 +117,13 @@ def train_group(searcher, trials, splits, config) -> list[dict]:
 
 def search(searcher, splits, config, workdir) -> tuple[list[dict], float]:
   """Populations until the study holds ``rounds * leaders * population`` finished trials
-  (an earlier run's and other workers' count: :func:`common.budget`), each population's
+  (an earlier run's and other workers' count: :func:`searching.budget`), each population's
   records appended to ``workdir/trials.jsonl``; returns every finished trial of the study
   (of this run where there is no study), in trial order, and the wall time."""
   start, size = time.time(), config["population"]
   path = os.path.join(workdir, "trials.jsonl")
-  for want in common.budget(searcher, config["rounds"] * config["leaders"] * size,
-                            config["role"]):
+  for want in searching.budget(searcher, config["rounds"] * config["leaders"] * size,
+                               config["role"]):
     for trials in searcher.ask_populations(min(config["leaders"], -(-want // size)), size):
       rows = train_group(searcher, trials, splits, config)
       with open(path, "a") as f:
@@ -161,11 +154,11 @@ def train_best(best: dict, splits, config, workdir) -> dict:
   fit_config = train.FitConfig(steps=config["final_epochs"] * steps_per_epoch,
                                batch_size=best["batch_size"], eval_every=steps_per_epoch,
                                seed=config["seed"], checkpoint_every_evals=5, progress=False)
-  tx = optax.chain(common.with_logged_rate(momentum_l2, winner),
+  tx = optax.chain(tasks.with_logged_rate(momentum_l2, winner),
                    bt.reduce_on_plateau(factor=0.5, patience=3))
   final_dir = os.path.join(workdir, "final")
   _start_over_if_changed(final_dir, {k: best[k] for k in CONTINUOUS + STRUCTURE})
-  return common.train_and_evaluate(
+  return report.train_and_evaluate(
       "tune_final", "-", model, params, tx, loss_fn, splits, fit_config, final_dir,
       early_stopping=bt.EarlyStopping(patience=config["patience"], restore_best=True))
 
@@ -260,18 +253,18 @@ def check_config(config, train_examples: int) -> None:
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0])
   start = time.time()
   splits = data.load_dataset("digits", seed=config["seed"])
   check_config(config, len(splits["train"]))
   # Before any file of ours: a storage that cannot be opened, or holds another study, stops here.
-  searcher = common.make_searcher(make_space(config), config, os.path.abspath(workdir),
-                                  study_name="tune")
+  searcher = searching.make_searcher(make_space(config), config, os.path.abspath(workdir),
+                                     study_name="tune")
   os.makedirs(workdir, exist_ok=True)
   records, search_s = search(searcher, splits, config, os.path.abspath(workdir))
   name = f"optuna {config['sampler']}" if hasattr(searcher, "study") else "random"
   if config["role"] == "worker":
-    return common.finish(workdir, {"experiment": "tune", "preset": preset, "role": "worker",
+    return report.finish(workdir, {"experiment": "tune", "preset": preset, "role": "worker",
                                    "trials": len(records), "search_wall_s": round(search_s, 2),
                                    "searcher": name}, start)
   best = best_trial(records)
@@ -286,12 +279,12 @@ def main(argv=None) -> dict:
       "searcher": name,
       "steps": final["steps"], "final_train_loss": final["final_train_loss"],
       "stopped_early": final["stopped_early"], "search_wall_s": round(search_s, 2),
-      "final_wall_s": final["wall_s"], **common.run_facts(start), "config": config}
+      "final_wall_s": final["wall_s"], **report.run_facts(start), "config": config}
   write_report(workdir, summary, records)
-  common.write_summary(workdir, summary)
-  common.print_summary({k: v for k, v in summary.items() if k != "config"})
+  report.write_summary(workdir, summary)
+  report.print_summary({k: v for k, v in summary.items() if k != "config"})
   return summary
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

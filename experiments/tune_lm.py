@@ -49,29 +49,31 @@ from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax import tune
 from bigtune_jax.tune import population
-from experiments import common
-from experiments import lm
+from experiments import cli
+from experiments import report
+from experiments import searching
+from experiments import tasks
 
 PRESETS = {
     "tiny": dict(n_layers=(1,), widths=(32,), head_size=16, batch_sizes=(8,),
                  schedules=("warmup_cosine",), lr_range=(1e-3, 1e-2), base_batch_size=8,
                  block_size=16, trial_tokens=8 * 16 * 10, final_tokens=8 * 16 * 20, rounds=1,
                  leaders=1, population=2, evals=2, sampler="tpe", pruner="median", text="",
-                 seed=0, **common.STUDY),
+                 seed=0, **searching.STUDY),
     "small": dict(n_layers=(1, 2), widths=(32, 64), head_size=16, batch_sizes=(8, 16),
                   schedules=("warmup_cosine", "constant", "exponential", "step"),
                   lr_range=(3e-4, 3e-2), base_batch_size=16, block_size=64,
                   trial_tokens=16 * 64 * 100, final_tokens=16 * 64 * 300, rounds=2,
                   leaders=3, population=2, evals=3, sampler="tpe", pruner="median", text="",
-                  seed=0, **common.STUDY),
+                  seed=0, **searching.STUDY),
     "full": dict(n_layers=(6, 8, 12), widths=(512, 768), head_size=64, batch_sizes=(8, 16, 32),
                  schedules=("warmup_cosine", "constant", "exponential", "step"),
                  lr_range=(1e-4, 3e-3), base_batch_size=16, block_size=1024,
                  trial_tokens=16 * 1024 * 300, final_tokens=16 * 1024 * 3000, rounds=4,
                  leaders=4, population=1, evals=3, sampler="tpe", pruner="median", text="",
-                 seed=0, **common.STUDY),
+                 seed=0, **searching.STUDY),
 }
-CHECKS = {"schedules": common.some_of(*tune.search.strategy.SCHEDULES)}
+CHECKS = {"schedules": cli.some_of(*tune.search.strategy.SCHEDULES)}
 FINAL_LR_FRACTION = 0.1  # every decaying schedule ends at a tenth of the peak, as lm.py
 
 
@@ -90,7 +92,7 @@ def make_space(config) -> tune.Space:
 @functools.cache
 def model_and_loss(n_layer: int, n_embd: int, head_size: int, block_size: int):
   """One GPT and loss object per structure: populations of it reuse their programs."""
-  model = models.GPT(lm.gpt_config({"n_layer": n_layer, "n_head": max(n_embd // head_size, 1),
+  model = models.GPT(tasks.gpt_config({"n_layer": n_layer, "n_head": max(n_embd // head_size, 1),
                                     "n_embd": n_embd, "block_size": block_size,
                                     "dropout": 0.0}))
   return model, train.language_model_loss(model)
@@ -149,29 +151,29 @@ def train_trials(searcher, trials, splits, config) -> None:
 
 def search(splits, config, workdir):
   """Rounds of populations until the study holds ``rounds * leaders * population``
-  finished trials (an earlier run's and other workers' count: ``common.budget``); returns
+  finished trials (an earlier run's and other workers' count: ``searching.budget``); returns
   the searcher."""
-  searcher = common.make_searcher(make_space(config), config, workdir, study_name="tune_lm",
-                                  mode="min")
+  searcher = searching.make_searcher(make_space(config), config, workdir, study_name="tune_lm",
+                                     mode="min")
   size = config["population"]
-  for want in common.budget(searcher, config["rounds"] * config["leaders"] * size,
-                            config["role"]):
+  for want in searching.budget(searcher, config["rounds"] * config["leaders"] * size,
+                               config["role"]):
     for trials in searcher.ask_populations(min(config["leaders"], -(-want // size)), size):
       train_trials(searcher, trials, splits, config)
   return searcher
 
 
 def main(argv=None) -> dict:
-  workdir, preset, config = common.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
-                                              checks=CHECKS)
+  workdir, preset, config = cli.parse_args(argv, PRESETS, __doc__.split("\n\n")[0],
+                                           checks=CHECKS)
   start = time.time()
-  splits = lm.load(config)
-  common.check_batch_size("batch_sizes", max(config["batch_sizes"]), splits["train"],
-                          f"training windows of block_size {config['block_size']}")
+  splits = tasks.load_text(config)
+  cli.check_batch_size("batch_sizes", max(config["batch_sizes"]), splits["train"],
+                       f"training windows of block_size {config['block_size']}")
   searcher = search(splits, config, workdir)
   search_wall = time.time() - start
   if config["role"] == "worker":  # the run without --set role=worker trains the best
-    return common.finish(workdir, {"experiment": "tune_lm", "preset": preset, "role": "worker",
+    return report.finish(workdir, {"experiment": "tune_lm", "preset": preset, "role": "worker",
                                    "trials": len(searcher.results),
                                    "search_wall_s": round(search_wall, 2)}, start)
   best = searcher.best
@@ -188,7 +190,7 @@ def main(argv=None) -> dict:
   fit_config = train.FitConfig(steps=steps, batch_size=plan.batch_size,
                                eval_every=max(steps // 4, 1), eval_batch_size=64,
                                seed=config["seed"], progress=preset != "tiny")
-  summary = common.train_and_evaluate(
+  summary = report.train_and_evaluate(
       "tune_lm", preset, model, init, tx, loss_fn, splits, fit_config, workdir, extra={
           "best_config": params, "best_trial_val_loss": best.value,
           "trials": [r._asdict() for r in searcher.results],
@@ -196,8 +198,8 @@ def main(argv=None) -> dict:
           "model_params": models.count_params(init), "config": config})
   summary.update(val_perplexity=math.exp(summary["val_loss"]),
                  test_perplexity=math.exp(summary["test_loss"]))
-  return common.finish(workdir, summary, start, hide=("trials", "config"))  # wall_s: all of it
+  return report.finish(workdir, summary, start, hide=("trials", "config"))  # wall_s: all of it
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -1,4 +1,4 @@
-"""Run by tests/test_optax_conventions.py in a fresh process with 8 fake CPU devices
+"""Run by tests/transforms/test_optax_conventions.py in a fresh process with 8 fake CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before JAX starts): every
 transform of ``registry.ALL`` is initialized and updated twice, eagerly and under jit, on
 parameters sharded over a mesh whose axis is ``AxisType.Explicit`` (``jax.make_mesh``'s

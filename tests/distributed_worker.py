@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py as each process of a real multi-process run on this
+"""Run by tests/train/test_distributed.py as each process of a real multi-process run on this
 machine (``jax.distributed`` over loopback, Gloo collectives between the CPU processes):
 trains ``setup()``'s MLP with ``bt.train.fit`` on a mesh spanning every process's devices,
 checkpointing to a shared directory, and writes what the test checks. The test trains the

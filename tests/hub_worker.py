@@ -1,4 +1,4 @@
-"""Run by tests/test_hub.py in a fresh process with 8 fake CPU devices: loads a checkpoint
+"""Run by tests/hub/test_hub.py in a fresh process with 8 fake CPU devices: loads a checkpoint
 straight onto an fsdp 4 x tensor 2 mesh and writes its logits and parameter shardings.
 
   python -m tests.hub_worker CHECKPOINT_DIR OUT_DIR

@@ -1,4 +1,4 @@
-"""Run by tests/test_nnx_models.py in a fresh process with 8 fake CPU devices: loads a
+"""Run by tests/models/test_nnx_models.py in a fresh process with 8 fake CPU devices: loads a
 checkpoint as an NNX model straight onto an fsdp 4 x tensor 2 mesh, trains it and its linen
 twin 4 steps on that mesh, and writes the logits, the placements and the losses.
 

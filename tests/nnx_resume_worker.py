@@ -1,4 +1,4 @@
-"""Run by tests/test_nnx_engine.py in a subprocess: a short ``fit`` of an NNX MLP (with
+"""Run by tests/train/test_nnx_engine.py in a subprocess: a short ``fit`` of an NNX MLP (with
 dropout) on a workdir, killed with SIGKILL right after its third metrics row is written
 (the checkpoint of the second committed, the third's not begun), or run to the end.
 

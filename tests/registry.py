@@ -59,7 +59,7 @@ CASES = [
 ]
 
 # Transforms that are not optimizers on their own (no learning rate): they get optax's
-# conventions (tests/test_optax_conventions.py) but not the optimizer battery.
+# conventions (tests/transforms/test_optax_conventions.py) but not the optimizer battery.
 PIECES = [
     Case("reduce_on_plateau", lambda lr: bt.reduce_on_plateau(), None,
          update_kwargs=(("value", 1.0),)),

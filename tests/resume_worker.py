@@ -1,4 +1,4 @@
-"""Run by tests/test_workdir_lock.py in a subprocess: a short fit on a workdir that kills
+"""Run by tests/train/test_workdir_lock.py in a subprocess: a short fit on a workdir that kills
 itself with SIGKILL at a chosen point, or runs to the end.
 
   python -m tests.resume_worker WORKDIR MODE      # MODE: none | after_first_row |

@@ -1,4 +1,4 @@
-"""Run by tests/test_sharding.py in a fresh process with 8 fake CPU devices
+"""Run by tests/train/test_sharding.py in a fresh process with 8 fake CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before JAX starts, and
 the rest of the suite runs on one device): trains the same models on several meshes and
 writes what the tests check as JSON.

@@ -1,5 +1,5 @@
-"""One worker of a shared study, for tests/test_study_storage.py and
-benchmarks/study_workers.py: the loop of the tuning experiments (``common.budget``,
+"""One worker of a shared study, for tests/tune/test_study_storage.py and
+benchmarks/study_workers.py: the loop of the tuning experiments (``searching.budget``,
 ``ask_populations``, ``tell``) with a population that "trains" by sleeping.
 
   python -m tests.study_worker STORAGE NAME BUDGET [--role all|worker] [--seconds S]
@@ -17,7 +17,7 @@ import os
 import time
 
 from bigtune_jax import tune
-from experiments import common
+from experiments import searching
 
 SPACE = tune.Space({"x": tune.Uniform(-1.0, 1.0), "width": tune.Choice([8, 16])})
 LEADERS, SIZE = 1, 4  # one population of 4 trials of one width per ask
@@ -32,7 +32,7 @@ def main(argv=None) -> None:
   parser.add_argument("storage")
   parser.add_argument("name")
   parser.add_argument("budget", type=int)
-  parser.add_argument("--role", default="all", choices=common.ROLES)
+  parser.add_argument("--role", default="all", choices=searching.ROLES)
   parser.add_argument("--seconds", type=float, default=0.2, help="one population's training")
   parser.add_argument("--hang-after", type=int, default=-1)
   parser.add_argument("--go", default="")
@@ -50,7 +50,7 @@ def main(argv=None) -> None:
                                storage=args.storage, study_name=args.study,
                                heartbeat_interval=1, grace_period=args.grace)
   populations = 0
-  for want in common.budget(searcher, args.budget, args.role, poll_s=0.2):
+  for want in searching.budget(searcher, args.budget, args.role, poll_s=0.2):
     for group in searcher.ask_populations(min(LEADERS, -(-want // SIZE)), SIZE):
       numbers = " ".join(str(t.number) for t in group)
       if populations == args.hang_after:

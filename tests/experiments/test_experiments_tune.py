@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments import common
+from experiments import report as experiment_report
 from experiments import tune
 from tests import utils
 
@@ -30,12 +30,12 @@ def test_tiny_preset_writes_the_report_and_resumes(tmp_path, monkeypatch):
   # Started again, nothing is left to do: no trial trains, and the final training resumes
   # from its last checkpoint.
   monkeypatch.setattr(tune, "train_group", lambda *args: pytest.fail("a trial trained again"))
-  finals, train_and_evaluate = [], common.train_and_evaluate
+  finals, train_and_evaluate = [], experiment_report.train_and_evaluate
 
   def recorded(*args, **kwargs):
     finals.append(train_and_evaluate(*args, **kwargs))
     return finals[-1]
-  monkeypatch.setattr(common, "train_and_evaluate", recorded)
+  monkeypatch.setattr(experiment_report, "train_and_evaluate", recorded)
   again = tune.main(["--workdir", str(tmp_path), "--preset", "tiny"])
   assert [final["resumed_from"] for final in finals] == [summary["steps"]]
   assert again["trials"] == 4 and again["best_config"] == summary["best_config"]

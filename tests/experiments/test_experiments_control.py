@@ -11,6 +11,7 @@ from bigtune_jax import train
 from experiments import early_stopping
 from experiments import plateau
 from experiments import regularization
+from experiments import tasks
 from tests import reference
 from tests import utils
 
@@ -22,7 +23,7 @@ def test_regularization_tiny_reports_every_variant(tmp_path):
   # Each variant's gap, from a float64 NumPy forward pass of its checkpointed parameters:
   # accuracy on the noisy labels it trained on, minus accuracy on the clean test split.
   config = summary["config"]
-  splits = regularization.load(config)
+  splits = tasks.noisy_digits(config)
   target = train.init_params(models.MLP(hidden=config["hidden"], num_classes=10),
                              jnp.ones((1, 8, 8)), 0)
   for name, result in summary["results"].items():

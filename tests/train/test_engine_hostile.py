@@ -20,7 +20,7 @@ import bigtune_jax as bt
 from bigtune_jax import data, models, train
 from experiments import mlp_sgd
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _images(rng, n, classes, shape=(6, 6, 1)):

@@ -8,8 +8,8 @@ import pytest
 
 from bigtune_jax import models
 from bigtune_jax import train
-from experiments import common
 from experiments import mlp_sgd
+from experiments import tasks
 from tests import reference
 from tests import utils
 
@@ -23,7 +23,7 @@ def test_mlp_sgd_small_preset_reaches_the_bar(tmp_path):
   assert summary["steps"] == mlp_sgd.PRESETS["small"]["steps"]
   # The reported test loss and accuracy, recomputed by a float64 NumPy forward pass of the
   # checkpointed parameters over every test image.
-  test = common.load_images(summary["config"], image_size=28)["test"]
+  test = tasks.load_images(summary["config"], image_size=28)["test"]
   model = models.MLP(hidden=summary["config"]["hidden"], num_classes=10)
   params = utils.trained_params(tmp_path, train.init_params(model, jnp.ones((1, 28, 28)), 0))
   loss, accuracy = reference.cross_entropy_and_accuracy(

@@ -15,17 +15,17 @@ import optuna
 import pytest
 
 from bigtune_jax import tune
-from experiments import common
 from experiments import finetune_lm
+from experiments import searching
 from experiments import tune as tune_experiment
 from experiments import tune_lm
 from tests import study_worker
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("postgresql", "journal")
 # One xdist worker runs this file, so that one PostgreSQL server (a session fixture, asked
 # for by name inside `storage`) serves all of it.
-pytestmark = pytest.mark.xdist_group("tests.test_study_storage")
+pytestmark = pytest.mark.xdist_group("tests.tune.test_study_storage")
 
 
 @pytest.fixture(params=KINDS)
@@ -173,17 +173,17 @@ def test_optuna_dashboard_opens_the_study(postgres):
 
 
 def test_budget_counts_every_worker_and_a_worker_does_not_wait(tmp_path):
-  """``common.budget`` without processes: trials running elsewhere count against the
+  """``searching.budget`` without processes: trials running elsewhere count against the
   budget; a worker then returns, role "all" waits until they are told."""
   url = f"journal:{tmp_path}/s.log"
   mine, other = (tune.OptunaSearch(study_worker.SPACE, storage=url, study_name="b",
                                    seed=seed) for seed in (0, 1))
   elsewhere = other.ask(3)
-  assert next(common.budget(mine, 4, "worker")) == 1
-  assert list(common.budget(mine, 3, "worker")) == []
+  assert next(searching.budget(mine, 4, "worker")) == 1
+  assert list(searching.budget(mine, 3, "worker")) == []
   threading.Timer(0.5, lambda: [other.tell(t, 0.0) for t in elsewhere]).start()
   start = time.time()
-  assert list(common.budget(mine, 3, "all", poll_s=0.05)) == []
+  assert list(searching.budget(mine, 3, "all", poll_s=0.05)) == []
   assert time.time() - start >= 0.5 and len(mine.results) == 3
 
 

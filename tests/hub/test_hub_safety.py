@@ -2,7 +2,7 @@
 a checkpoint is never loaded as a different model than transformers reads, a saved model
 keeps its identity, and every error names the file, tensor or argument.
 
-Against transformers itself, on tiny random checkpoints made here (``tests/test_hub.py``'s).
+Against transformers itself, on tiny random checkpoints made here (``tests/hub/test_hub.py``'s).
 """
 
 import json
@@ -23,10 +23,10 @@ from bigtune_jax import hub  # noqa: E402
 from bigtune_jax.finetune import LoRA  # noqa: E402
 from bigtune_jax.finetune import load_peft  # noqa: E402
 from bigtune_jax.finetune import save_peft  # noqa: E402
-from tests.test_hub import _edit_config  # noqa: E402
-from tests.test_hub import _hf_model  # noqa: E402
-from tests.test_hub import _ours  # noqa: E402
-from tests.test_hub import _torch_logits  # noqa: E402
+from tests.hub.test_hub import _edit_config  # noqa: E402
+from tests.hub.test_hub import _hf_model  # noqa: E402
+from tests.hub.test_hub import _ours  # noqa: E402
+from tests.hub.test_hub import _torch_logits  # noqa: E402
 
 TEXT = "the quick brown fox jumps over the lazy dog; " * 20
 

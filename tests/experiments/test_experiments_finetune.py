@@ -9,9 +9,8 @@ import pytest
 from bigtune_jax import finetune as ft
 from bigtune_jax import models
 from bigtune_jax import train
-from experiments import common
 from experiments import finetune
-from experiments import finetune_basic
+from experiments import tasks
 from tests import reference
 from tests import utils
 
@@ -38,7 +37,7 @@ def test_finetune_tiny_compares_methods(tmp_path):
   # The scores reported, recomputed by a float64 NumPy forward pass of the checkpointed
   # parameters: the pretrained model's on the test digits 0-4, each plain-MLP method's on the
   # test digits 5-9 (relabelled 0-4 in class order), and the summary's loss, full's.
-  test = common.load_images(tiny, tiny["image_size"])["test"]
+  test = tasks.load_images(tiny, tiny["image_size"])["test"]
   target = train.init_params(models.MLP(hidden=tiny["hidden"], num_classes=5),
                              test["image"][:1], 0)  # the experiment's shape: its compiled init
   # LoRA's checkpoint holds the adapters and the head (also_train): merged onto the
@@ -48,8 +47,8 @@ def test_finetune_tiny_compares_methods(tmp_path):
   backbone = ft.load_pretrained(tmp_path / "pretrain", target, skip=("head",))
   adapters = utils.trained_params(tmp_path / "lora4",
                                   lora.init(jax.random.key(0), backbone, test["image"][:1]))
-  for classes, runs in ((finetune_basic.OLD_CLASSES, {"pretrain": summary}),
-                        (finetune_basic.NEW_CLASSES, results)):
+  for classes, runs in ((tasks.OLD_CLASSES, {"pretrain": summary}),
+                        (tasks.NEW_CLASSES, results)):
     keep = np.isin(test["label"], classes)
     images, labels = test["image"][keep], test["label"][keep] - classes[0]
     for name, run in runs.items():

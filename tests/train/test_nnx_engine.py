@@ -20,7 +20,7 @@ from bigtune_jax.train import nnx_state
 from bigtune_jax.tree_paths import flatten
 from tests import nnx_runs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
        "PYTHONPATH": str(ROOT)}
 

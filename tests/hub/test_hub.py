@@ -284,7 +284,7 @@ def test_loads_onto_8_devices_fsdp_times_tensor(checkpoints, tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu"}
   subprocess.run([sys.executable, "-m", "tests.hub_worker", str(path), str(tmp_path)],
-                 check=True, env=env, cwd=Path(__file__).parent.parent, timeout=300)
+                 check=True, env=env, cwd=Path(__file__).parents[2], timeout=300)
   np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, atol=1e-5)
   specs = json.loads((tmp_path / "specs.json").read_text())
   assert specs["devices"] == 8

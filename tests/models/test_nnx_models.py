@@ -22,9 +22,9 @@ transformers = pytest.importorskip("transformers")
 from bigtune_jax import data, hub, models, train  # noqa: E402
 from bigtune_jax.models import nnx as nnx_models  # noqa: E402
 from bigtune_jax.models.nnx import params as nnx_params  # noqa: E402
-from tests import test_hub  # noqa: E402  (its tiny random transformers checkpoints)
+from tests.hub import test_hub  # noqa: E402  (its tiny random transformers checkpoints)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("gpt2", "llama_gqa_llama3", "qwen2", "mistral")
 
 
@@ -133,7 +133,7 @@ def test_an_nnx_llama_loads_and_trains_on_an_fsdp_by_tensor_mesh_as_the_linen_on
   assert report["devices"] == 8
   np.testing.assert_allclose(np.load(tmp_path / "logits.npy"),
                              test_hub._torch_logits(hf_model, tokens[:2, :-1]), atol=1e-4)
-  loaded = report["loaded"]  # the linen rules' placement (tests/test_hub.py's 8-device test)
+  loaded = report["loaded"]  # the linen rules' placement (tests/hub/test_hub.py's 8-device test)
   assert loaded["layers/self_attn/q_proj/kernel"] == [None, "fsdp", "tensor", None]
   assert loaded["layers/mlp/gate_proj/kernel"] == [None, "fsdp", "tensor"]
   assert loaded["embed_tokens/embedding"] == ["tensor", "fsdp"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bigtune_jax import models
-from tests.test_generate import tiny, tiny_hf_models  # noqa: F401 (tiny: a fixture)
+from tests.models.test_generate import tiny, tiny_hf_models  # noqa: F401 (tiny: a fixture)
 
 
 def _ragged(rng, lengths, vocab):

@@ -7,9 +7,9 @@ import pytest
 
 from bigtune_jax import models
 from bigtune_jax import train
-from experiments import common
 from experiments import finetune_basic
 from experiments import lm
+from experiments import tasks
 from tests import reference
 from tests import utils
 
@@ -29,13 +29,13 @@ def test_finetune_basic_tiny_loads_the_pretrained_backbone(tmp_path):
   # The scores reported, recomputed by a float64 NumPy forward pass of each run's
   # checkpointed parameters: the pretrained model on the test digits 0-4, the fine-tuned and
   # the scratch model on the test digits 5-9 (relabelled 0-4 in class order).
-  test = common.load_images(tiny, tiny["image_size"])["test"]
+  test = tasks.load_images(tiny, tiny["image_size"])["test"]
   target = train.init_params(models.MLP(hidden=tiny["hidden"], num_classes=5),
                              test["image"][:1], 0)  # the experiment's shape: its compiled init
   for run, classes, reported in (
-      ("pretrain", finetune_basic.OLD_CLASSES, ("pretrain_test_accuracy", None)),
-      ("finetune", finetune_basic.NEW_CLASSES, ("test_accuracy", "test_loss")),
-      ("scratch", finetune_basic.NEW_CLASSES, ("scratch_test_accuracy", "scratch_test_loss"))):
+      ("pretrain", tasks.OLD_CLASSES, ("pretrain_test_accuracy", None)),
+      ("finetune", tasks.NEW_CLASSES, ("test_accuracy", "test_loss")),
+      ("scratch", tasks.NEW_CLASSES, ("scratch_test_accuracy", "scratch_test_loss"))):
     keep = np.isin(test["label"], classes)
     loss, accuracy = reference.cross_entropy_and_accuracy(reference.mlp_logits(
         utils.trained_params(tmp_path / run, target), test["image"][keep]),

@@ -1,42 +1,29 @@
-"""What every experiment shares: its command line, training through ``bt.train.fit`` and
-its report.
+"""The command line every experiment shares: its flags, presets, the rules of ``--set``,
+and :func:`run`, which turns a bad setting into a usage error.
 
   python -m experiments.NAME --workdir DIR [--preset small|full|tiny] [--set key=value ...]
 
 ``small`` (the default) finishes in about a minute on a 2-core CPU, ``full`` is the
 seed's size for a GPU, and ``tiny`` is the smoke test that CI runs. ``--set`` overrides one
-field of the preset, parsed with the type of its default (``--set hidden=128,64``). Running
-again on the same workdir resumes from its last checkpoint. Each run writes
-``DIR/summary.json`` with at least ``experiment, preset, steps, final_train_loss,
-test_loss, devices, wall_s`` (plus ``test_accuracy`` for classifiers).
+field of the preset, parsed with the type of its default (``--set hidden=128,64``), and is
+checked against its :class:`Rule` before any work. Running again on the same workdir
+resumes from its last checkpoint (``report.py`` writes ``DIR/summary.json``).
 """
 
 import argparse
-import json
 import math
 import os
-import socket
 import sys
-import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import numpy as np
-import optax
-
-from bigtune_jax import data
 from bigtune_jax import train
-from bigtune_jax import tune
 
 PRESETS = ("tiny", "small", "full")
 # A search's part (--set role=): "all" searches, waits for the other workers of the study
 # and then trains, tests and reports the best trial; a "worker" only searches.
 ROLES = ("all", "worker")
-# The settings of every searching experiment: its study's storage URL (empty: a journal in
-# the workdir) and its role.
-STUDY = {"storage": "", "role": "all"}
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:
@@ -245,151 +232,3 @@ def run(main: Callable[[], Any]) -> None:
     print(f"usage: {prog} --workdir DIR [--preset NAME] [--set KEY=VALUE ...]\n"
           f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2) from None
-
-
-def load_images(config: Mapping[str, Any], image_size: int) -> dict[str, data.ArrayDataset]:
-  """The ``dataset`` of ``config``: the bundled digits at ``image_size``, or the files in
-  ``data_dir`` (``mnist``, ``cifar10``, ...; nothing is downloaded), split by ``seed``."""
-  check_settings({k: config[k] for k in ("dataset", "data_dir")})
-  if config["dataset"] == "digits":
-    return data.load_dataset("digits", seed=config["seed"], image_size=image_size)
-  if not config["data_dir"]:
-    raise ValueError(f"dataset {config['dataset']!r} is read from its files and nothing is "
-                     "downloaded: pass --set data_dir=DIR (or --set dataset=digits)")
-  if not os.path.exists(config["data_dir"]):
-    raise ValueError(f"--set data_dir={config['data_dir']}: no such file or folder")
-  return data.load_dataset(config["dataset"], config["data_dir"], seed=config["seed"])
-
-
-def make_searcher(space: tune.Space, config: Mapping[str, Any], workdir: str, *,
-                  study_name: str, mode: str = "max",
-                  journal: str = "study.log") -> tune.Searcher:
-  """The searcher of a tuning experiment (``tune``, ``tune_lm``, ``finetune_lm``): Optuna
-  with the ``sampler`` and ``pruner`` settings of ``config``; or, where optuna is not
-  installed, random search seeded by ``config["seed"]`` (it never prunes). ``mode`` says
-  whether the searched value is best at its ``"max"`` (an accuracy) or ``"min"`` (a loss).
-
-  The study lives in ``config["storage"]``: a URL that many workers share
-  (``postgresql://user:password@host/db``, ``journal:/shared/study.log``), or, when empty,
-  ``workdir/study.log`` (``journal``), so that a run started again resumes it. A ``worker``
-  (``config["role"]``) draws from a seed of its own (``seed``, host and process), so that
-  workers started together do not propose the same trials. Heartbeats every 10 s: a dead
-  worker's trials fail after 30 s and run once more."""
-  try:
-    import optuna  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return tune.RandomSearch(space, seed=config["seed"], mode=mode)
-  optuna.logging.set_verbosity(optuna.logging.WARNING)
-  storage = config.get("storage") or f"journal:{os.path.join(workdir, journal)}"
-  seed = config["seed"]
-  if config.get("role") == "worker":
-    entropy = [seed, os.getpid(), *socket.gethostname().encode()]
-    seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
-  if not config.get("storage"):
-    os.makedirs(workdir, exist_ok=True)
-  return tune.OptunaSearch(space, seed=seed, sampler=config["sampler"],
-                           pruner=config["pruner"], storage=storage, study_name=study_name,
-                           mode=mode, heartbeat_interval=10, grace_period=30)
-
-
-def attrs(searcher: tune.Searcher, **values: float) -> dict[str, Any]:
-  """``{"attrs": values}`` for a searcher that stores them with a trial (Optuna: every
-  worker reads them back), else ``{}``: ``searcher.tell(..., **attrs(searcher, ...))``."""
-  return {"attrs": values} if isinstance(searcher, tune.OptunaSearch) else {}
-
-
-def budget(searcher: tune.Searcher, total: int, role: str = "all", poll_s: float = 2.0):
-  """Yields how many trials to ask next, until the study holds ``total`` finished
-  (complete or pruned) trials of any worker: ``total`` less the finished, running and
-  waiting ones, plus the waiting ones (a dead worker's trials, queued again; ``ask`` hands
-  them out first). Once the rest is in other workers' hands, a ``"worker"`` returns and
-  role ``"all"`` waits for them (failing and re-running the trials of workers that die),
-  so that it alone retrains the best trial and reports on the whole study. Workers asking
-  at the same moment may each take the last trials: the study can end a population above
-  ``total``, never below."""
-  check_settings({"role": role})
-  while True:
-    counts = (searcher.progress() if isinstance(searcher, tune.OptunaSearch) else
-              {"complete": len(searcher.results), "pruned": 0, "running": 0, "waiting": 0})
-    left = total - sum(counts[k] for k in ("complete", "pruned", "running", "waiting"))
-    if left > 0 or counts["waiting"]:
-      yield max(left, 0) + counts["waiting"]
-    elif counts["running"] and role == "all":
-      time.sleep(poll_s)
-    else:
-      return
-
-
-def with_logged_rate(make_optimizer: Callable[[Mapping[str, Any]], Any],
-                     settings: Mapping[str, Any]):
-  """``make_optimizer(settings)`` with its ``learning_rate`` injected
-  (``optax.inject_hyperparams``): the rate then sits in the optimizer state, where
-  ``bt.train.fit`` reads it for its log and the learning-rate plot."""
-  return optax.inject_hyperparams(lambda learning_rate: make_optimizer(
-      dict(settings, learning_rate=learning_rate)))(learning_rate=settings["learning_rate"])
-
-
-def train_and_evaluate(experiment: str, preset: str, model, params, tx, loss_fn, splits,
-                       fit_config: train.FitConfig, workdir: str, *, early_stopping=None,
-                       extra: Mapping[str, Any] | None = None,
-                       report: Callable[[train.TrainState], Mapping[str, Any]] | None = None
-                       ) -> dict:
-  """Trains with ``bt.train.fit`` (resuming from ``workdir``), evaluates on the test split
-  and writes ``summary.json``; returns the summary. ``report(final_state)`` may add
-  entries computed from the trained state (e.g. a learned slope)."""
-  start = time.time()
-  check_batch_size("batch_size", fit_config.batch_size, splits["train"])
-  state = train.create_train_state(model, params, tx, seed=fit_config.seed)
-  result = train.fit(state, loss_fn, splits["train"], splits.get("validation"),
-                     config=fit_config, workdir=workdir, early_stopping=early_stopping)
-  test = train.evaluate(loss_fn, result.state.params,
-                        splits["test"], fit_config.eval_batch_size)
-  last = result.history[-1] if result.history else {}
-  summary = {
-      "experiment": experiment, "preset": preset, "steps": int(result.state.step),
-      "final_train_loss": last.get("train_loss"), "test_loss": test["loss"],
-      **({"test_accuracy": test["accuracy"]} if "accuracy" in test else {}),
-      "val_loss": last.get("val_loss"), "stopped_early": result.stopped_early,
-      "skipped_steps": int(result.state.skipped_steps), "resumed_from": result.resumed_from,
-      **run_facts(start), **(extra or {}),
-      **(report(result.state) if report is not None else {}),
-  }
-  write_summary(workdir, summary)
-  return summary
-
-
-def run_facts(start: float) -> dict[str, Any]:
-  """``devices``, ``platform`` and ``wall_s`` (seconds since ``start``) of this run."""
-  return {"devices": jax.device_count(), "platform": jax.default_backend(),
-          "wall_s": round(time.time() - start, 2)}
-
-
-def finish(workdir: str, summary: Mapping[str, Any], start: float, *,
-           hide: tuple[str, ...] = ("config",)) -> dict[str, Any]:
-  """Adds :func:`run_facts` before the ``hide`` entries, writes ``summary.json``, prints
-  the entries not in ``hide``; returns the summary."""
-  shown = {k: v for k, v in summary.items() if k not in hide}
-  summary = {**shown, **run_facts(start), **{k: summary[k] for k in hide if k in summary}}
-  write_summary(workdir, summary)
-  print_summary({k: v for k, v in summary.items() if k not in hide})
-  return summary
-
-
-def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
-  """Atomically writes ``workdir/summary.json``; only process 0 writes on many hosts."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "summary.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=2, default=float)
-  os.replace(tmp, path)
-
-
-def print_summary(summary: Mapping[str, Any]) -> None:
-  width = max(len(k) for k in summary)
-  for key, value in summary.items():
-    if isinstance(value, float):
-      value = f"{value:.4f}"
-    print(f"{key:<{width}}  {value}")

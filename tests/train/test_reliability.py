@@ -13,7 +13,7 @@ import pytest
 
 from experiments import mlp_sgd
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Enough steps that the run is still going when the first checkpoint lands.
 ARGS = ["--preset", "tiny", "--set", "steps=1500", "--set", "eval_every=25"]
 

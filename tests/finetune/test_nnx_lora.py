@@ -15,7 +15,7 @@ from bigtune_jax import data, finetune, hub, models, train  # noqa: E402
 from bigtune_jax.models import nnx as nnx_models  # noqa: E402
 from bigtune_jax.finetune import nnx_lora  # noqa: E402
 from bigtune_jax.models.nnx import params as nnx_params  # noqa: E402
-from tests import test_hub  # noqa: E402
+from tests.hub import test_hub  # noqa: E402
 
 
 @pytest.mark.parametrize("kind, targets", [("gpt2", ("c_attn", "mlp/c_proj")),
