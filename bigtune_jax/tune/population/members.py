@@ -33,6 +33,7 @@ import optax
 
 from bigtune_jax.finetune.adapters import Adapters
 from bigtune_jax.finetune.adapters import LoRA
+from bigtune_jax.finetune.carried import member_adapters
 from bigtune_jax.train.state import TrainState
 from bigtune_jax.train.state import create_train_state
 from bigtune_jax.train.state import params_from_key
@@ -108,15 +109,11 @@ class AdapterMembers:
 
   def member(self, params, hp: Mapping[str, float]) -> Adapters:
     """The member's adapters at its own rank (the first ``rank`` columns of every ``A``,
-    rows of every ``B``) and alpha: what the adapter trained alone at that rank holds."""
+    rows of every ``B``; ``also_train`` leaves whole) and alpha: what the adapter trained
+    alone at that rank holds (``finetune.member_adapters``)."""
     rank = int(round(float(hp["rank"]))) if "rank" in hp else self.lora.rank
     alpha = float(hp["alpha"]) if "alpha" in hp else float(self.lora.alpha)
-
-    def cut(path, x):
-      leaf = jax.tree_util.keystr(path[-1:])
-      return x[..., :rank] if "lora_a" in leaf else x[..., :rank, :]
-
-    return Adapters(jax.tree_util.tree_map_with_path(cut, params), rank=rank, alpha=alpha)
+    return member_adapters(params, rank, alpha)
 
 
 Kind = WholeModels | AdapterMembers
