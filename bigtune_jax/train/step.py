@@ -61,7 +61,7 @@ def _inference(apply: Callable) -> Callable:
   def forward(params, x):
     return apply(params, x, jax.random.key(0), False)
 
-  return forward
+  return jax.jit(forward)  # only shape-evaluated: jit's trace cache serves a repeated check
 
 
 def _masked_mean(per_example, mask):
