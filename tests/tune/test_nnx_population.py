@@ -22,7 +22,7 @@ STEPS, BATCH, EVAL_EVERY, DATA_SEED = 20, 64, 10, 1
 MLP_HPARAMS = {"learning_rate": [3e-3, 1e-2, 3e-2]}
 MLP_SEEDS = [3, 8, 5]
 LINEN_MLP = models.MLP(hidden=(16,), num_classes=10)  # make_mlp's linen twin
-TARGETS = ("q_proj", "v_proj")
+TARGETS = ("v_proj", "q_proj")  # not in the model's order: A is drawn in this one
 LORA_HPARAMS = {"learning_rate": [1e-2, 3e-3, 3e-2], "alpha": [8.0, 16.0, 4.0],
                 "rank": [4, 3, 1]}
 LORA_SEEDS = [0, 5, 6]
