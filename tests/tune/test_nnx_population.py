@@ -81,6 +81,10 @@ def _curve(history, i=None):
 
 def test_each_nnx_member_equals_its_solo_nnx_fit(digits, mlp_run):
   assert mlp_run.program_sizes == [3, 3] and mlp_run.member_steps == 3 * STEPS
+  start = bt.tune.initial_state(make_mlp, mlp_loss, adam, _member(MLP_HPARAMS, 2),
+                                digits["train"], seed=MLP_SEEDS[2])  # as the population's
+  jax.tree.map(np.testing.assert_array_equal, start.params,
+               nnx_params.params_of(make_mlp(nnx.Rngs(MLP_SEEDS[2]))))  # bit for bit
   images = digits["validation"]["image"][:16]
   for i in range(3):
     alone, trained = _solo_mlp(digits, i, STEPS)
