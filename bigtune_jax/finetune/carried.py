@@ -16,6 +16,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bigtune_jax import tree_paths
 from bigtune_jax import validation
@@ -110,6 +111,19 @@ def member_adapters(stored, rank: int, alpha: float) -> Adapters:
     return x[..., :rank] if leaf == LORA_A else x[..., :rank, :] if leaf == LORA_B else x
 
   return Adapters(jax.tree_util.tree_map_with_path(cut, stored), rank=rank, alpha=float(alpha))
+
+
+def check_member_values(values, stored_rank: int) -> None:
+  """A population's per-member ``alpha`` (every one > 0) and ``rank`` (integers in
+  ``[1, stored_rank]``, the adapters' stored rank r_max), each optional in ``values``
+  (``{name: (N,) array}``); ValueError naming the entry otherwise."""
+  if "alpha" in values and not (values["alpha"] > 0).all():
+    raise ValueError(f"hparams['alpha'] must be > 0 for every member, got {values['alpha']}")
+  rank = values.get("rank")
+  if rank is not None and not (np.all(rank == np.round(rank)) and rank.min() >= 1
+                               and rank.max() <= stored_rank):
+    raise ValueError(f"hparams['rank'] must be integers in [1, {stored_rank}] (the "
+                     f"LoRA's stored rank), got {rank}")
 
 
 def adapter_parameter_count(lora_params) -> int:

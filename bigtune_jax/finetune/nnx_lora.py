@@ -34,6 +34,7 @@ class LoRAAdapted(nnx.Module):
   def __init__(self, base: nnx.Module, layer: LinearLayer, a: jax.Array, b: jax.Array,
                lora: LoRA):
     self.base, self.rank, self.alpha, self.rslora = base, lora.rank, lora.alpha, lora.rslora
+    self.targets = lora.targets  # as given: their order is the order A was drawn in
     self.scale = lora.scale_and_mask()[0]
     self.in_shape, self.out_shape = layer.in_shape, layer.out_shape
     self.lora = nnx.eval_shape(lambda: nnx.LoRA(layer.n_in, lora.rank, layer.n_out,
@@ -47,11 +48,12 @@ class LoRAAdapted(nnx.Module):
     return self.base(x) + self.scale * low_rank.reshape(*batch, *self.out_shape)
 
 
-def _parent(model: nnx.Module, path: str) -> tuple[nnx.Module, str]:
+def _parent(node, path: str):
+  """``(parent, name)`` of ``path`` in a module (attributes) or a nested dict (keys)."""
   *parents, name = path.split("/")
   for part in parents:
-    model = getattr(model, part)
-  return model, name
+    node = node[part] if isinstance(node, dict) else getattr(node, part)
+  return node, name
 
 
 def _check_unadapted(model: nnx.Module) -> None:
@@ -89,17 +91,48 @@ def adapted_layers(model: nnx.Module) -> dict[str, LoRAAdapted]:
 
 
 def adapters_of(model: nnx.Module) -> tuple[LoRA, dict]:
-  """``(LoRA, {layer: {"lora_a", "lora_b"}})``: the linen twin's LoRA spec and the trained
-  adapters in ``finetune.LoRA``'s layout (what ``finetune.save_peft`` writes)."""
+  """``(LoRA, {layer: {"lora_a", "lora_b"}})``: the linen twin's LoRA spec (the targets as
+  given to ``add_lora``, so ``LoRA.init`` draws as it did) and the trained adapters in
+  ``finetune.LoRA``'s layout (what ``finetune.save_peft`` writes)."""
   layers = adapted_layers(model)
   if not layers:
     raise ValueError("the model holds no LoRA adapter (add them with add_lora)")
   first = next(iter(layers.values()))
   base = nnx_params.to_linen(model)[0]
-  lora = LoRA(base, targets=tuple(layers), rank=first.rank, alpha=first.alpha,
+  lora = LoRA(base, targets=first.targets, rank=first.rank, alpha=first.alpha,
               rslora=first.rslora)
   flat = {}
   for path, module in layers.items():
     flat[f"{path}/{LORA_A}"] = module.lora.lora_a[...]
     flat[f"{path}/{LORA_B}"] = module.lora.lora_b[...]
   return lora, tree_paths.unflatten(flat)
+
+
+def base_params(model: nnx.Module) -> dict:
+  """The parameters of ``model`` without its adapters, in the un-adapted layout (each
+  adapted layer's ``base`` parameters at the layer's own path): the tree ``add_lora``
+  drew the adapters on, and what ``finetune.LoRA`` takes as ``params``. The arrays are
+  the model's own."""
+  tree = nnx_params.params_of(model)
+  for path in adapted_layers(model):
+    parent, name = _parent(tree, path)
+    parent[name] = parent[name]["base"]
+  return tree
+
+
+def state_layout(adapters: dict) -> dict:
+  """``finetune.LoRA``'s ``{layer: {lora_a, lora_b}}`` as the ``nnx.LoRAParam`` state of
+  the adapted model (``{layer: {"lora": {lora_a, lora_b}}}``, what the engine trains)."""
+  return tree_paths.unflatten({_with_lora(path): leaf
+                               for path, leaf in tree_paths.flatten(adapters).items()})
+
+
+def lora_layout(state: dict) -> dict:
+  """The inverse of :func:`state_layout`."""
+  return tree_paths.unflatten({path.replace("/lora/", "/"): leaf
+                               for path, leaf in tree_paths.flatten(state).items()})
+
+
+def _with_lora(path: str) -> str:
+  layer, _, leaf = path.rpartition("/")
+  return f"{layer}/lora/{leaf}"

@@ -1,8 +1,9 @@
 """The execution half of ``bigtune_jax.tune``: populations trained in one compiled program
 (seed 003 §3.1-3.2). ONE runner (:func:`run_population`) over members that are whole models
-or LoRA adapters over a frozen base, with on_eval (report / prune / stop), compaction of
-stopped members and PBT's exploit / explore as options; DARTS. Nothing here proposes a
-configuration, and nothing here imports ``tune.search``.
+or LoRA adapters over a frozen base (linen, or Flax NNX: ``nnx_members``), with on_eval
+(report / prune / stop), compaction of stopped members and PBT's exploit / explore as
+options; DARTS. Nothing here proposes a configuration, and nothing here imports
+``tune.search``.
 """
 
 from bigtune_jax.tune.population.darts import DartsResult
@@ -15,6 +16,8 @@ from bigtune_jax.tune.population.data import PopulationData
 from bigtune_jax.tune.population.members import AdapterMembers
 from bigtune_jax.tune.population.members import WholeModels
 from bigtune_jax.tune.population.members import initial_state
+from bigtune_jax.tune.population.nnx_members import NNXAdapters
+from bigtune_jax.tune.population.nnx_members import NNXModels
 from bigtune_jax.tune.population.exploration import exploit_and_explore
 from bigtune_jax.tune.population.exploration import pbt
 from bigtune_jax.tune.population.runner import AdapterPopulationResult
@@ -28,6 +31,8 @@ __all__ = (
     "AdapterPopulationResult",
     "DartsResult",
     "DartsState",
+    "NNXAdapters",
+    "NNXModels",
     "PopulationData",
     "PopulationResult",
     "WholeModels",

@@ -14,10 +14,13 @@ held once and broadcast, never vmapped):
   share one program). ``A``'s column :math:`j` is drawn from ``fold_in(key, j)``, so the
   first :math:`r_i` columns are exactly the adapter of rank :math:`r_i` trained alone:
   ``member`` slices them off and returns a ``finetune.Adapters`` carrying rank and alpha.
+* Flax NNX (``nnx_members``): an NNX model factory's whole models, or the ``nnx.LoRAParam``
+  adapters of an NNX model, in the same functional form (``nnx.split`` / ``nnx.merge``).
 
 A member's initial state is built by one function jitted once per kind and optimizer
 builder (:func:`initial_state`; the hyperparameters and the seed are traced), whatever the
-population's size: the population stacks its members' states.
+population's size: the population stacks its members' states. An NNX member's initial
+tree is drawn on the host first (``params_on_host``), as its solo run draws it.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -33,12 +36,14 @@ import optax
 
 from bigtune_jax.finetune.adapters import Adapters
 from bigtune_jax.finetune.adapters import LoRA
+from bigtune_jax.finetune.carried import check_member_values
 from bigtune_jax.finetune.carried import member_adapters
 from bigtune_jax.train.state import TrainState
 from bigtune_jax.train.state import create_train_state
 from bigtune_jax.train.state import params_from_key
 from bigtune_jax.train.step import LossFn
 from bigtune_jax import validation
+from bigtune_jax.tune.population import nnx_members
 from bigtune_jax.tune.population.data import PopulationData
 from bigtune_jax.tune.population.data import as_arrays
 from bigtune_jax.tune.population.data import model_input
@@ -91,13 +96,7 @@ class AdapterMembers:
     if shared is None:
       raise ValueError("base_params: the frozen parameters the LoRA adapters train over, "
                        "got None")
-    if "alpha" in values and not (values["alpha"] > 0).all():
-      raise ValueError(f"hparams['alpha'] must be > 0 for every member, got {values['alpha']}")
-    rank = values.get("rank")
-    if rank is not None and not (np.all(rank == np.round(rank)) and rank.min() >= 1
-                                 and rank.max() <= self.lora.rank):
-      raise ValueError(f"hparams['rank'] must be integers in [1, {self.lora.rank}] (the "
-                       f"LoRA's stored rank), got {rank}")
+    check_member_values(values, self.lora.rank)
     self.lora.layers(shared)  # targets and rank against the model, before any work
 
   def loss(self, base, hp) -> LossFn:
@@ -116,19 +115,18 @@ class AdapterMembers:
     return member_adapters(params, rank, alpha)
 
 
-Kind = WholeModels | AdapterMembers
+Kind = WholeModels | AdapterMembers | nnx_members.NNXModels | nnx_members.NNXAdapters
 
 
 def members_for(model, loss_fn: LossFn, base_params) -> Kind:
-  """The kind of members ``model`` names: a flax module's whole models, or a
-  ``finetune.LoRA``'s adapters over ``base_params``; ValueError for anything else."""
+  """The kind of members ``model`` names: a linen module's whole models, a
+  ``finetune.LoRA``'s adapters over ``base_params``, an NNX factory's whole models or an
+  NNX model's LoRA adapters (``nnx_members.nnx_kind``); ValueError for anything else."""
   if isinstance(model, LoRA):
     return AdapterMembers(model, loss_fn)
   if isinstance(model, nn.Module):
     return WholeModels(model, loss_fn)
-  raise ValueError("model must be a flax.linen.Module (members are whole models) or a "
-                   "bigtune_jax.finetune.LoRA with base_params (members are adapters over a "
-                   f"frozen base), got {model!r}")
+  return nnx_members.nnx_kind(model, loss_fn)
 
 
 def check_hparams(hparams: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
@@ -185,9 +183,13 @@ def load_data(kind: Kind, train_data, val_data, batch_size: int, seed: int,
                         batch_size, seed, eval_batch_size)
 
 
-def _init_member(kind: Kind, make_optimizer: MakeOptimizer, hp, seed, sample, shared):
-  """One member's state, ``tx=None`` (the population rebuilds it from ``hp`` each step)."""
-  params = kind.init_params(seed, sample, shared)
+def _init_member(kind: Kind, make_optimizer: MakeOptimizer, hp, seed, sample, shared,
+                 params=None):
+  """One member's state, ``tx=None`` (the population rebuilds it from ``hp`` each step);
+  ``params``: its initial tree drawn on the host already (:func:`_host_params`), or None
+  to draw it here."""
+  if params is None:
+    params = kind.init_params(seed, sample, shared)
   return create_train_state(kind.model, params, make_optimizer(hp), seed=seed).replace(tx=None)
 
 
@@ -201,6 +203,14 @@ def _init_program():
                  compiler_options=quick)
 
 
+def _host_params(kind: Kind, seed: int, shared):
+  """A member's initial tree drawn on the host, op by op, where its kind draws it there
+  (``params_on_host``: the NNX kinds, exactly as a solo run builds its module), else None:
+  the init program draws it."""
+  draw = getattr(kind, "params_on_host", None)
+  return None if draw is None else draw(int(seed), shared)
+
+
 def _member_hparams(values: Mapping[str, np.ndarray], i: int) -> dict[str, jax.Array]:
   return {name: jnp.float32(v[i]) for name, v in values.items()}
 
@@ -210,7 +220,8 @@ def init_states(kind: Kind, make_optimizer: MakeOptimizer, values: Mapping[str, 
   """The members' states stacked (leading axis N): member i is ``_init_member`` with its
   own hyperparameters and seed, the one compiled program called N times."""
   states = [_init_program()(kind, make_optimizer, _member_hparams(values, i), jnp.int32(s),
-                            sample, shared) for i, s in enumerate(seeds)]
+                            sample, shared, _host_params(kind, s, shared))
+            for i, s in enumerate(seeds)]
   return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
@@ -222,7 +233,8 @@ def initial_state(model, loss_fn: LossFn, make_optimizer: MakeOptimizer,
   that ``bt.train.fit`` can continue from it.
 
   Args:
-    model: a flax module (whole model) or a ``finetune.LoRA`` (adapters over ``base_params``).
+    model: as ``members_for``: a linen module or an NNX factory (whole model), a
+      ``finetune.LoRA`` (adapters over ``base_params``) or an LoRA-adapted NNX model.
     loss_fn, make_optimizer, input_key: as ``train_population``.
     hparams: ``{name: value}``, one member's hyperparameters.
     train_data: the training set (its first example shapes the parameters).
@@ -236,5 +248,6 @@ def initial_state(model, loss_fn: LossFn, make_optimizer: MakeOptimizer,
   train_data = as_arrays(train_data, "train_data", _vocab_size(kind.model))
   sample = model_input({k: a[:1] for k, a in train_data.arrays.items()}, input_key)
   hp = _member_hparams(values, 0)
-  state = _init_program()(kind, make_optimizer, hp, jnp.int32(seed), sample, base_params)
+  state = _init_program()(kind, make_optimizer, hp, jnp.int32(seed), sample, base_params,
+                          _host_params(kind, seed, base_params))
   return state.replace(tx=make_optimizer(hp))

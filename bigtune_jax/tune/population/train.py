@@ -13,7 +13,7 @@ the ``finetune.LoRA`` over the frozen :math:`W`, held once and broadcast to ever
 
 from collections.abc import Sequence, Mapping
 
-import flax.linen as nn
+from flax import nnx
 import numpy as np
 
 from bigtune_jax.data.pipeline import ArrayDataset
@@ -22,12 +22,15 @@ from bigtune_jax.train.step import LossFn
 from bigtune_jax.tune.population.members import AdapterMembers
 from bigtune_jax.tune.population.members import MakeOptimizer
 from bigtune_jax.tune.population.members import WholeModels
+from bigtune_jax.tune.population.members import members_for
+from bigtune_jax.tune.population.nnx_members import NNXAdapters
+from bigtune_jax.tune.population.nnx_members import NNXModels
 from bigtune_jax.tune.population.runner import OnEval
 from bigtune_jax.tune.population.runner import PopulationResult
 from bigtune_jax.tune.population.runner import run_population
 
 
-def train_population(model: nn.Module, loss_fn: LossFn, make_optimizer: MakeOptimizer,
+def train_population(model, loss_fn: LossFn, make_optimizer: MakeOptimizer,
                      hparams: Mapping[str, Sequence[float] | np.ndarray],
                      train_data: ArrayDataset, val_data: ArrayDataset, *, steps: int,
                      batch_size: int, eval_every: int | None = None, seed: int = 0,
@@ -38,8 +41,12 @@ def train_population(model: nn.Module, loss_fn: LossFn, make_optimizer: MakeOpti
   """Trains N whole models of ``model``, one configuration each, at once.
 
   Args:
-    model: the flax module every member shares.
-    loss_fn: e.g. ``bigtune_jax.train.classification_loss(model)``.
+    model: the linen module every member shares, or an NNX model factory
+      ``lambda rngs: Model(..., rngs=rngs)``: member i is ``model(nnx.Rngs(seed_i))``, built
+      as its solo run builds it (``population.nnx_members``); a built ``nnx.Module`` is
+      refused (it holds one seed's weights).
+    loss_fn: e.g. ``bigtune_jax.train.classification_loss(model)`` (NNX: of any module the
+      factory builds, ``classification_loss(model(nnx.Rngs(0)))``).
     make_optimizer: ``hparams_i -> optax.GradientTransformation``, called inside the
       vmapped program with member i's scalars (traced): build the optimizer from them.
     hparams: ``{name: N values}``, the continuous hyperparameters of the members.
@@ -61,16 +68,18 @@ def train_population(model: nn.Module, loss_fn: LossFn, make_optimizer: MakeOpti
       accelerator, a cache-sized chunk on a CPU (``programs.choose_chunk``).
 
   Returns:
-    A ``PopulationResult`` (``result.member(i)``: member i's parameters).
+    A ``PopulationResult`` (``result.member(i)``: member i's parameters; NNX: a new module
+    of the factory's graph holding them).
 
   Raises:
     ValueError: naming the argument, before any work.
   """
-  if not isinstance(model, nn.Module):
-    raise ValueError(f"model must be a flax.linen.Module, got {model!r} (LoRA adapters: "
-                     "train_adapter_population)")
+  kind = members_for(model, loss_fn, None)
+  if not isinstance(kind, (WholeModels, NNXModels)):
+    raise ValueError(f"model must be a flax.linen.Module or an NNX model factory, got a "
+                     f"{type(model).__name__} (LoRA adapters: train_adapter_population)")
   return run_population(
-      WholeModels(model, loss_fn), make_optimizer, hparams, train_data, val_data, steps=steps,
+      kind, make_optimizer, hparams, train_data, val_data, steps=steps,
       batch_size=batch_size, eval_every=eval_every, seed=seed, member_seeds=member_seeds,
       on_eval=on_eval, compact=compact, eval_batch_size=eval_batch_size, input_key=input_key,
       member_chunk=member_chunk)
@@ -87,9 +96,14 @@ def train_adapter_population(lora: LoRA, loss_fn: LossFn, params, make_optimizer
   """Trains N adapters of ``lora`` on the frozen ``params`` at once (module docstring).
 
   Args:
-    lora: the ``finetune.LoRA`` (model, targets, stored rank, default alpha, dropout).
-    loss_fn: a ``bt.train`` loss of ``lora.model`` (``language_model_loss(model)``).
-    params: the pretrained parameters, frozen and shared by all members.
+    lora: the ``finetune.LoRA`` (model, targets, stored rank, default alpha, dropout), or
+      an NNX ``GPT`` / ``Llama`` holding ``nnx.LoRAParam`` adapters
+      (``finetune.nnx_lora.add_lora``: targets, stored rank, default alpha), trained over
+      its own frozen base (``population.nnx_members``).
+    loss_fn: a ``bt.train`` loss of ``lora.model`` (``language_model_loss(model)``), or of
+      the NNX model.
+    params: the pretrained parameters, frozen and shared by all members; None for an NNX
+      model (it holds them).
     make_optimizer: ``hparams_i -> optax transform``, called with traced scalars.
     hparams: ``{name: N values}``; ``alpha`` (> 0) and ``rank`` (an integer in
       ``[1, lora.rank]``) set each member's adapter; every entry reaches make_optimizer.
@@ -98,15 +112,22 @@ def train_adapter_population(lora: LoRA, loss_fn: LossFn, params, make_optimizer
 
   Returns:
     A ``PopulationResult``; ``result.member(i)`` is member i's ``finetune.Adapters``, sliced
-    to its own rank with its own alpha (what ``save_peft`` and ``LoRA.merge`` take).
+    to its own rank with its own alpha (what ``save_peft`` and ``LoRA.merge`` take); for an
+    NNX model, a new NNX model over the same base arrays holding those adapters (what
+    ``save_peft`` takes).
 
   Raises:
     ValueError: naming the argument, before any work.
   """
-  if not isinstance(lora, LoRA):
-    raise ValueError(f"lora must be a bigtune_jax.finetune.LoRA, got {lora!r}")
+  if isinstance(lora, LoRA):
+    kind = AdapterMembers(lora, loss_fn)
+  elif isinstance(lora, nnx.Module):
+    kind = NNXAdapters.of(lora, loss_fn)
+  else:
+    raise ValueError(f"lora must be a bigtune_jax.finetune.LoRA or an NNX model holding LoRA "
+                     f"adapters, got {lora!r}")
   return run_population(
-      AdapterMembers(lora, loss_fn), make_optimizer, hparams, train_data, val_data,
+      kind, make_optimizer, hparams, train_data, val_data,
       steps=steps, batch_size=batch_size, eval_every=eval_every, seed=seed,
       member_seeds=member_seeds, on_eval=on_eval, compact=compact, shared=params,
       eval_batch_size=eval_batch_size, member_chunk=member_chunk)
