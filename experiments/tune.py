@@ -11,7 +11,8 @@
    the structure and TPE proposes the continuous values; other searchers' batches are
    grouped by structure). Each population is trained by
    ``bigtune_jax.tune.train_population``: one vmapped, jit-compiled program, reused by
-   every later population of the same structure; trials must not recompile. Each trial's
+   every later population of the same structure; trials must not recompile. The loop is
+   the library's one call, ``bigtune_jax.tune.search_populations``. Each trial's
    validation accuracy after ``search_epochs`` epochs is told to the searcher
    (intermediate ones are reported, for ``--set pruner=median``).
    Many workers, on one machine or many, share one study with ``--set storage=URL``
@@ -42,7 +43,6 @@ import optax
 import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import train
-from bigtune_jax.tune import population
 from bigtune_jax.tune.search import space as space_lib
 from bigtune_jax.train.metrics import png_figure
 from experiments import cli
@@ -83,51 +83,40 @@ momentum_l2 = tasks.momentum_l2  # the optimizer of one member, from its traced 
 model_and_loss = tasks.mlp_and_loss  # one model and loss object per structure
 
 
-def train_group(searcher, trials, splits, config) -> list[dict]:
-  """Trains one structure's trials as populations of ``population`` members (the last
-  padded with repeats, whose results are dropped) and tells the searcher."""
-  hidden, layers, batch_size = (trials[0].params[k] for k in STRUCTURE)
-  model, loss_fn = model_and_loss(hidden, layers)
-  steps_per_epoch = splits["train"].steps_per_epoch(batch_size)
-  size, records = config["population"], []
-  for start in range(0, len(trials), size):
-    chunk = trials[start:start + size]
-    members = [chunk[i % len(chunk)] for i in range(size)]
-    hparams = {k: [t.params[k] for t in members] for k in CONTINUOUS}
+def population_task(splits, config):
+  """``structure -> bt.tune.PopulationTask``: the MLP of ``hidden`` x ``layers`` trained
+  ``search_epochs`` epochs in batches of ``batch_size``, evaluated about 5 times."""
 
-    def on_eval(step, metrics, chunk=chunk):  # NaN: a member stopped earlier
-      accuracy = metrics["val_accuracy"]
-      return [bool(np.isfinite(accuracy[i])) and searcher.report(t, step, float(accuracy[i]))
-              for i, t in enumerate(chunk)] + [False] * (size - len(chunk))
+  def make(structure) -> bt.tune.PopulationTask:
+    model, loss_fn = model_and_loss(structure["hidden"], structure["layers"])
+    steps_per_epoch = splits["train"].steps_per_epoch(structure["batch_size"])
+    return bt.tune.PopulationTask(
+        model, loss_fn, momentum_l2, splits["train"], splits["validation"],
+        steps=config["search_epochs"] * steps_per_epoch, batch_size=structure["batch_size"],
+        eval_every=steps_per_epoch * max(1, config["search_epochs"] // 5))
 
-    result = population.train_population(
-        model, loss_fn, momentum_l2, hparams, splits["train"], splits["validation"],
-        steps=config["search_epochs"] * steps_per_epoch, batch_size=batch_size,
-        eval_every=steps_per_epoch * max(1, config["search_epochs"] // 5),
-        seed=config["seed"], on_eval=on_eval, compact=False)  # one program per structure
-    for i, trial in enumerate(chunk):
-      accuracy, loss = (float(result.final[k][i]) for k in ("val_accuracy", "val_loss"))
-      pruned = bool(result.stopped[i])
-      searcher.tell(trial, None if pruned else accuracy, state="pruned" if pruned else
-                    "complete", **searching.attrs(searcher, val_accuracy=accuracy, val_loss=loss))
-      records.append({"number": trial.number, **trial.params, "val_accuracy": accuracy,
-                      "val_loss": loss, "pruned": pruned})
-  return records
+  return make
 
 
 def search(searcher, splits, config, workdir) -> tuple[list[dict], float]:
-  """Populations until the study holds ``rounds * leaders * population`` finished trials
-  (an earlier run's and other workers' count: :func:`searching.budget`), each population's
-  records appended to ``workdir/trials.jsonl``; returns every finished trial of the study
-  (of this run where there is no study), in trial order, and the wall time."""
+  """``bt.tune.search_populations`` until the study holds ``rounds * leaders * population``
+  finished trials (an earlier run's and other workers' count), each population's records
+  appended to ``workdir/trials.jsonl``; returns every finished trial of the study (of this
+  run where there is no study), in trial order, and the wall time."""
   start, size = time.time(), config["population"]
   path = os.path.join(workdir, "trials.jsonl")
-  for want in searching.budget(searcher, config["rounds"] * config["leaders"] * size,
-                               config["role"]):
-    for trials in searcher.ask_populations(min(config["leaders"], -(-want // size)), size):
-      rows = train_group(searcher, trials, splits, config)
-      with open(path, "a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+  def append(rows):
+    with open(path, "a") as f:
+      f.writelines(json.dumps({"number": r["number"], **r["params"],
+                               "val_accuracy": r["val_accuracy"], "val_loss": r["val_loss"],
+                               "pruned": r["state"] == "pruned"}) + "\n" for r in rows)
+
+  bt.tune.search_populations(
+      searcher, population_task(splits, config), size=size,
+      trials=config["rounds"] * config["leaders"] * size, leaders=config["leaders"],
+      metric="val_accuracy", seed=config["seed"], compact=False,  # one program per structure
+      role=config["role"], on_population=append)
   if isinstance(searcher, bt.tune.OptunaSearch):
     records = [{"number": r["number"], **{k: r[k] for k in CONTINUOUS + STRUCTURE},
                 "val_accuracy": r["val_accuracy"], "val_loss": r["val_loss"],

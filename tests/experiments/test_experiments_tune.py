@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+import bigtune_jax as bt
+
 from experiments import report as experiment_report
 from experiments import tune
 from tests import utils
@@ -29,7 +31,8 @@ def test_tiny_preset_writes_the_report_and_resumes(tmp_path, monkeypatch):
 
   # Started again, nothing is left to do: no trial trains, and the final training resumes
   # from its last checkpoint.
-  monkeypatch.setattr(tune, "train_group", lambda *args: pytest.fail("a trial trained again"))
+  monkeypatch.setattr(bt.tune.PopulationTask, "train",
+                      lambda *args, **kwargs: pytest.fail("a trial trained again"))
   finals, train_and_evaluate = [], experiment_report.train_and_evaluate
 
   def recorded(*args, **kwargs):
