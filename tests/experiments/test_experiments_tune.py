@@ -2,10 +2,10 @@
 
 import json
 
+import numpy as np
 import pytest
 
 import bigtune_jax as bt
-
 from experiments import report as experiment_report
 from experiments import tune
 from tests import utils
@@ -15,6 +15,12 @@ REPORT_FILES = ("report.md", "summary.json", "search_progress.png", "hyperparame
 
 
 def test_tiny_preset_writes_the_report_and_resumes(tmp_path, monkeypatch):
+  finals, train_and_evaluate = [], experiment_report.train_and_evaluate
+
+  def recorded(*args, **kwargs):
+    finals.append(train_and_evaluate(*args, **kwargs))
+    return finals[-1]
+  monkeypatch.setattr(experiment_report, "train_and_evaluate", recorded)
   summary = tune.main(["--workdir", str(tmp_path), "--preset", "tiny"])
   for name in REPORT_FILES:
     assert (tmp_path / name).exists(), name
@@ -23,24 +29,27 @@ def test_tiny_preset_writes_the_report_and_resumes(tmp_path, monkeypatch):
   assert json.loads((tmp_path / "summary.json").read_text())["trials"] == summary["trials"] == 4
   assert set(summary["best_config"]) == set(tune.CONTINUOUS + tune.STRUCTURE)
   assert summary["searcher"] == "optuna tpe"
+  # The figure is the median of the winner retrained from 3 seeds, each its own run.
+  accuracies = [final["test_accuracy"] for final in finals]
+  assert len(finals) == 3 and summary["test_accuracy_per_seed"] == accuracies
+  assert summary["test_accuracy"] == np.median(accuracies)
+  assert summary["test_accuracy_range"] == [min(accuracies), max(accuracies)]
+  assert summary["test_loss"] == np.median([final["test_loss"] for final in finals])
+  for k in (1, 2):
+    assert (tmp_path / "final" / f"seed_{k}" / "summary.json").exists()
   trials = [json.loads(line) for line in (tmp_path / "trials.jsonl").read_text().splitlines()]
   best = max(trials, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
   assert summary["best_config"]["learning_rate"] == best["learning_rate"]
   report = (tmp_path / "report.md").read_text()
   assert "![search progress](search_progress.png)" in report and "final/loss.png" in report
 
-  # Started again, nothing is left to do: no trial trains, and the final training resumes
+  # Started again, nothing is left to do: no trial trains, and each final training resumes
   # from its last checkpoint.
   monkeypatch.setattr(bt.tune.PopulationTask, "train",
                       lambda *args, **kwargs: pytest.fail("a trial trained again"))
-  finals, train_and_evaluate = [], experiment_report.train_and_evaluate
-
-  def recorded(*args, **kwargs):
-    finals.append(train_and_evaluate(*args, **kwargs))
-    return finals[-1]
-  monkeypatch.setattr(experiment_report, "train_and_evaluate", recorded)
+  first, finals[:] = list(finals), []
   again = tune.main(["--workdir", str(tmp_path), "--preset", "tiny"])
-  assert [final["resumed_from"] for final in finals] == [summary["steps"]]
+  assert [final["resumed_from"] for final in finals] == [final["steps"] for final in first]
   assert again["trials"] == 4 and again["best_config"] == summary["best_config"]
   assert again["test_accuracy"] == summary["test_accuracy"]
 
