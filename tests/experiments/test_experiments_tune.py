@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import bigtune_jax as bt
+from bigtune_jax import data
 from experiments import report as experiment_report
 from experiments import tune
 from tests import utils
@@ -60,3 +61,26 @@ def test_small_preset_clears_the_bar(tmp_path):
   summary = tune.main(["--workdir", str(tmp_path)])
   assert summary["test_accuracy"] >= 0.97
   assert summary["trials"] == 64
+
+
+def test_the_reported_accuracy_survives_a_last_bit_change_of_the_initial_weights(tmp_path):
+  """Item 5 of issue 23: the winner's initial weights scaled by 1 + k * 1e-7 (a change in
+  their last bit or two, as another machine's init gives; ``--set init_scale``): the
+  reported test accuracy, the median over 3 retrains, moves by at most 2 test examples of
+  360 (on the small preset, measured: one retrain moved by 4, 0.9861 -> 0.9972, the median
+  by 2, 0.9889 -> 0.9944). The hook really changes the training: some seed's final training
+  loss differs."""
+  config = dict(tune.PRESETS["tiny"])
+  splits = data.load_dataset("digits", seed=config["seed"])
+  rng = np.random.default_rng()
+  best = {"learning_rate": float(rng.uniform(0.05, 0.3)), "momentum": 0.8,
+          "weight_decay": 1e-4, "hidden": 16, "layers": 1, "batch_size": 64}
+  runs = [tune.train_best(best, splits, dict(config, init_scale=scale), str(tmp_path / name))
+          for name, scale in (("as_is", 1.0), ("perturbed", 1 + int(rng.integers(1, 4)) * 1e-7))]
+  assert abs(runs[0]["test_accuracy"] - runs[1]["test_accuracy"]) <= 2 / 360 + 1e-9
+  losses = [[json.loads((tmp_path / name / "final" / sub / "summary.json").read_text())[
+      "final_train_loss"] for sub in ("", "seed_1", "seed_2")] for name in ("as_is", "perturbed")]
+  assert losses[0] != losses[1]
+  with pytest.raises(ValueError, match="init_scale must be a finite number > 0"):
+    tune.main(["--workdir", str(tmp_path / "bad"), "--preset", "tiny", "--set", "init_scale=0"])
+  assert not (tmp_path / "bad").exists()
