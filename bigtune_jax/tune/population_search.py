@@ -350,7 +350,10 @@ def search_populations(searcher: Searcher,
              math.inf if seconds is None else start + seconds, start, on_population,
              SearchResult(searcher))
   for count in _rounds(run, trials, role, leaders, size):
-    for group in searcher.ask_populations(count, size, by=by):
+    groups = searcher.ask_populations(count, size, by=by)
+    if not groups:
+      break  # a grid with no point left
+    for group in groups:
       _train_group(run, make_task, searcher.structure_of(group[0].params, by), group, size)
   run.result.wall_s = run.elapsed()
   return run.result

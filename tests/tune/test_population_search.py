@@ -216,3 +216,13 @@ def test_make_task_must_return_a_population_task(splits):
 def test_public_names():
   for name in ("search_populations", "PopulationTask", "SearchResult"):
     assert name in bt.tune.__all__ and getattr(bt.tune, name) is not None
+
+
+def test_an_exhausted_grid_ends_the_search(splits):
+  """A grid smaller than the budget: every point trains once, then the search ends."""
+  grid = tune.GridSearch(tune.Space({"learning_rate": tune.Uniform(0.01, 0.1),
+                                     "hidden": tune.Choice([4])}), points_per_axis=3,
+                         mode="min")
+  result = tune.search_populations(grid, mlp_task(splits, []), size=3, trials=10)
+  assert sorted(r["params"]["learning_rate"] for r in result.trials) == pytest.approx(
+      [0.01, 0.055, 0.1])
