@@ -1,9 +1,9 @@
 """The searches of ``benchmarks/search_quality.py``, each run against one wall-clock budget
 whose clock starts before the first compilation (and before Ray starts):
 
-* ``bt``: the library's recommended search: ``bt.tune.OptunaSearch`` (TPE, median pruner)
-  asking populations (``ask_populations``: trials sharing the structure, their continuous
-  values proposed by TPE), each trained as one program (``train_population`` /
+* ``bt``: the library's recommended search, its one call ``bt.tune.search_populations``
+  with ``bt.tune.OptunaSearch`` (TPE, median pruner): populations asked by structure (their
+  continuous values proposed by TPE), each trained as one program (``train_population`` /
   ``train_adapter_population``, pruned members compacted away) and reported at every
   evaluation;
 * ``optuna_median`` / ``optuna_hyperband``: what an Optuna user writes: TPE with that
@@ -67,44 +67,25 @@ class Record:
             "test_metric": test, "elapsed_s": self.elapsed()}
 
 
-def _run_group(task, searcher, trials, record: Record, seed: int) -> None:
-  """One population of ``trials``; each told complete, pruned, or (cut by the budget)
-  pruned and not counted."""
-  pruned = set()
-
-  def on_eval(step, metrics):
-    for i, (trial, value) in enumerate(zip(trials, metrics["val_loss"])):
-      if i not in pruned and np.isfinite(value) and searcher.report(trial, step, float(value)):
-        pruned.add(i)
-    stop = [i in pruned for i in range(len(trials))]
-    return [True] * len(trials) if record.over() else stop
-
-  record.counts["started"] += len(trials)
-  outcome = task.population([t.params for t in trials], on_eval, seed)
-  record.counts["member_steps"] += int(outcome.member_steps)
-  for i, trial in enumerate(trials):
-    if i in pruned or outcome.stopped[i] or not np.isfinite(outcome.final_val[i]):
-      searcher.tell(trial, None, state="pruned")
-      record.counts["pruned"] += i in pruned
-    else:
-      searcher.tell(trial, float(outcome.final_val[i]))
-      record.finished(float(outcome.final_val[i]), lambda i=i: outcome.member(i))
-
-
 def run_bt(task: tasks.Task, budget_s: float, seed: int, leaders: int, size: int,
            clock: str = "wall") -> dict:
-  record = Record(budget_s, clock)
+  """``bt.tune.search_populations`` for ``budget_s`` seconds of ``clock``: populations of
+  ``size`` trials of one structure, ``leaders`` a round (a task without structure: one
+  population of ``leaders * size`` a round)."""
   searcher = tune.OptunaSearch(tasks.bt_space(task), seed=seed, pruner="median", mode="min")
-  while not record.over():
-    groups = (searcher.ask_populations(leaders, size) if task.structure
-              else [searcher.ask(leaders * size)])
-    for trials in groups:
-      if record.over():
-        for trial in trials:
-          searcher.tell(trial, None, state="failed")  # asked, never started
-        continue
-      _run_group(task, searcher, trials, record, seed)
-  return record.result(task)
+  if not task.structure:
+    leaders, size = 1, leaders * size
+  result = tune.search_populations(searcher, task.population_task, size=size,
+                                   seconds=budget_s, leaders=leaders, seed=seed,
+                                   clock=CLOCKS[clock])
+  curve, best = result.curve(), result.best_trial
+  states = [row["state"] for row in result.trials]
+  test = None if best is None else task.test_metric(task.trained(best["params"],
+                                                                 result.best_member))
+  return {"curve": curve, "started": len(states), "finished": states.count("complete"),
+          "pruned": states.count("pruned"), "member_steps": result.member_steps,
+          "best_val": curve[-1][1] if curve else np.inf, "test_metric": test,
+          "elapsed_s": result.wall_s}
 
 
 def _run_trial(task, searcher, record: Record, seed: int) -> None:
@@ -134,7 +115,7 @@ def _run_trial(task, searcher, record: Record, seed: int) -> None:
     searcher.tell(trial, None, state="pruned" if result.stopped_early else "failed")
     return
   searcher.tell(trial, float(value))
-  record.finished(float(value), lambda: task.trained(trial.params, result.state))
+  record.finished(float(value), lambda: task.trained(trial.params, result.state.params))
 
 
 def run_single(task: tasks.Task, budget_s: float, seed: int, method: str,
@@ -164,7 +145,7 @@ def _ray_trial(params, *, task_name, task_config, workdir, seed, start):
 
   result = train.fit(state, loss_fn, task.splits["train"], task.splits["validation"],
                      config=task.fit_config(seed), on_eval=on_eval)
-  test = task.test_metric(task.trained(params, result.state))
+  test = task.test_metric(task.trained(params, result.state.params))
   ray_tune.report({"val_loss": result.history[-1]["val_loss"], "step": steps,
                    "t": time.time() - start, "test": test})
 

@@ -1,7 +1,8 @@
 """The two tasks of ``benchmarks/search_quality.py``, each behind the same small interface:
 one trial through the library's single-model path (:meth:`Task.single`: a state with traced
-hyperparameters and a loss, for ``bt.train.fit``), a population of trials through the
-population runner (:meth:`Task.population`), and a trained model's test metric.
+hyperparameters and a loss, for ``bt.train.fit``), the population of a structure for the
+library's search (:meth:`Task.population_task`: a ``bt.tune.PopulationTask`` for
+``bt.tune.search_populations``), and a trained model's test metric.
 
 * ``lora``: LoRA fine-tuning (rank 8, alpha 16 on q_proj / v_proj) of ``finetune_lm``'s
   small Llama, pretrained on the pydoc topics (``WORKDIR/base``, made once, outside every
@@ -12,8 +13,8 @@ population runner (:meth:`Task.population`), and a trained model's test metric.
   norm clipped at 1), and the structure: layers and width. Test metric: bits per byte
   (cross-entropy in nats / ln 2).
 
-Only public API (``bt.train``, ``bt.tune``, ``bt.finetune``, ``bt.hub``) and the two
-experiments' helpers. Validation and test sets are the first ``eval_windows`` windows of
+Only public API (``bt.train``, ``bt.tune``, ``bt.finetune``, ``bt.hub``) and the recipes
+the experiments share (``experiments/tasks.py``; a benchmark imports no experiment). Validation and test sets are the first ``eval_windows`` windows of
 each held-out split, so that an evaluation costs the same small time in every method.
 """
 
@@ -21,31 +22,16 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bigtune_jax import data
 from bigtune_jax import finetune
 from bigtune_jax import hub
 from bigtune_jax import train
 from bigtune_jax import tune
-from experiments import finetune_lm
 from experiments import tasks
-from experiments import tune_lm
-
-
-@dataclasses.dataclass
-class Outcome:
-  """A population's end: per member the last validation loss and whether it was stopped,
-  the member-steps computed, and ``member(i)`` (what :meth:`Task.test_metric` takes)."""
-  final_val: np.ndarray
-  stopped: np.ndarray
-  member_steps: int
-  member: Callable[[int], Any]
 
 
 def _head(dataset: data.ArrayDataset, n: int) -> data.ArrayDataset:
@@ -74,39 +60,34 @@ class Task:
 
 class GPTTask(Task):
   """``tune_lm``'s GPT from scratch (module docstring)."""
+  hparams = ("learning_rate", "warmup_fraction")
 
   def _model(self, params):
     c = self.config
-    return tune_lm.model_and_loss(params["n_layer"], params["n_embd"], c["head_size"],
-                                  c["block_size"])
+    return tasks.gpt_and_loss(params["n_layer"], params["n_embd"], c["head_size"],
+                              c["block_size"])
 
   def _make_optimizer(self):
     c = self.config  # one object per process: programs are reused across trials
-    return tune_lm.make_optimizer("warmup_cosine", c["batch_size"], c["steps"],
-                                  c["batch_size"])
+    return tasks.gpt_optimizer("warmup_cosine", c["batch_size"], c["steps"], c["batch_size"])
 
   def single(self, params, seed: int):
     model, loss_fn = self._model(params)
     init = train.init_params(model, jnp.asarray(self.splits["train"]["inputs"][:1]), seed)
-    hparams = {k: params[k] for k in ("learning_rate", "warmup_fraction")}
+    hparams = {k: params[k] for k in self.hparams}
     return train.create_train_state(model, init, make_optimizer=self._make_optimizer(),
                                     hparams=hparams, seed=seed), loss_fn
 
-  def population(self, members, on_eval, seed: int) -> Outcome:
+  def population_task(self, structure) -> tune.PopulationTask:
     c = self.config
-    model, loss_fn = self._model(members[0])
-    result = tune.train_population(
-        model, loss_fn, self._make_optimizer(),
-        {k: [m[k] for m in members] for k in ("learning_rate", "warmup_fraction")},
-        self.splits["train"], self.splits["validation"], steps=c["steps"],
-        batch_size=c["batch_size"], eval_every=c["eval_every"], seed=seed, on_eval=on_eval,
-        eval_batch_size=64)
-    return Outcome(np.asarray(result.final["val_loss"]), np.asarray(result.stopped),
-                   len(members) * result.steps,
-                   lambda i: (loss_fn, jax.tree.map(lambda x: x[i], result.params)))
+    model, loss_fn = self._model(structure)
+    return tune.PopulationTask(model, loss_fn, self._make_optimizer(), self.splits["train"],
+                               self.splits["validation"], steps=c["steps"],
+                               batch_size=c["batch_size"], eval_every=c["eval_every"],
+                               hparams=self.hparams, eval_batch_size=64)
 
-  def trained(self, params, state):
-    return (self._model(params)[1], state.params)
+  def trained(self, params, tree):
+    return (self._model(params)[1], tree)
 
   def test_metric(self, member) -> float:
     loss_fn, params = member
@@ -123,26 +104,25 @@ class LoRATask(Task):
     self.lora = finetune.LoRA(self.model, targets=("q_proj", "v_proj"), rank=8, alpha=16.0)
     self.loss_fn = train.language_model_loss(self.model)
     self.adapter_loss = self.lora.loss(self.loss_fn, self.base)  # one object: one structure
-    self.make_optimizer = finetune_lm.adapter_optimizer(self.config["steps"], "cosine")
+    self.make_optimizer = tasks.adapter_optimizer(self.config["steps"], "cosine")
 
   def single(self, params, seed: int):
     adapters = self.lora.init(jax.random.key(seed), self.base)
     return train.create_train_state(self.model, adapters, make_optimizer=self.make_optimizer,
                                     hparams=dict(params), seed=seed), self.adapter_loss
 
-  def population(self, members, on_eval, seed: int) -> Outcome:
+  def population_task(self, structure) -> tune.PopulationTask:
+    del structure  # one structure: the rank-8 LoRA of q_proj / v_proj
     c = self.config
-    result = tune.train_adapter_population(
-        self.lora, self.loss_fn, self.base, self.make_optimizer,
-        {k: [m[k] for m in members] for k in self.space}, self.splits["train"],
-        self.splits["validation"], steps=c["steps"], batch_size=c["batch_size"],
-        eval_every=c["eval_every"], seed=seed, on_eval=on_eval)
-    return Outcome(np.asarray(result.final["val_loss"]), np.asarray(result.stopped),
-                   result.member_steps, result.member)
+    return tune.PopulationTask(self.lora, self.loss_fn, self.make_optimizer,
+                               self.splits["train"], self.splits["validation"],
+                               steps=c["steps"], batch_size=c["batch_size"],
+                               eval_every=c["eval_every"], base_params=self.base,
+                               hparams=tuple(self.space))
 
-  def trained(self, params, state):
+  def trained(self, params, tree):
     del params
-    return state.params
+    return tree
 
   def test_metric(self, member) -> float:
     merged = self.lora.merge(self.base, member)
@@ -153,7 +133,7 @@ def ensure_base(config: dict, workdir: str) -> str:
   """``finetune_lm``'s pretrained Llama in ``WORKDIR/base`` (pretrained on first use)."""
   base = os.path.join(workdir, "base")
   if not os.path.exists(os.path.join(base, "config.json")):
-    finetune_lm.pretrain({**finetune_lm.PRESETS[config["base_preset"]], "seed": 0}, workdir)
+    tasks.pretrain_llama({**tasks.LLAMA_BASES[config["base_preset"]], "seed": 0}, workdir)
   return base
 
 
@@ -168,8 +148,8 @@ def _build(name: str, frozen: tuple, workdir: str) -> Task:
              "n_embd": ("choice", list(config["widths"]))}
     splits = {k: v if k == "train" else _head(v, n) for k, v in splits.items()}
     return GPTTask(name, config, splits, space, "test_bits_per_byte")
-  base_config = finetune_lm.PRESETS[config["base_preset"]]
-  splits = tasks.split_windows(finetune_lm.source_domain(base_config["source_kb"]),
+  base_config = tasks.LLAMA_BASES[config["base_preset"]]
+  splits = tasks.split_windows(tasks.stdlib_source(base_config["source_kb"]),
                             base_config["block_size"], "standard library source")
   splits = {k: v if k == "train" else _head(v, n) for k, v in splits.items()}
   space = {"learning_rate": ("log", 1e-4, 3e-2), "weight_decay": ("uniform", 0.0, 0.1),

@@ -19,11 +19,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from bigtune_jax import train
+from bigtune_jax.tune import population_search
 
 PRESETS = ("tiny", "small", "full")
 # A search's part (--set role=): "all" searches, waits for the other workers of the study
 # and then trains, tests and reports the best trial; a "worker" only searches.
-ROLES = ("all", "worker")
+ROLES = population_search.ROLES  # the roles of a shared study's processes
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:

@@ -11,11 +11,12 @@ are run here on a real pretrained language model, with the comparisons §6.2 ask
 * **head**: all frozen but the output head (``bt.finetune.freeze``);
 * **lora**: LoRA adapters on q_proj / v_proj at PEFT's usual rank 8, alpha 16;
 * **lora_search**: the best adapter of an Optuna search (TPE, median pruning) over the
-  learning rate, alpha, rank, weight decay and the target modules, each round's trials
-  trained as adapter populations over the one frozen base (``tune.train_adapter_population``;
-  ranks share a program through masks, pruned members leave it). Warmup is continuous;
-  the target modules and the schedule (cosine or constant after warmup) are discrete
-  axes: each round's trials are grouped by them, one population per group.
+  learning rate, alpha, rank, weight decay and the target modules, by the library's one
+  call ``tune.search_populations``: each round one adapter population over the one frozen
+  base (``tune.train_adapter_population``; ranks share a program through masks, pruned
+  members leave it). Warmup is continuous; the target modules and the schedule (cosine or
+  constant after warmup) select the program: TPE proposes them for the round's leader,
+  and its followers keep them (one population of a fixed size per round).
 
 For each: the target domain's test perplexity, wall time and trainable parameters, in
 ``report.md`` (table and validation curves) and ``summary.json``. The best adapter is
@@ -33,15 +34,12 @@ source files (code).
   python -m experiments.finetune_lm --workdir runs/finetune_lm [--preset small|tiny]
 """
 
-import glob
 import math
 import os
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 import bigtune_jax as bt
 from bigtune_jax import data
@@ -56,50 +54,20 @@ from experiments import report
 from experiments import searching
 from experiments import tasks
 
-PRESETS = {
-    "tiny": dict(hidden_size=32, n_layer=1, n_head=2, block_size=32, pretrain_steps=40,
-                 finetune_steps=20, batch_size=8, learning_rate=3e-3,
-                 finetune_learning_rate=1e-3, head_learning_rate=3e-3, lora_rank=4,
-                 population=4, rounds=1, eval_every=10, source_kb=48, seed=0,
-                 checkpoint="", train_text="", **searching.STUDY),
-    "small": dict(hidden_size=96, n_layer=3, n_head=4, block_size=64, pretrain_steps=400,
-                  finetune_steps=100, batch_size=16, learning_rate=3e-3,
-                  finetune_learning_rate=1e-3, head_learning_rate=3e-3, lora_rank=8,
-                  population=6, rounds=2, eval_every=20, source_kb=256, seed=0,
-                  checkpoint="", train_text="", **searching.STUDY),
+PRESETS = {  # the base Llama (tasks.LLAMA_BASES), then the fine-tuning and its search
+    "tiny": dict(tasks.LLAMA_BASES["tiny"], finetune_steps=20, finetune_learning_rate=1e-3,
+                 head_learning_rate=3e-3, lora_rank=4, population=4, rounds=1,
+                 eval_every=10, seed=0, checkpoint="", train_text="", **searching.STUDY),
+    "small": dict(tasks.LLAMA_BASES["small"], finetune_steps=100, finetune_learning_rate=1e-3,
+                  head_learning_rate=3e-3, lora_rank=8, population=6, rounds=2,
+                  eval_every=20, seed=0, checkpoint="", train_text="", **searching.STUDY),
 }
 CHECKS = {"n_head": cli.integer(1)}
 TARGETS = {"qv": ("q_proj", "v_proj"), "all": "all-linear"}  # GPT-2: c_attn, all-linear
 
 
-def source_domain(kilobytes: int) -> np.ndarray:
-  """The standard library's own ``.py`` files (sorted by path) as bytes, the first KB."""
-  files = sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "*.py")))
-  text = b"".join(open(f, "rb").read() for f in files)[:kilobytes * 1024]
-  return np.frombuffer(text, np.uint8).astype(np.int32)
-
-
-def pretrain(config, workdir):
-  """A small Llama pretrained on the pydoc topics, saved as a Hugging Face checkpoint."""
-  cfg = models.LlamaConfig(
-      vocab_size=data.VOCAB_SIZE, hidden_size=config["hidden_size"],
-      intermediate_size=4 * config["hidden_size"], num_hidden_layers=config["n_layer"],
-      num_attention_heads=config["n_head"], num_key_value_heads=max(config["n_head"] // 2, 1),
-      max_position_embeddings=config["block_size"], tie_word_embeddings=False,
-      dtype=jnp.float32)
-  model = models.Llama(cfg)
-  splits = tasks.split_windows(data.stdlib_corpus(), config["block_size"], "pydoc topics")
-  params = train.init_params(model, jnp.asarray(splits["train"]["inputs"][:1]), config["seed"])
-  steps = config["pretrain_steps"]
-  tx = optax.chain(optax.clip_by_global_norm(1.0), bt.adam(bt.warmup_cosine_decay(
-      config["learning_rate"], steps // 10, steps, end_lr=config["learning_rate"] / 10)))
-  result = train.fit(train.create_train_state(model, params, tx, seed=config["seed"]),
-                     train.language_model_loss(model), splits["train"], splits["validation"],
-                     config=train.FitConfig(steps=steps, batch_size=config["batch_size"],
-                                            eval_every=steps, seed=config["seed"],
-                                            progress=False),
-                     workdir=os.path.join(workdir, "pretrain"))
-  return hub.save_hf(os.path.join(workdir, "base"), model, result.state.params)
+source_domain = tasks.stdlib_source  # the fine-tuning domain: the stdlib's source
+pretrain = tasks.pretrain_llama  # the base: a small Llama pretrained on the pydoc topics
 
 
 def save_merged(directory, model, params, base_dir):
@@ -134,18 +102,7 @@ def target_splits(config, workdir):
                           "standard library source")
 
 
-def adapter_optimizer(steps: int, schedule: str = "cosine"):
-  """``hparams -> AdamW`` with linear warmup over ``warmup_fraction`` of the steps (default
-  0.1), then ``"cosine"`` decay to a tenth of the peak ``learning_rate`` or ``"constant"``
-  at the peak; every value may be traced (a population member's)."""
-  def make(h):
-    warmup = jnp.round(h.get("warmup_fraction", 0.1) * steps).astype(jnp.int32)
-    end = h["learning_rate"] / 10 if schedule == "cosine" else h["learning_rate"]
-    return optax.adamw(bt.warmup_cosine_decay(h["learning_rate"], warmup, steps, end_lr=end),
-                       weight_decay=h["weight_decay"])
-  return make
-
-
+adapter_optimizer = tasks.adapter_optimizer  # AdamW, warmup, cosine or constant
 SCHEDULES = ("constant", "cosine")
 ADAPTER_HPARAMS = ("learning_rate", "alpha", "weight_decay", "warmup_fraction", "rank")
 
@@ -208,38 +165,41 @@ def make_searcher(config, workdir):
                                  workdir, study_name="bigtune", mode="min")
 
 
+def adapter_task(runner: Runner, config):
+  """``structure -> bt.tune.PopulationTask``: adapters on the target modules and with the
+  schedule of ``structure`` over the frozen base; ranks (masked) and the continuous values
+  vary inside one population."""
+
+  def make(structure) -> tune.PopulationTask:
+    lora = finetune.LoRA(runner.model, targets=lora_targets(runner.model, structure["targets"]),
+                         rank=config["lora_rank"])
+    return tune.PopulationTask(
+        lora, runner.loss_fn, runner.optimizers[structure["schedule"]], runner.splits["train"],
+        runner.splits["validation"], steps=config["finetune_steps"],
+        batch_size=config["batch_size"], eval_every=config["eval_every"],
+        base_params=runner.params, hparams=ADAPTER_HPARAMS)
+
+  return make
+
+
 def search_adapters(runner: Runner, config, searcher):
-  """Rounds of ``population`` Optuna trials until the study's budget; each round's trials
-  grouped by target modules and schedule, each group one adapter population (ranks masked,
-  pruned members compacted away)."""
+  """``bt.tune.search_populations`` until the study holds ``rounds * population`` finished
+  trials: each round one population of ``population`` trials sharing target modules and
+  schedule (TPE proposes them for the leader; rank, alpha, rates for each), pruned members
+  compacted away. Returns the best adapter, the searcher and the member-steps."""
+  size = config["population"]
+  result = tune.search_populations(searcher, adapter_task(runner, config), size=size,
+                                   trials=config["rounds"] * size, by=("targets", "schedule"),
+                                   seed=config["seed"], role=config["role"])
+  member_steps = {"trained": result.member_steps,
+                  "all_members": len(result.trials) * config["finetune_steps"]}
   best = None
-  member_steps = {"trained": 0, "all_members": 0}
-  for want in searching.budget(searcher, config["rounds"] * config["population"], config["role"]):
-    trials = searcher.ask(min(config["population"], want))
-    for key, schedule in sorted({(t.params["targets"], t.params["schedule"]) for t in trials}):
-      group = [t for t in trials if (t.params["targets"], t.params["schedule"]) == (key, schedule)]
-      lora = finetune.LoRA(runner.model, targets=lora_targets(runner.model, key),
-                           rank=config["lora_rank"])
-      hparams = {name: [t.params[name] for t in group] for name in ADAPTER_HPARAMS}
-
-      def on_eval(step, metrics, group=group):
-        return [bool(np.isfinite(v)) and searcher.report(t, step, float(v))
-                for t, v in zip(group, metrics["val_loss"])]
-
-      result = runner.adapters(lora, hparams, on_eval, schedule)
-      member_steps["trained"] += result.member_steps
-      member_steps["all_members"] += len(group) * config["finetune_steps"]
-      for i, trial in enumerate(group):
-        value = float(result.final["val_loss"][i])
-        if result.stopped[i]:
-          searcher.tell(trial, None, state="pruned")
-          continue
-        searcher.tell(trial, value if math.isfinite(value) else None,
-                      state="complete" if math.isfinite(value) else "failed")
-        if math.isfinite(value) and (best is None or value < best["val_loss"]):
-          best = {"val_loss": value, "trial": trial.number, "params": dict(trial.params),
-                  "lora": lora, "adapters": result.member(i),  # its own rank and alpha
-                  "curve": [(row["step"], row["val_loss"][i]) for row in result.history]}
+  if result.best_trial is not None:
+    row = result.best_trial
+    best = {"val_loss": row["value"], "trial": row["number"], "params": row["params"],
+            "lora": finetune.LoRA(runner.model, rank=config["lora_rank"], targets=lora_targets(
+                runner.model, row["params"]["targets"])),
+            "adapters": result.best_member, "curve": row["curve"]}  # its own rank and alpha
   if config["role"] == "worker":
     return best, searcher, member_steps
   if searcher.best is not None and (best is None or searcher.best.number != best["trial"]):

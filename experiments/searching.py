@@ -1,12 +1,11 @@
 """The searcher every tuning experiment (``tune``, ``tune_lm``, ``finetune_lm``) gets, the
 same way: :func:`make_searcher` (its study in ``WORKDIR/study.log`` or a shared storage
-URL), the workers' :data:`ROLES`, :func:`budget` (how many trials to ask next) and
-:func:`attrs` (values stored with a trial).
+URL), the workers' :data:`ROLES` and :data:`budget` (how many trials to ask next; the
+experiments search through ``bt.tune.search_populations``, which follows it).
 """
 
 import os
 import socket
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,29 +50,7 @@ def make_searcher(space: tune.Space, config: Mapping[str, Any], workdir: str, *,
                            mode=mode, heartbeat_interval=10, grace_period=30)
 
 
-def attrs(searcher: tune.Searcher, **values: float) -> dict[str, Any]:
-  """``{"attrs": values}`` for a searcher that stores them with a trial (Optuna: every
-  worker reads them back), else ``{}``: ``searcher.tell(..., **attrs(searcher, ...))``."""
-  return {"attrs": values} if isinstance(searcher, tune.OptunaSearch) else {}
-
-
-def budget(searcher: tune.Searcher, total: int, role: str = "all", poll_s: float = 2.0):
-  """Yields how many trials to ask next, until the study holds ``total`` finished
-  (complete or pruned) trials of any worker: ``total`` less the finished, running and
-  waiting ones, plus the waiting ones (a dead worker's trials, queued again; ``ask`` hands
-  them out first). Once the rest is in other workers' hands, a ``"worker"`` returns and
-  role ``"all"`` waits for them (failing and re-running the trials of workers that die),
-  so that it alone retrains the best trial and reports on the whole study. Workers asking
-  at the same moment may each take the last trials: the study can end a population above
-  ``total``, never below."""
-  cli.check_settings({"role": role})
-  while True:
-    counts = (searcher.progress() if isinstance(searcher, tune.OptunaSearch) else
-              {"complete": len(searcher.results), "pruned": 0, "running": 0, "waiting": 0})
-    left = total - sum(counts[k] for k in ("complete", "pruned", "running", "waiting"))
-    if left > 0 or counts["waiting"]:
-      yield max(left, 0) + counts["waiting"]
-    elif counts["running"] and role == "all":
-      time.sleep(poll_s)
-    else:
-      return
+# How many trials to ask next until the study's budget (every worker's trials counted; a
+# worker returns, role "all" waits for the others): the library's rule, which
+# bt.tune.search_populations follows.
+budget = tune.population_search.budget

@@ -8,11 +8,17 @@ this module, the cli / searching / report modules, and never each other):
 * the digit tasks 0-4 / 5-9 (``finetune_basic``, ``finetune``): :func:`task_splits`;
 * byte-level text and GPT (``lm``, ``tune_lm``, ``finetune_lm``): :func:`load_text`,
   :func:`split_windows`, :func:`gpt_config`;
+* the searched GPT (``tune_lm``, ``benchmarks.search_quality``): :func:`gpt_and_loss`,
+  :func:`gpt_optimizer`;
+* the pretrained small Llama and its fine-tuning domain (``finetune_lm``,
+  ``benchmarks.search_quality``): :data:`LLAMA_BASES`, :func:`pretrain_llama`,
+  :func:`stdlib_source`, :func:`adapter_optimizer`;
 * the tuned MLP (``tune``, ``benchmarks.search``): :func:`momentum_l2`, :func:`mlp_and_loss`;
 * :func:`with_logged_rate`: an optimizer whose rate ``fit`` logs.
 """
 
 import functools
+import glob
 import os
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -25,8 +31,10 @@ import optax
 
 import bigtune_jax as bt
 from bigtune_jax import data
+from bigtune_jax import hub
 from bigtune_jax import models
 from bigtune_jax import train
+from bigtune_jax import tune
 from bigtune_jax.tune.search import structure
 from experiments import cli
 from experiments import report
@@ -218,3 +226,91 @@ def mlp_and_loss(hidden: int, layers: int):
   """One MLP and loss object per structure, so populations reuse its compiled programs."""
   model = structure.build_structure({"layers": layers, "hidden": hidden})
   return model, train.classification_loss(model)
+
+
+@functools.cache
+def gpt_and_loss(n_layer: int, n_embd: int, head_size: int, block_size: int):
+  """One byte-level GPT (``n_head = n_embd / head_size``, no dropout) and loss object per
+  structure: populations of it reuse their compiled programs."""
+  model = models.GPT(gpt_config({"n_layer": n_layer, "n_head": max(n_embd // head_size, 1),
+                                 "n_embd": n_embd, "block_size": block_size, "dropout": 0.0}))
+  return model, train.language_model_loss(model)
+
+
+GPT_FINAL_LR_FRACTION = 0.1  # every decaying schedule ends at a tenth of the peak, as lm.py
+
+
+def gpt_strategy(params, total_steps: int, base_batch_size: int) -> tune.Strategy:
+  """Adam on the schedule of ``params`` (``learning_rate``, ``batch_size``, ``schedule``,
+  ``warmup_fraction``; values may be traced) with the linear scaling rule."""
+  keys = ("learning_rate", "batch_size", "schedule", "warmup_fraction")
+  return tune.build_strategy(
+      {"optimizer": "adam", "final_lr_fraction": GPT_FINAL_LR_FRACTION,
+       **{k: params[k] for k in keys if k in params}},
+      total_steps=total_steps, base_batch_size=base_batch_size)
+
+
+@functools.cache
+def gpt_optimizer(schedule: str, batch_size: int, steps: int, base_batch_size: int):
+  """``hparams -> optax transform`` for GPT populations (one object per program): global
+  norm clipped at 1, then :func:`gpt_strategy`."""
+
+  def make(h):
+    params = {"schedule": schedule, "batch_size": batch_size, **h}
+    return optax.chain(optax.clip_by_global_norm(1.0),
+                       gpt_strategy(params, steps, base_batch_size).optimizer)
+
+  return make
+
+
+# The small Llamas pretrained on the pydoc topics, and the size of their fine-tuning domain.
+LLAMA_BASES = {
+    "tiny": dict(hidden_size=32, n_layer=1, n_head=2, block_size=32, pretrain_steps=40,
+                 batch_size=8, learning_rate=3e-3, source_kb=48),
+    "small": dict(hidden_size=96, n_layer=3, n_head=4, block_size=64, pretrain_steps=400,
+                  batch_size=16, learning_rate=3e-3, source_kb=256),
+}
+
+
+def pretrain_llama(config, workdir: str) -> str:
+  """A small Llama (``LLAMA_BASES`` keys, ``seed``) pretrained on the pydoc topics, saved
+  as a Hugging Face checkpoint in ``workdir/base`` (its training in ``workdir/pretrain``)."""
+  cfg = models.LlamaConfig(
+      vocab_size=data.VOCAB_SIZE, hidden_size=config["hidden_size"],
+      intermediate_size=4 * config["hidden_size"], num_hidden_layers=config["n_layer"],
+      num_attention_heads=config["n_head"], num_key_value_heads=max(config["n_head"] // 2, 1),
+      max_position_embeddings=config["block_size"], tie_word_embeddings=False,
+      dtype=jnp.float32)
+  model = models.Llama(cfg)
+  splits = split_windows(data.stdlib_corpus(), config["block_size"], "pydoc topics")
+  params = train.init_params(model, jnp.asarray(splits["train"]["inputs"][:1]), config["seed"])
+  steps = config["pretrain_steps"]
+  tx = optax.chain(optax.clip_by_global_norm(1.0), bt.adam(bt.warmup_cosine_decay(
+      config["learning_rate"], steps // 10, steps, end_lr=config["learning_rate"] / 10)))
+  result = train.fit(train.create_train_state(model, params, tx, seed=config["seed"]),
+                     train.language_model_loss(model), splits["train"], splits["validation"],
+                     config=train.FitConfig(steps=steps, batch_size=config["batch_size"],
+                                            eval_every=steps, seed=config["seed"],
+                                            progress=False),
+                     workdir=os.path.join(workdir, "pretrain"))
+  return hub.save_hf(os.path.join(workdir, "base"), model, result.state.params)
+
+
+def stdlib_source(kilobytes: int) -> np.ndarray:
+  """The standard library's own ``.py`` files (sorted by path) as bytes, the first KB: the
+  fine-tuning domain (code) of the Llama pretrained on prose."""
+  files = sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "*.py")))
+  text = b"".join(open(f, "rb").read() for f in files)[:kilobytes * 1024]
+  return np.frombuffer(text, np.uint8).astype(np.int32)
+
+
+def adapter_optimizer(steps: int, schedule: str = "cosine"):
+  """``hparams -> AdamW`` with linear warmup over ``warmup_fraction`` of the steps (default
+  0.1), then ``"cosine"`` decay to a tenth of the peak ``learning_rate`` or ``"constant"``
+  at the peak; every value may be traced (a population member's)."""
+  def make(h):
+    warmup = jnp.round(h.get("warmup_fraction", 0.1) * steps).astype(jnp.int32)
+    end = h["learning_rate"] / 10 if schedule == "cosine" else h["learning_rate"]
+    return optax.adamw(bt.warmup_cosine_decay(h["learning_rate"], warmup, steps, end_lr=end),
+                       weight_decay=h["weight_decay"])
+  return make

@@ -11,7 +11,8 @@
    the structure and TPE proposes the continuous values; other searchers' batches are
    grouped by structure). Each population is trained by
    ``bigtune_jax.tune.train_population``: one vmapped, jit-compiled program, reused by
-   every later population of the same structure; trials must not recompile. Each trial's
+   every later population of the same structure; trials must not recompile. The loop is
+   the library's one call, ``bigtune_jax.tune.search_populations``. Each trial's
    validation accuracy after ``search_epochs`` epochs is told to the searcher
    (intermediate ones are reported, for ``--set pruner=median``).
    Many workers, on one machine or many, share one study with ``--set storage=URL``
@@ -19,11 +20,15 @@
    populations until the study's budget is met; those started with ``--set role=worker``
    then exit, and the one run without it waits for them and alone does steps 2 and 3.
 2. **Final training** of the best trial (highest validation accuracy, ties to the lower
-   validation loss) with ``bigtune_jax.train.fit``: up to ``final_epochs`` epochs,
-   evaluated every epoch, ``bt.reduce_on_plateau`` and ``bt.EarlyStopping`` on the
-   validation loss (best parameters restored), checkpoints in ``WORKDIR/final`` (a run
-   started again on the same workdir resumes: the study from ``study.log``, the training
-   from its checkpoint). Then the held-out test split.
+   validation loss) with ``bigtune_jax.train.fit``, from ``final_seeds`` seeds (3; the
+   initial weights and the data order): up to ``final_epochs`` epochs, evaluated every
+   epoch, ``bt.reduce_on_plateau`` and ``bt.EarlyStopping`` on the validation loss (best
+   parameters restored), checkpoints in ``WORKDIR/final`` (``final/seed_K`` for the others;
+   a run started again on the same workdir resumes: the study from ``study.log``, the
+   training from its checkpoint). Then the held-out test split. The reported test accuracy
+   and loss are the median over the seeds (and their range): one retrain moves by several
+   test examples when its initial weights change in the last bit (another machine's init:
+   early stopping then stops a few steps apart), the median of three far less.
 3. **Report**: ``report.md`` with ``search_progress.png``, ``hyperparameters.png`` and the
    winner's curves (``final/*.png``), and ``summary.json``.
 
@@ -32,17 +37,18 @@ information, was no more accurate in our runs and costs 12 times the compute.
 """
 
 import json
+import math
 import os
 import shutil
 import time
 
+import jax
 import numpy as np
 import optax
 
 import bigtune_jax as bt
 from bigtune_jax import data
 from bigtune_jax import train
-from bigtune_jax.tune import population
 from bigtune_jax.tune.search import space as space_lib
 from bigtune_jax.train.metrics import png_figure
 from experiments import cli
@@ -51,18 +57,22 @@ from experiments import searching
 from experiments import tasks
 
 _SPACE = dict(lr_range=(1e-3, 0.5), momentum_max=0.95, weight_decay_range=(1e-6, 1e-3))
+# The winner is retrained from 3 seeds and its figures are their median; init_scale
+# multiplies its initial weights (1.0; a hook for the robustness test).
+_FINAL = dict(final_seeds=3, init_scale=1.0)
 PRESETS = {
     "tiny": dict(_SPACE, hidden=(16,), layers=(1,), batch_sizes=(64,), rounds=1, leaders=2,
                  population=2, search_epochs=1, final_epochs=2, patience=2, sampler="tpe",
-                 pruner="none", seed=0, **searching.STUDY),
+                 pruner="none", seed=0, **_FINAL, **searching.STUDY),
     # 4 rounds x 2 leaders x 8 = 64 trials, at most 8 structures compiled.
     "small": dict(_SPACE, hidden=(64, 128, 256), layers=(1, 2), batch_sizes=(32, 64, 128),
                   rounds=4, leaders=2, population=8, search_epochs=10, final_epochs=60,
-                  patience=10, sampler="tpe", pruner="none", seed=0, **searching.STUDY),
+                  patience=10, sampler="tpe", pruner="none", seed=0, **_FINAL,
+                  **searching.STUDY),
     "full": dict(_SPACE, hidden=(64, 128, 256, 512, 1024), layers=(1, 2, 3),
                  batch_sizes=(16, 32, 64, 128), rounds=8, leaders=4, population=64,
                  search_epochs=30, final_epochs=200, patience=20, sampler="tpe",
-                 pruner="median", seed=0, **searching.STUDY),
+                 pruner="median", seed=0, **_FINAL, **searching.STUDY),
 }
 CONTINUOUS = ("learning_rate", "momentum", "weight_decay")
 STRUCTURE = ("hidden", "layers", "batch_size")
@@ -83,51 +93,40 @@ momentum_l2 = tasks.momentum_l2  # the optimizer of one member, from its traced 
 model_and_loss = tasks.mlp_and_loss  # one model and loss object per structure
 
 
-def train_group(searcher, trials, splits, config) -> list[dict]:
-  """Trains one structure's trials as populations of ``population`` members (the last
-  padded with repeats, whose results are dropped) and tells the searcher."""
-  hidden, layers, batch_size = (trials[0].params[k] for k in STRUCTURE)
-  model, loss_fn = model_and_loss(hidden, layers)
-  steps_per_epoch = splits["train"].steps_per_epoch(batch_size)
-  size, records = config["population"], []
-  for start in range(0, len(trials), size):
-    chunk = trials[start:start + size]
-    members = [chunk[i % len(chunk)] for i in range(size)]
-    hparams = {k: [t.params[k] for t in members] for k in CONTINUOUS}
+def population_task(splits, config):
+  """``structure -> bt.tune.PopulationTask``: the MLP of ``hidden`` x ``layers`` trained
+  ``search_epochs`` epochs in batches of ``batch_size``, evaluated about 5 times."""
 
-    def on_eval(step, metrics, chunk=chunk):  # NaN: a member stopped earlier
-      accuracy = metrics["val_accuracy"]
-      return [bool(np.isfinite(accuracy[i])) and searcher.report(t, step, float(accuracy[i]))
-              for i, t in enumerate(chunk)] + [False] * (size - len(chunk))
+  def make(structure) -> bt.tune.PopulationTask:
+    model, loss_fn = model_and_loss(structure["hidden"], structure["layers"])
+    steps_per_epoch = splits["train"].steps_per_epoch(structure["batch_size"])
+    return bt.tune.PopulationTask(
+        model, loss_fn, momentum_l2, splits["train"], splits["validation"],
+        steps=config["search_epochs"] * steps_per_epoch, batch_size=structure["batch_size"],
+        eval_every=steps_per_epoch * max(1, config["search_epochs"] // 5))
 
-    result = population.train_population(
-        model, loss_fn, momentum_l2, hparams, splits["train"], splits["validation"],
-        steps=config["search_epochs"] * steps_per_epoch, batch_size=batch_size,
-        eval_every=steps_per_epoch * max(1, config["search_epochs"] // 5),
-        seed=config["seed"], on_eval=on_eval, compact=False)  # one program per structure
-    for i, trial in enumerate(chunk):
-      accuracy, loss = (float(result.final[k][i]) for k in ("val_accuracy", "val_loss"))
-      pruned = bool(result.stopped[i])
-      searcher.tell(trial, None if pruned else accuracy, state="pruned" if pruned else
-                    "complete", **searching.attrs(searcher, val_accuracy=accuracy, val_loss=loss))
-      records.append({"number": trial.number, **trial.params, "val_accuracy": accuracy,
-                      "val_loss": loss, "pruned": pruned})
-  return records
+  return make
 
 
 def search(searcher, splits, config, workdir) -> tuple[list[dict], float]:
-  """Populations until the study holds ``rounds * leaders * population`` finished trials
-  (an earlier run's and other workers' count: :func:`searching.budget`), each population's
-  records appended to ``workdir/trials.jsonl``; returns every finished trial of the study
-  (of this run where there is no study), in trial order, and the wall time."""
+  """``bt.tune.search_populations`` until the study holds ``rounds * leaders * population``
+  finished trials (an earlier run's and other workers' count), each population's records
+  appended to ``workdir/trials.jsonl``; returns every finished trial of the study (of this
+  run where there is no study), in trial order, and the wall time."""
   start, size = time.time(), config["population"]
   path = os.path.join(workdir, "trials.jsonl")
-  for want in searching.budget(searcher, config["rounds"] * config["leaders"] * size,
-                               config["role"]):
-    for trials in searcher.ask_populations(min(config["leaders"], -(-want // size)), size):
-      rows = train_group(searcher, trials, splits, config)
-      with open(path, "a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+  def append(rows):
+    with open(path, "a") as f:
+      f.writelines(json.dumps({"number": r["number"], **r["params"],
+                               "val_accuracy": r["val_accuracy"], "val_loss": r["val_loss"],
+                               "pruned": r["state"] == "pruned"}) + "\n" for r in rows)
+
+  bt.tune.search_populations(
+      searcher, population_task(splits, config), size=size,
+      trials=config["rounds"] * config["leaders"] * size, leaders=config["leaders"],
+      metric="val_accuracy", seed=config["seed"], compact=False,  # one program per structure
+      role=config["role"], on_population=append)
   if isinstance(searcher, bt.tune.OptunaSearch):
     records = [{"number": r["number"], **{k: r[k] for k in CONTINUOUS + STRUCTURE},
                 "val_accuracy": r["val_accuracy"], "val_loss": r["val_loss"],
@@ -144,20 +143,40 @@ def best_trial(records: list[dict]) -> dict:
 
 
 def train_best(best: dict, splits, config, workdir) -> dict:
-  """The winner, trained with fit (plateau, early stopping, checkpoints), then tested."""
+  """The winner trained again from ``final_seeds`` seeds (``seed``, ``seed + 1``, ...: the
+  initial weights, the data order), each with fit (plateau, early stopping, checkpoints) and
+  tested. The figures are the median over the seeds (and their range): one retrain's test
+  accuracy moves by several test examples when its initial weights move by one ulp (an
+  early-stopping step earlier or later), the median of three far less. The model kept (its
+  curves, ``WORKDIR/final``) is the first seed's, started from the search's own init."""
+  finals = [_train_winner(best, splits, config, workdir, k) for k in range(config["final_seeds"])]
+  summary = dict(finals[0])
+  for key in ("test_accuracy", "test_loss"):
+    values = [final[key] for final in finals]
+    summary.update({key: float(np.median(values)), f"{key}_range": [min(values), max(values)],
+                    f"{key}_per_seed": values})
+  return summary
+
+
+def _train_winner(best: dict, splits, config, workdir, k: int) -> dict:
+  """The winner from seed ``seed + k`` (its initial weights times ``init_scale``, a hook
+  to test the figures' robustness), in ``WORKDIR/final`` (``k = 0``) or ``final/seed_K``."""
   model, loss_fn = model_and_loss(best["hidden"], best["layers"])
   steps_per_epoch = splits["train"].steps_per_epoch(best["batch_size"])
-  # The winner's initial weights, as the search started its member (the compiled init).
-  winner = {k: best[k] for k in CONTINUOUS}
+  seed = config["seed"] + k
+  # The initial weights of seed `seed`, as the search starts a member (the compiled init).
+  winner = {name: best[name] for name in CONTINUOUS}
   params = bt.tune.initial_state(model, loss_fn, momentum_l2, winner, splits["train"],
-                                 seed=config["seed"]).params
+                                 seed=seed).params
+  params = jax.tree.map(lambda w: w * np.float32(config["init_scale"]), params)
   fit_config = train.FitConfig(steps=config["final_epochs"] * steps_per_epoch,
                                batch_size=best["batch_size"], eval_every=steps_per_epoch,
-                               seed=config["seed"], checkpoint_every_evals=5, progress=False)
+                               seed=seed, checkpoint_every_evals=5, progress=False)
   tx = optax.chain(tasks.with_logged_rate(momentum_l2, winner),
                    bt.reduce_on_plateau(factor=0.5, patience=3))
-  final_dir = os.path.join(workdir, "final")
-  _start_over_if_changed(final_dir, {k: best[k] for k in CONTINUOUS + STRUCTURE})
+  final_dir = os.path.join(workdir, "final", *([f"seed_{k}"] if k else []))
+  _start_over_if_changed(final_dir, {**{name: best[name] for name in CONTINUOUS + STRUCTURE},
+                                     "seed": seed, "init_scale": config["init_scale"]})
   return report.train_and_evaluate(
       "tune_final", "-", model, params, tx, loss_fn, splits, fit_config, final_dir,
       early_stopping=bt.EarlyStopping(patience=config["patience"], restore_best=True))
@@ -206,7 +225,9 @@ def write_report(workdir: str, summary: dict, records: list[dict]) -> None:
   names = CONTINUOUS + STRUCTURE
   lines = [
       "# Tuning an MLP on the digits", "",
-      f"Test accuracy **{summary['test_accuracy']:.4f}** (test loss {summary['test_loss']:.4f})"
+      f"Test accuracy **{summary['test_accuracy']:.4f}** (test loss {summary['test_loss']:.4f};"
+      f" the median of the winner retrained from {summary['final_seeds']} seeds, range "
+      f"{summary['test_accuracy_range'][0]:.4f}-{summary['test_accuracy_range'][1]:.4f})"
       f" after {summary['trials']} trials, {summary['wall_s']:.0f} s in all "
       f"(search {summary['search_wall_s']:.0f} s, final training "
       f"{summary['final_wall_s']:.0f} s), searcher {summary['searcher']}, preset "
@@ -223,7 +244,8 @@ def write_report(workdir: str, summary: dict, records: list[dict]) -> None:
     lines.append(f"| {r['number']} | " + " | ".join(cells) +
                  f" | {r['val_accuracy']:.4f} | {r['val_loss']:.4f} |")
   lines += ["", "## The winner's training (fit, plateau, early stopping)", "",
-            f"{summary['steps']} steps, stopped early: {summary['stopped_early']}.", ""]
+            f"The first seed's: {summary['steps']} steps, stopped early: "
+            f"{summary['stopped_early']}.", ""]
   lines += [f"![{name}](final/{name}.png)" for name in ("loss", "accuracy", "learning_rate")
             if os.path.exists(os.path.join(workdir, "final", f"{name}.png"))]
   with open(os.path.join(workdir, "report.md"), "w") as f:
@@ -232,7 +254,8 @@ def write_report(workdir: str, summary: dict, records: list[dict]) -> None:
 
 def check_config(config, train_examples: int) -> None:
   """Every setting, before a file is written; the message names the --set field."""
-  for name in ("rounds", "leaders", "population", "search_epochs", "final_epochs", "patience"):
+  for name in ("rounds", "leaders", "population", "search_epochs", "final_epochs", "patience",
+               "final_seeds"):
     value = config[name]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f"--set {name} must be an integer >= 1, got {value!r}")
@@ -241,6 +264,8 @@ def check_config(config, train_examples: int) -> None:
     if len(pair) != 2 or not low_min < pair[0] < pair[1]:
       raise ValueError(f"--set {name} must be a pair LOW,HIGH with 0 < LOW < HIGH (a "
                        f"log-uniform range), got {','.join(map(str, pair))}")
+  if not (math.isfinite(config["init_scale"]) and config["init_scale"] > 0):
+    raise ValueError(f"--set init_scale must be a finite number > 0, got {config['init_scale']}")
   if not 0.0 <= config["momentum_max"] < 1.0:
     raise ValueError(f"--set momentum_max must lie in [0, 1), got {config['momentum_max']}")
   if not config["hidden"] or not config["layers"] or not config["batch_sizes"]:
@@ -272,7 +297,9 @@ def main(argv=None) -> dict:
   plot_search(records, workdir)
   summary = {
       "experiment": "tune", "preset": preset, "test_accuracy": final["test_accuracy"],
-      "test_loss": final["test_loss"],
+      "test_loss": final["test_loss"], "test_accuracy_range": final["test_accuracy_range"],
+      "test_accuracy_per_seed": final["test_accuracy_per_seed"],
+      "final_seeds": config["final_seeds"],
       "best_config": {k: best[k] for k in CONTINUOUS + STRUCTURE},
       "best_val_accuracy": best["val_accuracy"], "trials": len(records),
       "structures": len({tuple(r[k] for k in STRUCTURE) for r in records}),

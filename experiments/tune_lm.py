@@ -21,11 +21,11 @@ The searcher is Optuna's TPE with the median pruner fed the validation loss at e
 of ``evals`` evaluations (by tokens seen) (``bt.tune.OptunaSearch``, its study in ``WORKDIR/study.log``: a run started
 again resumes it; or shared by many workers with ``--set storage=URL``, as
 ``experiments.tune``), or seeded random search where optuna is not installed.
-Each round asks ``leaders`` trials and fills each leader up to ``population`` trials of the
-same structure, schedule and batch (TPE proposes their learning rate and warmup); each
-such population is trained as one vmapped, jit-compiled program
-(``bt.tune.train_population``), compiled once per structure: the continuous
-hyperparameters are traced arrays. The best trial is then trained for ``final_tokens``
+The search is the library's one call, ``bt.tune.search_populations``: each round asks
+``leaders`` trials and fills each leader up to ``population`` trials of the same structure,
+schedule and batch (TPE proposes their learning rate and warmup); each such population is
+trained as one vmapped, jit-compiled program (``bt.tune.train_population``), compiled once
+per structure: the continuous hyperparameters are traced arrays. The best trial is then trained for ``final_tokens``
 with ``bt.train.fit`` (checkpoints, resume) and evaluated on the held-out test bytes.
 
 Data as ``experiments.lm``: Python's pydoc topics, bytes; train / validation / test are the
@@ -38,7 +38,6 @@ Presets: ``tiny`` (CI), ``small`` (about two CPU-minutes: 12 trials of 1-2 layer
 512-768, 1024-byte context; populations of one, trials one after another).
 """
 
-import functools
 import math
 import time
 
@@ -48,7 +47,6 @@ import optax
 from bigtune_jax import models
 from bigtune_jax import train
 from bigtune_jax import tune
-from bigtune_jax.tune import population
 from experiments import cli
 from experiments import report
 from experiments import searching
@@ -74,7 +72,6 @@ PRESETS = {
                  seed=0, **searching.STUDY),
 }
 CHECKS = {"schedules": cli.some_of(*tune.search.strategy.SCHEDULES)}
-FINAL_LR_FRACTION = 0.1  # every decaying schedule ends at a tenth of the peak, as lm.py
 
 
 def make_space(config) -> tune.Space:
@@ -89,77 +86,42 @@ def make_space(config) -> tune.Space:
   })
 
 
-@functools.cache
-def model_and_loss(n_layer: int, n_embd: int, head_size: int, block_size: int):
-  """One GPT and loss object per structure: populations of it reuse their programs."""
-  model = models.GPT(tasks.gpt_config({"n_layer": n_layer, "n_head": max(n_embd // head_size, 1),
-                                    "n_embd": n_embd, "block_size": block_size,
-                                    "dropout": 0.0}))
-  return model, train.language_model_loss(model)
+model_and_loss = tasks.gpt_and_loss  # one GPT and loss object per structure
+strategy = tasks.gpt_strategy  # Adam on a schedule, the linear scaling rule
+make_optimizer = tasks.gpt_optimizer  # hparams -> optax transform, one object per program
+FINAL_LR_FRACTION = tasks.GPT_FINAL_LR_FRACTION
 
 
-def strategy(params, total_steps: int, base_batch_size: int) -> tune.Strategy:
-  """Adam on the schedule of ``params`` with the linear scaling rule (values may be traced)."""
-  keys = ("learning_rate", "batch_size", "schedule", "warmup_fraction")
-  return tune.build_strategy(
-      {"optimizer": "adam", "final_lr_fraction": FINAL_LR_FRACTION,
-       **{k: params[k] for k in keys if k in params}},
-      total_steps=total_steps, base_batch_size=base_batch_size)
+def population_task(splits, config):
+  """``structure -> bt.tune.PopulationTask``: one structure, schedule and batch size's
+  population, every trial seeing ``trial_tokens`` in ``evals`` equal chunks (the validation
+  loss reported by tokens seen: comparable across batch sizes)."""
 
-
-@functools.cache
-def make_optimizer(schedule: str, batch_size: int, steps: int, base_batch_size: int):
-  """``hparams -> optax transform`` for populations (one object per program)."""
-
-  def make(h):
-    params = {"schedule": schedule, "batch_size": batch_size, **h}
-    return optax.chain(optax.clip_by_global_norm(1.0),
-                       strategy(params, steps, base_batch_size).optimizer)
+  def make(structure) -> tune.PopulationTask:
+    batch_size, block_size = structure["batch_size"], config["block_size"]
+    every = max(config["trial_tokens"] // (batch_size * block_size * config["evals"]), 1)
+    steps = every * config["evals"]
+    model, loss_fn = model_and_loss(structure["n_layer"], structure["n_embd"],
+                                    config["head_size"], block_size)
+    return tune.PopulationTask(
+        model, loss_fn, make_optimizer(structure["schedule"], batch_size, steps,
+                                       config["base_batch_size"]),
+        splits["train"], splits["validation"], steps=steps, batch_size=batch_size,
+        eval_every=every, report_scale=batch_size * block_size, eval_batch_size=64)
 
   return make
 
 
-def train_trials(searcher, trials, splits, config) -> None:
-  """Trains trials of one structure, schedule and batch as one population; tells each."""
-  fixed = trials[0].params
-  batch_size = fixed["batch_size"]
-  # The same tokens for every trial, in `evals` equal chunks (one compiled program).
-  every = max(config["trial_tokens"] // (batch_size * config["block_size"] * config["evals"]), 1)
-  steps = every * config["evals"]
-  model, loss_fn = model_and_loss(fixed["n_layer"], fixed["n_embd"], config["head_size"],
-                                  config["block_size"])
-  names = [k for k in ("learning_rate", "warmup_fraction") if k in fixed]
-
-  def on_eval(step, metrics):  # reported by tokens seen: comparable across batch sizes
-    tokens = step * batch_size * config["block_size"]
-    return [math.isfinite(v) and searcher.report(t, tokens, float(v))  # NaN: stopped
-            for t, v in zip(trials, metrics["val_loss"])]
-
-  result = population.train_population(
-      model, loss_fn, make_optimizer(fixed["schedule"], batch_size, steps,
-                                     config["base_batch_size"]),
-      {k: [t.params[k] for t in trials] for k in names}, splits["train"],
-      splits["validation"], steps=steps, batch_size=batch_size, eval_every=every,
-      seed=config["seed"], on_eval=on_eval, compact=False,  # one program per structure
-      eval_batch_size=64)
-  for i, trial in enumerate(trials):
-    if result.stopped is not None and result.stopped[i]:
-      searcher.tell(trial, None, state="pruned")
-    else:
-      searcher.tell(trial, float(result.final["val_loss"][i]))
-
-
 def search(splits, config, workdir):
-  """Rounds of populations until the study holds ``rounds * leaders * population``
-  finished trials (an earlier run's and other workers' count: ``searching.budget``); returns
-  the searcher."""
+  """``bt.tune.search_populations`` until the study holds ``rounds * leaders * population``
+  finished trials (an earlier run's and other workers' count); returns the searcher."""
   searcher = searching.make_searcher(make_space(config), config, workdir, study_name="tune_lm",
                                      mode="min")
   size = config["population"]
-  for want in searching.budget(searcher, config["rounds"] * config["leaders"] * size,
-                               config["role"]):
-    for trials in searcher.ask_populations(min(config["leaders"], -(-want // size)), size):
-      train_trials(searcher, trials, splits, config)
+  tune.search_populations(searcher, population_task(splits, config), size=size,
+                          trials=config["rounds"] * config["leaders"] * size,
+                          leaders=config["leaders"], seed=config["seed"],
+                          compact=False, role=config["role"])  # one program per structure
   return searcher
 
 

@@ -11,6 +11,10 @@ do not import each other:
   (:func:`train_adapter_population`), population-based training (:func:`pbt`); a member's
   initial state (:func:`initial_state`); differentiable architecture search
   (:func:`darts_search`).
+
+Beside them, using both: :func:`search_populations` (``tune.population_search``), the
+recommended search as one call: the searcher asks populations, each trained as one program,
+reported and pruned at every evaluation, told, until a budget in trials or seconds.
 """
 
 from bigtune_jax.tune.search import Choice
@@ -46,6 +50,9 @@ from bigtune_jax.tune.population import pbt
 from bigtune_jax.tune.population import train_adapter_population
 from bigtune_jax.tune.population import train_population
 from bigtune_jax.tune.population import weight_optimizer
+from bigtune_jax.tune.population_search import PopulationTask
+from bigtune_jax.tune.population_search import SearchResult
+from bigtune_jax.tune.population_search import search_populations
 
 __all__ = (
     "AdapterPopulationResult",
@@ -54,11 +61,13 @@ __all__ = (
     "DartsResult",
     "DartsState",
     "PopulationResult",
+    "PopulationTask",
     "GridSearch",
     "Int",
     "LogUniform",
     "OptunaSearch",
     "RandomSearch",
+    "SearchResult",
     "Searcher",
     "Space",
     "Strategy",
@@ -76,6 +85,7 @@ __all__ = (
     "make_schedule",
     "pbt",
     "scaled_learning_rate",
+    "search_populations",
     "strategy_space",
     "structure_space",
     "train_adapter_population",

@@ -4,7 +4,6 @@ numpy's on random curves."""
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -35,17 +34,14 @@ class Regression(tasks.Task):
                                     hparams={"learning_rate": params["learning_rate"]},
                                     seed=seed), LOSS
 
-  def population(self, members, on_eval, seed):
+  def population_task(self, structure):
     c = self.config
-    result = tune.train_population(
-        MODEL, LOSS, make_optimizer, {"learning_rate": [m["learning_rate"] for m in members]},
-        self.splits["train"], self.splits["validation"], steps=c["steps"],
-        batch_size=c["batch_size"], eval_every=c["eval_every"], seed=seed, on_eval=on_eval)
-    return tasks.Outcome(result.final["val_loss"], result.stopped, len(members) * result.steps,
-                         lambda i: jax.tree.map(lambda x: x[i], result.params))
+    return tune.PopulationTask(MODEL, LOSS, make_optimizer, self.splits["train"],
+                               self.splits["validation"], steps=c["steps"],
+                               batch_size=c["batch_size"], eval_every=c["eval_every"])
 
-  def trained(self, params, state):
-    return state.params
+  def trained(self, params, tree):
+    return tree
 
   def test_metric(self, member):
     return train.evaluate(LOSS, member, self.splits["test"])["loss"]
@@ -88,7 +84,8 @@ def test_one_trial_at_a_time_searches_keep_the_budget(task, method, clock):
 def test_bt_search_keeps_the_budget_and_scores_its_winner(task):
   pytest.importorskip("optuna")
   budget = 6.0
-  task.population([{"learning_rate": 0.01}] * 4, None, 0)  # compiled before the clock
+  task.population_task({}).train({"learning_rate": [0.01] * 4}, seed=0, on_eval=None,
+                                 compact=True)  # compiled before the clock
   result = methods.run_bt(task, budget, seed=0, leaders=2, size=2)
   check_search(result, task, budget)
   assert result["started"] % 4 == 0  # whole populations of leaders x size

@@ -215,8 +215,8 @@ def test_a_worker_only_searches_and_the_other_run_reports_the_whole_study(tmp_pa
   assert worker["role"] == "worker" and worker["trials"] == 4
   assert not (tmp_path / "w1" / "final").exists()
   assert not (tmp_path / "w1" / "study.log").exists()  # the study is in the shared storage
-  monkeypatch.setattr(tune_experiment, "train_group",
-                      lambda *args: pytest.fail("the budget was met: no trial trains again"))
+  monkeypatch.setattr(tune.PopulationTask, "train", lambda *args, **kwargs: pytest.fail(
+      "the budget was met: no trial trains again"))
   summary = tune_experiment.main(["--workdir", str(tmp_path / "all"), "--preset", "tiny",
                                   "--set", f"storage={url}"])
   assert summary["trials"] == 4 and (tmp_path / "all" / "report.md").exists()

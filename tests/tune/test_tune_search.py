@@ -379,3 +379,20 @@ def test_space_sample_keeps_fixed_values_and_their_conditionals():
     assert config["optimizer"] == "adam" and 0.8 <= config["b1"] <= 0.99
     assert space.validate(config) == config
     assert "b1" not in space.sample(seed, fixed={"optimizer": "sgd"})
+
+
+@pytest.mark.parametrize("make", [lambda s: tune.OptunaSearch(s, seed=5),
+                                  lambda s: tune.RandomSearch(s, seed=5)])
+def test_ask_populations_by_pins_only_those_axes(make):
+  """``by``: the followers keep the leader's values of those axes only; the other discrete
+  axes (e.g. a LoRA rank masked inside one program) are proposed for each trial."""
+  space = _population_space()
+  searcher = make(space)
+  groups = searcher.ask_populations(2, 6, by=("shape",))
+  assert sum(len(g) for g in groups) == 12
+  for group in groups:
+    assert len({t.params["shape"] for t in group}) == 1 and len(group) % 6 == 0
+  layers = {t.params["layers"] for g in groups for t in g}
+  assert len(layers) > 1  # not pinned: 12 draws of 4 values
+  with pytest.raises(ValueError, match="by must be None or names"):
+    searcher.ask_populations(1, 2, by=("depth",))

@@ -20,7 +20,7 @@ sampling and pruning behind the same methods. A pruned trial's value is its last
 one, as in Optuna; a non-finite value (a diverged run) makes the trial ``"failed"``.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import dataclasses
 import math
 from typing import Any, NamedTuple
@@ -51,6 +51,13 @@ class TrialResult(NamedTuple):
 
 class TrialPruned(Exception):  # noqa: N818  (named as optuna.TrialPruned)
   """Raised by an objective given to :meth:`Searcher.run` to stop a trial as pruned."""
+
+
+def check_axes(space: Space, by: Sequence[str] | None) -> None:
+  """``by``: None, or names of ``space``'s axes (a ValueError naming it otherwise)."""
+  if by is not None and (isinstance(by, str) or not set(by) <= set(space.names)):
+    raise ValueError(f"by must be None or names of the search space's axes "
+                     f"{list(space.names)}, got {by!r}")
 
 
 class Searcher:
@@ -96,27 +103,37 @@ class Searcher:
     cannot: a grid's points are fixed)."""
     del fixed
 
-  def ask_populations(self, leaders: int, size: int) -> list[list[Trial]]:
-    """``leaders`` proposals, each followed by ``size - 1`` more that keep its discrete
-    values where the searcher can pin them (random search and Optuna), grouped by their
-    discrete values.
+  def structure_of(self, params: dict[str, Any],
+                   by: Sequence[str] | None = None) -> dict[str, Any]:
+    """The values of ``params`` on the axes ``by`` (None: every discrete axis): what
+    selects a program, shared by the members of one population."""
+    if by is None:
+      return self.space.partition(params)[1]
+    return {k: params[k] for k in by if k in params}
 
-    The members of a group differ only in continuous hyperparameters, so each group trains
-    as one vmapped program (``train_population``, in chunks of ``size``). A grid cannot
-    pin: its points are grouped as they come.
+  def ask_populations(self, leaders: int, size: int,
+                      by: Sequence[str] | None = None) -> list[list[Trial]]:
+    """``leaders`` proposals, each followed by ``size - 1`` more that keep its values of the
+    axes ``by`` (None: every discrete axis) where the searcher can pin them (random search
+    and Optuna), grouped by those values.
+
+    The members of a group share what selects a program (the structure), so each group
+    trains as one vmapped program (``train_population``, in chunks of ``size``); the
+    other axes (continuous ones, or e.g. a LoRA rank masked inside one program) vary. A
+    grid cannot pin: its points are grouped as they come.
     """
     validation.check_int("leaders", leaders, 1)
     validation.check_int("size", size, 1)
+    check_axes(self.space, by)
     first = self.ask(leaders)
     trials = list(first)
     for leader in first:
-      _, fixed = self.space.partition(leader.params)
       for _ in range(size - 1):
-        self._pin(fixed)
+        self._pin(self.structure_of(leader.params, by))
         trials += self.ask(1)
     groups: list[tuple[dict[str, Any], list[Trial]]] = []  # values may be unhashable lists
     for trial in trials:
-      _, fixed = self.space.partition(trial.params)
+      fixed = self.structure_of(trial.params, by)
       group = next((members for values, members in groups if values == fixed), None)
       if group is None:
         groups.append((fixed, group := []))
