@@ -205,12 +205,18 @@ def _member_hparams(values: Mapping[str, np.ndarray], i: int) -> dict[str, jax.A
   return {name: jnp.float32(v[i]) for name, v in values.items()}
 
 
+def member_states(kind: Kind, make_optimizer: MakeOptimizer, values: Mapping[str, np.ndarray],
+                  seeds: np.ndarray, sample: jax.Array, shared) -> list:
+  """Each member's state at step 0, one unstacked state per member: ``_init_member`` with
+  its own hyperparameters and seed, the one compiled program called once per member."""
+  return [_init_program()(kind, make_optimizer, _member_hparams(values, i), jnp.int32(s),
+                          sample, shared) for i, s in enumerate(seeds)]
+
+
 def init_states(kind: Kind, make_optimizer: MakeOptimizer, values: Mapping[str, np.ndarray],
                 seeds: np.ndarray, sample: jax.Array, shared):
-  """The members' states stacked (leading axis N): member i is ``_init_member`` with its
-  own hyperparameters and seed, the one compiled program called N times."""
-  states = [_init_program()(kind, make_optimizer, _member_hparams(values, i), jnp.int32(s),
-                            sample, shared) for i, s in enumerate(seeds)]
+  """The members' states (:func:`member_states`) stacked (leading axis N)."""
+  states = member_states(kind, make_optimizer, values, seeds, sample, shared)
   return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 

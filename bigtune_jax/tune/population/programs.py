@@ -33,15 +33,19 @@ from bigtune_jax import validation
 
 def train_members(kind, make_optimizer, states, hparams, active, data: Mapping[str, jax.Array],
                   rows: jax.Array, chunk: int | None = None, shared=None):
-  """``len(rows)`` steps of every member on the shared batches ``data[rows[t]]``; members
-  whose ``active`` is False keep their state (``active=None``: all train). Returns
-  ``(states, train_loss (N,))``, the loss averaged over the steps.
+  """``steps`` steps of every member on the batches ``data[rows ...]``: ``rows`` of shape
+  ``(steps, batch)`` are every member's batches (one population, one data order), of shape
+  ``(N, steps, batch)`` each member's own (members of a refilled population are at steps of
+  their own). ``active`` (None: all train; else ``(N, steps)`` bool): where False, the
+  member's state is kept (a select). Returns ``(states, train_loss (N,))``, the loss
+  averaged over each member's active steps.
 
   ``chunk`` (a divisor of N; None: N) members are vmapped together through all the steps,
   and ``lax.map`` runs the N / chunk chunks one after another: the same arithmetic, but a
   CPU keeps a small chunk's parameters and optimizer state in its caches over the steps.
   ``shared``: the weights every member shares and none trains (``kind.loss(shared, hp)``).
   """
+  own = rows.ndim == 3  # each member its own rows
 
   def member_step(state, hp, live, batch):
     train_step = make_train_step(kind.loss(shared, hp))
@@ -52,23 +56,31 @@ def train_members(kind, make_optimizer, states, hparams, active, data: Mapping[s
     return new, metrics["loss"]
 
   def run(members):
-    states, hparams, active = members
+    states, hparams, active, member_rows = members
 
-    def step(states, step_rows):
+    def step(states, xs):
+      step_rows, live = xs  # (batch,) or (members, batch); None or (members,)
       batch = {name: array[step_rows] for name, array in data.items()}
       batch["mask"] = jnp.ones(step_rows.shape, bool)
-      in_axes = (0, 0, None if active is None else 0, None)
-      return jax.vmap(member_step, in_axes=in_axes)(states, hparams, active, batch)
+      in_axes = (0, 0, None if live is None else 0, 0 if own else None)
+      return jax.vmap(member_step, in_axes=in_axes)(states, hparams, live, batch)
 
-    states, losses = jax.lax.scan(step, states, rows)  # losses: (steps, members)
-    return states, losses.mean(axis=0)
+    by_step = lambda x: None if x is None else jnp.swapaxes(x, 0, 1)  # (steps, members, ...)
+    xs = (by_step(member_rows) if own else rows, by_step(active))
+    states, losses = jax.lax.scan(step, states, xs)  # losses: (steps, members)
+    if active is None:
+      return states, losses.mean(axis=0)
+    live = by_step(active)
+    total = jnp.where(live, losses, 0.0).sum(axis=0)
+    return states, total / jnp.maximum(live.sum(axis=0), 1)
 
   n = next(iter(hparams.values())).shape[0]
+  members = (states, hparams, active, rows if own else None)
   if chunk is None or chunk >= n:
-    return run((states, hparams, active))
+    return run(members)
   split = lambda x: x.reshape(n // chunk, chunk, *x.shape[1:])
   merge = lambda x: x.reshape(n, *x.shape[2:])
-  out = jax.lax.map(run, jax.tree.map(split, (states, hparams, active)))
+  out = jax.lax.map(run, jax.tree.map(split, members))
   return jax.tree.map(merge, out)
 
 
