@@ -164,14 +164,16 @@ def check_member_optimizers(make_optimizer, values: Mapping[str, np.ndarray], n:
       return  # a builder that needs traced arrays: the traced run reports its own errors
 
 
-def check_seeds(member_seeds: Sequence[int] | None, seed: int, n: int) -> np.ndarray:
-  """The members' seeds, ``(n,)`` int32: ``member_seeds``, or ``seed`` for every member."""
+def check_seeds(member_seeds: Sequence[int] | None, seed: int, n: int,
+                name: str = "member_seeds") -> np.ndarray:
+  """The members' seeds, ``(n,)`` int32: ``member_seeds`` (the argument ``name``), or
+  ``seed`` for every member."""
   validation.check_int("seed", seed, 0)
   if member_seeds is None:
     return np.full(n, seed, np.int32)
   seeds = np.asarray(member_seeds)
   if seeds.shape != (n,) or not np.issubdtype(seeds.dtype, np.integer) or (seeds < 0).any():
-    raise ValueError(f"member_seeds must be {n} integers >= 0 (one per member), got "
+    raise ValueError(f"{name} must be {n} integers >= 0 (one per member), got "
                      f"{member_seeds!r}")
   return seeds.astype(np.int32)
 

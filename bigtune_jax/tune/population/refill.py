@@ -63,7 +63,7 @@ def new_members(answer: Any, step: int, free: int, names: Sequence[str], seed: i
       raise ValueError(f"at most {free} new members (the free slots), got {k}")
     kind.check(values, shared)
     members_lib.check_member_optimizers(make_optimizer, values, k)
-    seeds = members_lib.check_seeds(answer.seeds, seed, k)
+    seeds = members_lib.check_seeds(answer.seeds, seed, k, "seeds")
   except ValueError as error:
     raise ValueError(f"{where} returned a bad proposal: {error}") from None
   return values, seeds

@@ -22,7 +22,6 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bigtune_jax.tune.population import programs
@@ -33,7 +32,8 @@ _PER_MEMBER = ("member_step", "train_loss")  # history entries with one value pe
 @functools.cache
 def _slot_programs():
   """``take(tree, j)``: slot j's tree; ``place(tree, j, new)``: ``new`` written into slot j
-  (donating ``tree``). The slot index is traced: one compile per structure."""
+  (donating ``tree``). The slot index is traced: one compile per structure. (Host arrays
+  go to the device by ``jax.device_put``: ``jnp.asarray`` compiles a program per shape.)"""
   take = jax.jit(lambda tree, j: jax.tree.map(lambda x: x[j], tree))
   place = jax.jit(lambda tree, j, new: jax.tree.map(lambda x, y: x.at[j].set(y), tree, new),
                   donate_argnums=0)
@@ -49,7 +49,7 @@ class Population:
                own_rows: bool = False):
     n = len(seeds)
     self.states, self.slots, self.own_rows = states, np.arange(n), own_rows
-    self.hp = {name: jnp.asarray(v) for name, v in values.items()}  # the slots' values
+    self.hp = {name: jax.device_put(v) for name, v in values.items()}  # the slots' values
     self.values = {name: v.copy() for name, v in values.items()}  # (M,) each, on the host
     self.seeds, self.started = np.asarray(seeds).copy(), np.zeros(n, np.int64)
     self.done = np.zeros(n, np.int64)  # steps each member trained
@@ -87,7 +87,7 @@ class Population:
       rows = data.rows(step, count)  # one data order: every member at ``step``
     self.trained = live.any(axis=1)
     self.done[self.slots[self.trained]] += live.sum(axis=1)[self.trained]
-    return jnp.asarray(rows), None if live.all() and not self.own_rows else jnp.asarray(live)
+    return jax.device_put(rows), None if live.all() and not self.own_rows else jax.device_put(live)
 
   def record(self, step: int, train_loss, sums) -> dict:
     """A history row over the M members (NaN where a member did not train): ``step`` the
@@ -144,7 +144,7 @@ class Population:
       self.started, self.done = np.append(self.started, step), np.append(self.done, 0)
       self.active, self.stopped = np.append(self.active, True), np.append(self.stopped, False)
       self.final = {name: np.append(final, np.nan) for name, final in self.final.items()}
-    self.hp = {name: jnp.asarray(v) for name, v in slot_values.items()}
+    self.hp = {name: jax.device_put(v) for name, v in slot_values.items()}
 
   def compact(self) -> np.ndarray | None:
     """Stopped members leave the program (their parameters kept aside); returns the kept
@@ -176,7 +176,7 @@ class Population:
     for j in np.flatnonzero(self.slots >= 0):
       self._park(j)
     members = [self.parked[i] for i in range(self.size)]
-    return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *members)
+    return jax.tree.map(lambda *xs: jax.device_put(np.stack(xs)), *members)
 
   def pad(self, history: list[dict]) -> list[dict]:
     """History rows over all M members (rows written before a member started: NaN)."""
