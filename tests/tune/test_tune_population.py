@@ -1,6 +1,5 @@
 """Population training: each member equals its configuration trained alone; no recompiles."""
 
-import collections
 import functools
 
 import jax
@@ -16,6 +15,7 @@ from bigtune_jax import train
 from bigtune_jax.tune import population
 from bigtune_jax.tune.population import members
 from tests.utils import assert_trees_close
+from tests.utils import count_compiles
 
 STEPS, BATCH, EVAL_EVERY = 30, 64, 15  # 19 steps per epoch: the run crosses an epoch
 MODEL = models.MLP(hidden=(16,), num_classes=10)
@@ -282,21 +282,6 @@ def test_language_model_token_ids_are_checked_naming_the_split():
   assert not any(traced)  # refused before any program was traced
 
 
-def _compile_counter():
-  """Backend compiles and jaxpr traces by function name, from jax.monitoring."""
-  counts = collections.Counter()
-
-  def listen(event, duration, fun_name="", **kwargs):
-    del duration, kwargs
-    if event.endswith("backend_compile_duration"):
-      counts["compile", fun_name] += 1
-    elif event.endswith("jaxpr_trace_duration"):
-      counts["trace", fun_name] += 1
-
-  jax.monitoring.register_event_duration_secs_listener(listen)
-  return counts
-
-
 def test_refilled_members_each_equal_their_run_alone(splits):
   # 25 steps a member, evaluated every 10: a member ends inside an interval (masked there)
   rng = np.random.default_rng()
@@ -355,13 +340,13 @@ def test_refill_compiles_each_program_once_and_a_second_run_nothing(splits):
                                        splits["validation"], steps=12, batch_size=32,
                                        eval_every=5, on_eval=stop_worst, refill=refill)
 
-  counts = _compile_counter()
-  first = run(8)
+  with count_compiles() as counts:
+    first = run(8)
   assert len(first.stopped) == 8 and first.stopped.any() and set(first.program_sizes) == {3}
   for program in ("train_members", "evaluate_members", "_init_member"):
     assert counts["compile", f"jit({program})"] == 1, (program, counts)
-  counts.clear()
-  second = run(6)  # the same structure and size, other values and member count
+  with count_compiles() as counts:
+    second = run(6)  # the same structure and size, other values and member count
   assert len(second.stopped) == 6 and not counts, counts
   assert np.isfinite(second.final["val_loss"]).all()
 
