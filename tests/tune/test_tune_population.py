@@ -352,26 +352,26 @@ def test_refill_compiles_each_program_once_and_a_second_run_nothing(splits):
 
 
 def test_bad_refill_is_named_before_its_members_start(splits):
-  hparams = {"learning_rate": [0.1, 0.2]}
+  hparams = random_hparams(np.random.default_rng(), momentum_l2, 2)
+  one = {k: v[:1] for k, v in hparams.items()}
   run = lambda refill, **kw: population.train_population(
-      MODEL, LOSS, lambda h: bt.sgd(h["learning_rate"]), hparams, splits["train"],
-      splits["validation"], steps=4, batch_size=BATCH, eval_every=2, refill=refill, **kw)
+      MODEL, LOSS, momentum_l2, hparams, splits["train"], splits["validation"], steps=10,
+      batch_size=BATCH, eval_every=10, refill=refill, **kw)  # the program of the test above
   with pytest.raises(ValueError, match="refill must be None or a callable"):
     run("asha")
   with pytest.raises(ValueError, match=r"refill and explore \(PBT\) cannot be combined"):
-    population.run_population(
-        members.WholeModels(MODEL, LOSS), lambda h: bt.sgd(h["learning_rate"]), hparams,
-        splits["train"], splits["validation"], steps=4, batch_size=BATCH,
-        refill=lambda step, free: None, explore=object())
+    population.run_population(members.WholeModels(MODEL, LOSS), momentum_l2, hparams,
+                              splits["train"], splits["validation"], steps=4, batch_size=BATCH,
+                              refill=lambda step, free: None, explore=object())
   for answer, match in [
-      ({"lr": [0.1]}, r"refill\(4, 2\) returned a bad proposal: hparams names must be the "
-                      r"run's \['learning_rate'\], got \['lr'\]"),
-      ({"learning_rate": [0.1] * 3}, r"refill\(4, 2\) .* at most 2 new members .* got 3"),
-      ({"learning_rate": [-1.0]}, r"refill\(4, 2\) .* member 0 of the population"),
-      (population.Refill({"learning_rate": [0.1]}, seeds=[-1]),
-       r"refill\(4, 2\) .*: seeds must be 1 integers >= 0"),
-      ([0.1], r"refill\(4, 2\) must return None, a Refill or a mapping")]:
+      ({"lr": [0.1]}, r"refill\(10, 2\) returned a bad proposal: hparams names must be the "
+                      r"run's \['learning_rate', 'momentum', 'weight_decay'\], got \['lr'\]"),
+      ({k: np.repeat(v, 3) for k, v in one.items()},
+       r"refill\(10, 2\) .* at most 2 new members .* got 3"),
+      (one | {"momentum": [1.5]}, r"refill\(10, 2\) .* member 0 of the population"),
+      (population.Refill(one, seeds=[-1]), r"refill\(10, 2\) .*: seeds must be 1 integers"),
+      ([0.1], r"refill\(10, 2\) must return None, a Refill or a mapping")]:
     with pytest.raises(ValueError, match=match):
       run(lambda step, free, answer=answer: answer)
   with pytest.raises(ValueError, match=r"on_eval must return None or a bool mask of the 2 "):
-    run(None, on_eval=lambda step, metrics: [True])
+    run(lambda step, free: None, on_eval=lambda step, metrics: [True])
