@@ -217,9 +217,14 @@ def member_states(kind: Kind, make_optimizer: MakeOptimizer, values: Mapping[str
 
 def init_states(kind: Kind, make_optimizer: MakeOptimizer, values: Mapping[str, np.ndarray],
                 seeds: np.ndarray, sample: jax.Array, shared):
-  """The members' states (:func:`member_states`) stacked (leading axis N)."""
-  states = member_states(kind, make_optimizer, values, seeds, sample, shared)
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  """The members' states (:func:`member_states`) stacked (leading axis N) by one program
+  (stacking leaf by leaf compiles a program per leaf shape)."""
+  return _stack_program()(member_states(kind, make_optimizer, values, seeds, sample, shared))
+
+
+@functools.cache
+def _stack_program():
+  return jax.jit(lambda states: jax.tree.map(lambda *xs: jnp.stack(xs), *states))
 
 
 def initial_state(model, loss_fn: LossFn, make_optimizer: MakeOptimizer,

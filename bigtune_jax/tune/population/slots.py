@@ -31,9 +31,10 @@ _PER_MEMBER = ("member_step", "train_loss")  # history entries with one value pe
 
 @functools.cache
 def _slot_programs():
-  """``take(tree, j)``: slot j's tree; ``place(tree, j, new)``: ``new`` written into slot j
-  (donating ``tree``). The slot index is traced: one compile per structure. (Host arrays
-  go to the device by ``jax.device_put``: ``jnp.asarray`` compiles a program per shape.)"""
+  """``take(tree, j)``: slot j's tree (``j`` an index array: those slots');
+  ``place(tree, j, new)``: ``new`` written into slot j (donating ``tree``). The index is
+  traced: one compile per structure, not one per leaf and slot. (Host arrays go to the
+  device by ``jax.device_put``: ``jnp.asarray`` compiles a program per shape.)"""
   take = jax.jit(lambda tree, j: jax.tree.map(lambda x: x[j], tree))
   place = jax.jit(lambda tree, j, new: jax.tree.map(lambda x, y: x.at[j].set(y), tree, new),
                   donate_argnums=0)
@@ -154,11 +155,11 @@ class Population:
       return None
     for j in np.flatnonzero(~keep):
       self._park(j)
-    take = np.flatnonzero(keep)
-    self.states = jax.tree.map(lambda x: x[take], self.states)
-    self.hp = {name: h[take] for name, h in self.hp.items()}
+    kept = np.flatnonzero(keep)
+    take, _ = _slot_programs()  # one program per structure and size, not one per leaf
+    self.states, self.hp = take((self.states, self.hp), jax.device_put(kept))
     self.slots = self.slots[keep]
-    return take
+    return kept
 
   def explore(self, explore, sums, key) -> np.ndarray:
     """Exploit / explore over the program's members; returns each member's source."""
