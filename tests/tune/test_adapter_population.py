@@ -2,6 +2,7 @@
 trained alone; pruned members leave the program (compaction), each as it stopped, at fewer
 member-steps; a second population of a structure compiles nothing."""
 
+import functools
 import itertools
 
 import jax
@@ -34,6 +35,7 @@ def make_optimizer(h):
   return optax.adamw(h["learning_rate"], weight_decay=h["weight_decay"])
 
 
+@functools.lru_cache
 def _alone(i, steps, eval_every):
   """Member i's adapter trained by itself: a LoRA of its own rank and alpha, fit's batches."""
   h = {k: v[i] for k, v in HPARAMS.items()}
@@ -108,6 +110,24 @@ def test_a_second_population_of_the_structure_traces_and_compiles_nothing(full):
                                      steps=8, batch_size=8, eval_every=4)
   assert not counts, counts  # init, adapted layers, programs: all served from the caches
   assert not np.allclose(again.final["val_loss"], full.final["val_loss"])
+
+
+def test_a_refilled_adapter_equals_its_adapter_trained_alone():
+  first = {k: [v[0], v[2]] for k, v in HPARAMS.items()}
+  later = [{k: [v[1], v[3]] for k, v in HPARAMS.items()}]  # they take the freed slots
+  result = train_adapter_population(
+      LORA, LOSS, PARAMS, make_optimizer, first, TRAIN, VAL, steps=8, batch_size=8,
+      eval_every=4, refill=lambda step, free: later.pop() if later else None)
+  np.testing.assert_array_equal(result.started, [0, 0, 8, 8])
+  # HPARAMS' member 1 (rank 3), started at the program's step 8 on the batches of its own
+  # steps 0-7: as trained alone (the reference of the first test)
+  curve, params = _alone(1, 8, 4)
+  ours = np.asarray([(row["train_loss"][2], row["val_loss"][2]) for row in result.history[2:]])
+  np.testing.assert_allclose(ours, curve, rtol=1e-5)
+  member = result.member(2)
+  assert (member.rank, member.alpha) == (3, 16.0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               member.params, params)
 
 
 def test_bad_population_settings_are_named_before_any_work():
