@@ -76,8 +76,9 @@ def refill(task, trials: list[dict], seed: int, slots: int) -> int:
   kwargs = dict(steps=c["steps"], batch_size=c["batch_size"], eval_every=c["eval_every"],
                 seed=seed, refill=more, eval_batch_size=64)
   if task.name == "gpt":
-    model, loss_fn = task._model(trials[0])  # pylint: disable=protected-access
-    result = tune.train_population(model, loss_fn, task._make_optimizer(), first,  # pylint: disable=protected-access
+    # pylint: disable=protected-access
+    model, loss_fn = task._model(trials[0])
+    result = tune.train_population(model, loss_fn, task._make_optimizer(), first,
                                    task.splits["train"], task.splits["validation"], **kwargs)
   else:
     result = tune.train_adapter_population(task.lora, task.loss_fn, task.base,
@@ -122,7 +123,8 @@ def _spawn(task_name, method, args, preset) -> dict:
 
 def report(rows: list[dict], command: str, note: str) -> str:
   lines = [f"`{command}` ({note})", "",
-           "| task | method | member-steps | CPU s | wall s | member-steps / CPU s | vs sequential |",
+           "| task | method | member-steps | CPU s | wall s | member-steps / CPU s "
+           "| vs sequential |",
            "|---|---|---:|---:|---:|---:|---:|"]
   for row in rows:
     base = [r for r in rows if r["task"] == row["task"] and r["method"] == "sequential"]

@@ -88,7 +88,9 @@ class Population:
       rows = data.rows(step, count)  # one data order: every member at ``step``
     self.trained = live.any(axis=1)
     self.done[self.slots[self.trained]] += live.sum(axis=1)[self.trained]
-    return jax.device_put(rows), None if live.all() and not self.own_rows else jax.device_put(live)
+    if live.all() and not self.own_rows:
+      return jax.device_put(rows), None
+    return jax.device_put(rows), jax.device_put(live)
 
   def record(self, step: int, train_loss, sums) -> dict:
     """A history row over the M members (NaN where a member did not train): ``step`` the
@@ -108,11 +110,10 @@ class Population:
     """Stops the members where ``mask`` (on_eval's answer: None, or M bools) is True."""
     if mask is None:
       return
-    mask = np.asarray(mask)
-    if mask.shape not in ((self.size,), (self.size, 1)) or mask.dtype.kind not in "bi":
+    if np.size(mask) != self.size:
       raise ValueError(f"on_eval must return None or a bool mask of the {self.size} members "
                        f"started so far, got {mask!r}")
-    mask = mask.reshape(self.size).astype(bool) & self.active
+    mask = np.asarray(mask, bool).reshape(self.size) & self.active
     self.stopped |= mask
     self.active &= ~mask
 
