@@ -179,7 +179,9 @@ def run_population(kind, make_optimizer: members_lib.MakeOptimizer,
   while pop.training(steps):
     # with refill, every interval has one length: one program for the whole run
     count = eval_every if refill is not None else min(eval_every, steps - step)
-    rng, key = jax.random.split(rng)
+    key = None
+    if explore is not None:  # PBT's draws (a compiled split: only where they are used)
+      rng, key = jax.random.split(rng)
     sizes.append(len(pop.slots))
     member_steps += count * len(pop.slots)
     history.append(_interval(run, pop, data, step, count, key, step + count >= steps))
