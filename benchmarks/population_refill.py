@@ -20,7 +20,9 @@ compile to the end: a measure that a shared machine disturbs far less than wall 
 Member-steps: the trials' own steps (``trials x steps``), the useful work.
 
   python -m benchmarks.population_refill --workdir DIR [--preset small] [--tasks gpt,lora]
-      [--slots 4,8] [--trials 16] [--repeats 1]
+      [--slots 4,8] [--trials 16] [--repeats 1] [--warm]
+
+``--warm`` times each row's second run in its process instead: the speed once compiled.
 """
 
 import argparse
@@ -89,33 +91,37 @@ def refill(task, trials: list[dict], seed: int, slots: int) -> int:
 
 
 def run_one(task_name: str, method: str, preset: dict, trials: int, seed: int,
-            workdir: str) -> dict:
-  """One row, in this (fresh) process: the task loaded, then the CPU clock."""
+            workdir: str, warm: bool = False) -> dict:
+  """One row, in this (fresh) process: the task loaded, then the CPU clock; ``warm``: the
+  same trials run once before the clock starts (the speed once compiled)."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import search_quality_tasks as tasks  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_enable_compilation_cache", False)  # every row pays its compiles
   task = tasks.build(task_name, preset[task_name], workdir)
   chosen = configs(task, trials, seed)
+  run = ((lambda: sequential(task, chosen, seed)) if method == "sequential"
+         else lambda: refill(task, chosen, seed, int(method.split()[1])))
+  if warm:
+    run()
   cpu, wall = time.process_time(), time.perf_counter()
-  if method == "sequential":
-    steps = sequential(task, chosen, seed)
-  else:
-    steps = refill(task, chosen, seed, int(method.split()[1]))
+  steps = run()
   cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-  return {"task": task_name, "method": method, "trials": trials, "member_steps": steps,
+  return {"task": task_name, "method": method, "warm": warm, "trials": trials,
+          "member_steps": steps,
           "cpu_s": cpu, "wall_s": wall, "steps_per_cpu_s": steps / cpu,
           "load_avg_1m": os.getloadavg()[0]}
 
 
 def _spawn(task_name, method, args, preset) -> dict:
   out = os.path.join(args.workdir, f"refill_{task_name}_{method.replace(' ', '')}.json")
+  warm = ["--warm"] if args.warm else []
   env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false",
          "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(),
                                                      os.environ.get("PYTHONPATH")]))}
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   command = [sys.executable, "-m", "benchmarks.population_refill", "--one", task_name, method,
              "--preset-json", json.dumps(preset), "--trials", str(args.trials), "--workdir",
-             args.workdir, "--out", out]
+             args.workdir, "--out", out, *warm]
   subprocess.run(command, env=env, check=True)
   with open(out) as f:
     return json.load(f)
@@ -143,12 +149,15 @@ def main(argv=None):
   parser.add_argument("--slots", default="4,8", help="population sizes, comma-separated")
   parser.add_argument("--trials", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=1)
+  parser.add_argument("--warm", action="store_true",
+                      help="time each row's second run in its process (compiles excluded)")
   parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
   parser.add_argument("--preset-json", help=argparse.SUPPRESS)
   parser.add_argument("--out", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.one:
-    row = run_one(*args.one, json.loads(args.preset_json), args.trials, 0, args.workdir)
+    row = run_one(*args.one, json.loads(args.preset_json), args.trials, 0, args.workdir,
+                  args.warm)
     common.save(args.out, row)
     return row
   from benchmarks import search_quality  # pylint: disable=g-import-not-at-top
@@ -162,7 +171,8 @@ def main(argv=None):
   rows = [_spawn(name, method, args, preset) for _ in range(args.repeats) for name in names
           for method in methods]
   note = (f"{time.strftime('%Y-%m-%d', time.gmtime())}, {os.cpu_count()} CPU cores, "
-          f"1-minute load average {np.median([r['load_avg_1m'] for r in rows]):.1f}")
+          f"1-minute load average {np.median([r['load_avg_1m'] for r in rows]):.1f}"
+          + ("; warm: compiles excluded" if args.warm else "; compiles included"))
   text = report(rows, common.command("benchmarks.population_refill", argv), note)
   common.save(os.path.join(args.workdir, "population_refill.json"), {"rows": rows,
                                                                      "note": note})
