@@ -3,15 +3,17 @@ trials at once"; the vectorized population of Jaderberg et al., 2017, arXiv:1711
 
 Member :math:`i` has its own trainable tree :math:`w^i` (a whole model, or adapters over
 the frozen shared weights :math:`W`), optimizer state :math:`s^i` and continuous
-hyperparameters :math:`h^i`; every step all members see the same batch :math:`B_t`:
+hyperparameters :math:`h^i`; at its step :math:`t` member :math:`i` sees the batch
+:math:`B_t` of one data order (every member of a plain population at the same :math:`t`;
+a refilled population's members each at steps of their own):
 
 .. math::
   (u^i, s^i_{t+1}) = tx(h^i)\\big(\\nabla \\ell(w^i_t; W, h^i, B_t), s^i_t, w^i_t\\big),
   \\qquad w^i_{t+1} = w^i_t + u^i, \\qquad i = 1..N
 
 as ``jax.vmap`` over :math:`(w, s, h)` of ``bigtune_jax.train.make_train_step`` (NaN guard
-included), :math:`W` and the batch broadcast, inside a ``lax.scan`` over the steps between
-two evaluations. ``make_optimizer(h)`` and the member's loss (``kind.loss(W, h)``) are
+included), :math:`W` broadcast (and the batch, when all members are at one step), inside
+a ``lax.scan`` over the steps between two evaluations. ``make_optimizer(h)`` and the member's loss (``kind.loss(W, h)``) are
 built *inside* the vmapped function with traced scalars, so the hyperparameters are data:
 another population of the same size, kind and batch size runs the program already compiled
 (``kind`` and ``make_optimizer`` are static arguments: pass equal objects to reuse it).
