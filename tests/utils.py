@@ -1,5 +1,7 @@
 """Assertions and test data behind one small module, so the backend (chex) could change."""
 
+import collections
+import contextlib
 import math
 import os
 
@@ -47,3 +49,23 @@ def trained_params(workdir, target):
   read into ``target``'s structure, as NumPy arrays."""
   with train.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as saved:
     return jax.device_get(saved.restore_params(target))
+
+
+@contextlib.contextmanager
+def count_compiles():
+  """A Counter of jax's backend compiles and jaxpr traces while in the block, by function
+  name: ``counts["compile", "jit(f)"]``, ``counts["trace", "f"]`` (from jax.monitoring)."""
+  counts = collections.Counter()
+
+  def listen(event, duration, fun_name="", **kwargs):
+    del duration, kwargs
+    if event.endswith("backend_compile_duration"):
+      counts["compile", fun_name] += 1
+    elif event.endswith("jaxpr_trace_duration"):
+      counts["trace", fun_name] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    yield counts
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)

@@ -20,6 +20,7 @@ A layer is named by its module path (``layers/self_attn/q_proj``; layers stacked
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import functools
 import math
 import re
 
@@ -75,9 +76,31 @@ def example_input(model: nn.Module) -> jax.Array:
 def linear_layers(model: nn.Module, params, example=None) -> dict[str, LinearLayer]:
   """Every Dense / DenseGeneral layer ``model`` calls on ``example``, by module path.
 
-  Nothing is computed: the model is traced once with abstract values (``eval_shape``).
+  Nothing is computed: the model is traced once with abstract values (``eval_shape``), once
+  per model and shapes in a process (a second population or LoRA of the same structure
+  traces nothing).
   """
   example = example_input(model) if example is None else example
+  leaves, treedef = jax.tree.flatten(params)
+  shapes = tuple((tuple(jnp.shape(x)), jnp.result_type(x)) for x in leaves)
+  key = (model, treedef, shapes, tuple(jnp.shape(example)), jnp.result_type(example))
+  try:
+    found = _called_linears(*key)
+  except TypeError:  # a model that cannot be hashed: traced every time
+    found = _called_linears.__wrapped__(*key)
+  flat = tree_paths.flatten(nn.unbox(params))
+  layers = {}
+  for path, (n_axes, kernel) in found:
+    stored = tuple(jnp.shape(flat[f"{path}/kernel"]))
+    stack = stored[:len(stored) - len(kernel)]
+    layers[path] = LinearLayer(path, stack, kernel[:n_axes], kernel[n_axes:])
+  return layers
+
+
+@functools.lru_cache(maxsize=64)
+def _called_linears(model, treedef, shapes, example_shape, example_dtype) -> tuple:
+  """``((path, (input axes, kernel shape)), ...)`` of the linear layers ``model`` calls on
+  abstract parameters and input of these shapes."""
   found: dict[str, tuple[int, tuple[int, ...]]] = {}
 
   def record(next_fun, args, kwargs, context):
@@ -87,15 +110,11 @@ def linear_layers(model: nn.Module, params, example=None) -> dict[str, LinearLay
       found["/".join(module.path)] = (in_axes(module), tuple(jnp.shape(kernel)))
     return next_fun(*args, **kwargs)
 
+  params = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(*s) for s in shapes])
   with nn.intercept_methods(record):
-    jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params, example)
-  flat = tree_paths.flatten(nn.unbox(params))
-  layers = {}
-  for path, (n_axes, kernel) in found.items():
-    stored = tuple(jnp.shape(flat[f"{path}/kernel"]))
-    stack = stored[:len(stored) - len(kernel)]
-    layers[path] = LinearLayer(path, stack, kernel[:n_axes], kernel[n_axes:])
-  return layers
+    jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params,
+                   jax.ShapeDtypeStruct(example_shape, example_dtype))
+  return tuple(found.items())
 
 
 def hf_modules(model) -> dict[str, tuple[str, bool]]:

@@ -1,7 +1,8 @@
 """Adapter populations (tune.train_adapter_population): every member equals its adapter
-trained alone; pruned members leave the program (compaction) with the same results as
-masking them, at fewer member-steps."""
+trained alone; pruned members leave the program (compaction), each as it stopped, at fewer
+member-steps; a second population of a structure compiles nothing."""
 
+import functools
 import itertools
 
 import jax
@@ -17,6 +18,7 @@ from bigtune_jax import train
 from bigtune_jax.finetune import Adapters
 from bigtune_jax.finetune import LoRA
 from bigtune_jax.tune import train_adapter_population
+from tests.utils import count_compiles
 
 MODEL = models.Llama(models.LlamaConfig.tiny())
 PARAMS = MODEL.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
@@ -33,6 +35,7 @@ def make_optimizer(h):
   return optax.adamw(h["learning_rate"], weight_decay=h["weight_decay"])
 
 
+@functools.lru_cache
 def _alone(i, steps, eval_every):
   """Member i's adapter trained by itself: a LoRA of its own rank and alpha, fit's batches."""
   h = {k: v[i] for k, v in HPARAMS.items()}
@@ -56,9 +59,15 @@ def _alone(i, steps, eval_every):
   return np.asarray(curve), state.params
 
 
-def test_every_member_equals_its_adapter_trained_alone():
-  result = train_adapter_population(LORA, LOSS, PARAMS, make_optimizer, HPARAMS, TRAIN, VAL,
-                                    steps=8, batch_size=8, eval_every=4)
+@pytest.fixture(scope="module")
+def full():
+  """The population trained 8 steps, evaluated every 4."""
+  return train_adapter_population(LORA, LOSS, PARAMS, make_optimizer, HPARAMS, TRAIN, VAL,
+                                  steps=8, batch_size=8, eval_every=4)
+
+
+def test_every_member_equals_its_adapter_trained_alone(full):
+  result = full
   assert result.program_sizes == [4, 4] and result.member_steps == 32
   i = 1  # rank 3 of a stored 4, its own alpha, learning rate and weight decay
   curve, params = _alone(i, 8, 4)
@@ -71,23 +80,54 @@ def test_every_member_equals_its_adapter_trained_alone():
                member.params, params)
 
 
-def test_pruned_members_leave_the_program_with_the_results_of_masking():
+def test_pruned_members_leave_the_program_each_as_it_stopped(full):
   def prune_two(step, metrics):
     assert metrics["val_loss"].shape == (4,)
     return np.asarray([False, True, False, True]) if step == 4 else None
 
-  runs = {compact: train_adapter_population(
+  pruned = train_adapter_population(
       LORA, LOSS, PARAMS, make_optimizer, HPARAMS, TRAIN, VAL, steps=8, batch_size=8,
-      eval_every=4, on_eval=prune_two, compact=compact) for compact in (True, False)}
-  compacted, masked = runs[True], runs[False]
-  assert compacted.program_sizes == [4, 2] and compacted.member_steps == 16 + 2 * 4
-  assert masked.program_sizes == [4, 4] and masked.member_steps == 32
-  np.testing.assert_array_equal(compacted.stopped, [False, True, False, True])
-  np.testing.assert_allclose(compacted.final["val_loss"], masked.final["val_loss"], rtol=1e-5)
-  for row in compacted.history[1:]:
+      eval_every=4, on_eval=prune_two)
+  # the members stopped at step 4: a population trained 4 steps (the program of ``full``)
+  short = train_adapter_population(LORA, LOSS, PARAMS, make_optimizer, HPARAMS, TRAIN, VAL,
+                                   steps=4, batch_size=8, eval_every=4)
+  assert pruned.program_sizes == [4, 2] and pruned.member_steps == 16 + 2 * 4
+  np.testing.assert_array_equal(pruned.stopped, [False, True, False, True])
+  expected_final = np.where(pruned.stopped, short.final["val_loss"], full.final["val_loss"])
+  np.testing.assert_allclose(pruned.final["val_loss"], expected_final, rtol=1e-5)
+  for row in pruned.history[1:]:
     assert np.isnan(row["val_loss"][[1, 3]]).all() and np.isfinite(row["val_loss"][[0, 2]]).all()
+  for i in range(4):  # the survivors as in ``full``, the pruned as they stopped
+    expected = (short if pruned.stopped[i] else full).member(i).params
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 pruned.member(i).params, expected)
+
+
+def test_a_second_population_of_the_structure_traces_and_compiles_nothing(full):
+  hparams = {k: list(np.random.default_rng().permutation(v)) for k, v in HPARAMS.items()}
+  with count_compiles() as counts:
+    again = train_adapter_population(LORA, LOSS, PARAMS, make_optimizer, hparams, TRAIN, VAL,
+                                     steps=8, batch_size=8, eval_every=4)
+  assert not counts, counts  # init, adapted layers, programs: all served from the caches
+  assert not np.allclose(again.final["val_loss"], full.final["val_loss"])
+
+
+def test_a_refilled_adapter_equals_its_adapter_trained_alone():
+  first = {k: [v[0], v[2]] for k, v in HPARAMS.items()}
+  later = [{k: [v[1], v[3]] for k, v in HPARAMS.items()}]  # they take the freed slots
+  result = train_adapter_population(
+      LORA, LOSS, PARAMS, make_optimizer, first, TRAIN, VAL, steps=8, batch_size=8,
+      eval_every=4, refill=lambda step, free: later.pop() if later else None)
+  np.testing.assert_array_equal(result.started, [0, 0, 8, 8])
+  # HPARAMS' member 1 (rank 3), started at the program's step 8 on the batches of its own
+  # steps 0-7: as trained alone (the reference of the first test)
+  curve, params = _alone(1, 8, 4)
+  ours = np.asarray([(row["train_loss"][2], row["val_loss"][2]) for row in result.history[2:]])
+  np.testing.assert_allclose(ours, curve, rtol=1e-5)
+  member = result.member(2)
+  assert (member.rank, member.alpha) == (3, 16.0)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               compacted.params, masked.params)
+               member.params, params)
 
 
 def test_bad_population_settings_are_named_before_any_work():

@@ -15,6 +15,7 @@ from bigtune_jax import train
 from bigtune_jax.tune import population
 from bigtune_jax.tune.population import members
 from tests.utils import assert_trees_close
+from tests.utils import count_compiles
 
 STEPS, BATCH, EVAL_EVERY = 30, 64, 15  # 19 steps per epoch: the run crosses an epoch
 MODEL = models.MLP(hidden=(16,), num_classes=10)
@@ -279,3 +280,98 @@ def test_language_model_token_ids_are_checked_naming_the_split():
                                 {"learning_rate": [0.1, 0.2]}, make(tokens[:16]),
                                 make(tokens[16:]), steps=2, batch_size=4)
   assert not any(traced)  # refused before any program was traced
+
+
+def test_refilled_members_each_equal_their_run_alone(splits):
+  # 25 steps a member, evaluated every 10: a member ends inside an interval (masked there)
+  rng = np.random.default_rng()
+  hparams = random_hparams(rng, momentum_l2, 4)  # members 0, 1 start; 2 and 3 refill
+  first = {k: v[:2] for k, v in hparams.items()}
+  proposals = [population.Refill({k: v[2:3] for k, v in hparams.items()}, seeds=[5]),
+               {k: v[3:] for k, v in hparams.items()}]  # a bare mapping: the run's seed
+  calls = []
+
+  def refill(step, free):
+    calls.append((step, free))
+    return proposals.pop(0) if proposals else None
+
+  def on_eval(step, metrics):
+    assert metrics["val_loss"].shape == metrics["member_step"].shape
+    return metrics["member_step"] == [10, np.nan, np.nan, np.nan][:len(metrics["val_loss"])]
+
+  result = population.train_population(MODEL, LOSS, momentum_l2, first, splits["train"],
+                                       splits["validation"], steps=25, batch_size=BATCH,
+                                       eval_every=10, on_eval=on_eval, refill=refill)
+  assert calls == [(10, 1), (30, 1), (40, 1), (50, 1), (60, 2)]
+  np.testing.assert_array_equal(result.started, [0, 0, 10, 30])
+  np.testing.assert_array_equal(result.trained, [10, 25, 25, 25])
+  np.testing.assert_array_equal(result.stopped, [True, False, False, False])
+  assert result.program_sizes == [2] * 6 and result.steps == 25
+  assert [row["step"] for row in result.history] == [10, 20, 30, 40, 50, 60]
+  np.testing.assert_array_equal(result.history[2]["member_step"], [np.nan, 25, 20, np.nan])
+  for name, values in hparams.items():
+    np.testing.assert_array_equal(result.hparams[name], np.float32(values))
+  for i, (seed, steps) in enumerate([(0, 10), (0, 25), (5, 25), (0, 25)]):
+    h = {k: jnp.float32(v[i]) for k, v in hparams.items()}
+    alone = train_alone(splits, h, seed, 0, steps)
+    assert_trees_close(result.member(i), alone, rtol=2e-5, atol=2e-6)
+    metrics = train.evaluate(LOSS, alone, splits["validation"], 512)
+    np.testing.assert_allclose(result.final["val_loss"][i], metrics["loss"], rtol=1e-5)
+    last = [row["val_loss"][i] for row in result.history if np.isfinite(row["val_loss"][i])]
+    assert last[-1] == result.final["val_loss"][i] and len(last) == -(-steps // 10)
+
+
+def test_refill_compiles_each_program_once_and_a_second_run_nothing(splits):
+  model = models.MLP(hidden=(12,), num_classes=10)  # programs no other test has compiled
+  loss_fn = train.classification_loss(model)
+  rng = np.random.default_rng()
+
+  def run(total):
+    started = [3]
+
+    def refill(step, free):  # one or two new members at a time, up to ``total``
+      k = min(free, 2, total - started[0])
+      started[0] += k
+      return random_hparams(rng, momentum_l2, k) if k else None
+
+    stop_worst = lambda step, m: m["val_loss"] == np.nanmax(m["val_loss"])  # a rung
+    return population.train_population(model, loss_fn, momentum_l2,
+                                       random_hparams(rng, momentum_l2, 3), splits["train"],
+                                       splits["validation"], steps=12, batch_size=32,
+                                       eval_every=5, on_eval=stop_worst, refill=refill)
+
+  with count_compiles() as counts:
+    first = run(8)
+  assert len(first.stopped) == 8 and first.stopped.any() and set(first.program_sizes) == {3}
+  for program in ("train_members", "evaluate_members", "_init_member"):
+    assert counts["compile", f"jit({program})"] == 1, (program, counts)
+  with count_compiles() as counts:
+    second = run(6)  # the same structure and size, other values and member count
+  assert len(second.stopped) == 6 and not counts, counts
+  assert np.isfinite(second.final["val_loss"]).all()
+
+
+def test_bad_refill_is_named_before_its_members_start(splits):
+  hparams = random_hparams(np.random.default_rng(), momentum_l2, 2)
+  one = {k: v[:1] for k, v in hparams.items()}
+  run = lambda refill, **kw: population.train_population(
+      MODEL, LOSS, momentum_l2, hparams, splits["train"], splits["validation"], steps=10,
+      batch_size=BATCH, eval_every=10, refill=refill, **kw)  # the program of the test above
+  with pytest.raises(ValueError, match="refill must be None or a callable"):
+    run("asha")
+  with pytest.raises(ValueError, match=r"refill and explore \(PBT\) cannot be combined"):
+    population.run_population(members.WholeModels(MODEL, LOSS), momentum_l2, hparams,
+                              splits["train"], splits["validation"], steps=4, batch_size=BATCH,
+                              refill=lambda step, free: None, explore=object())
+  for answer, match in [
+      ({"lr": [0.1]}, r"refill\(10, 2\) returned a bad proposal: hparams names must be the "
+                      r"run's \['learning_rate', 'momentum', 'weight_decay'\], got \['lr'\]"),
+      ({k: np.repeat(v, 3) for k, v in one.items()},
+       r"refill\(10, 2\) .* at most 2 new members .* got 3"),
+      (one | {"momentum": [1.5]}, r"refill\(10, 2\) .* member 0 of the population"),
+      (population.Refill(one, seeds=[-1]), r"refill\(10, 2\) .*: seeds must be 1 integers"),
+      ([0.1], r"refill\(10, 2\) must return None, a Refill or a mapping")]:
+    with pytest.raises(ValueError, match=match):
+      run(lambda step, free, answer=answer: answer)
+  with pytest.raises(ValueError, match=r"on_eval must return None or a bool mask of the 2 "):
+    run(lambda step, free: None, on_eval=lambda step, metrics: [True])

@@ -1,7 +1,8 @@
 """The execution half of ``bigtune_jax.tune``: populations trained in one compiled program
 (seed 003 §3.1-3.2). ONE runner (:func:`run_population`) over members that are whole models
 or LoRA adapters over a frozen base (linen, or Flax NNX: ``nnx_members``), with on_eval
-(report / prune / stop), compaction of stopped members and PBT's exploit / explore as
+(report / prune / stop), compaction of stopped members, refill of freed slots
+(:class:`Refill`: successive halving inside one program) and PBT's exploit / explore as
 options; DARTS. Nothing here proposes a configuration, and nothing here imports
 ``tune.search``.
 """
@@ -20,6 +21,7 @@ from bigtune_jax.tune.population.nnx_members import NNXAdapters
 from bigtune_jax.tune.population.nnx_members import NNXModels
 from bigtune_jax.tune.population.exploration import exploit_and_explore
 from bigtune_jax.tune.population.exploration import pbt
+from bigtune_jax.tune.population.refill import Refill
 from bigtune_jax.tune.population.runner import AdapterPopulationResult
 from bigtune_jax.tune.population.runner import PopulationResult
 from bigtune_jax.tune.population.runner import run_population
@@ -35,6 +37,7 @@ __all__ = (
     "NNXModels",
     "PopulationData",
     "PopulationResult",
+    "Refill",
     "WholeModels",
     "arch_optimizer",
     "darts_search",

@@ -162,14 +162,16 @@ def check_member_optimizers(make_optimizer, values: Mapping[str, np.ndarray], n:
       return  # a builder that needs traced arrays: the traced run reports its own errors
 
 
-def check_seeds(member_seeds: Sequence[int] | None, seed: int, n: int) -> np.ndarray:
-  """The members' seeds, ``(n,)`` int32: ``member_seeds``, or ``seed`` for every member."""
+def check_seeds(member_seeds: Sequence[int] | None, seed: int, n: int,
+                name: str = "member_seeds") -> np.ndarray:
+  """The members' seeds, ``(n,)`` int32: ``member_seeds`` (the argument ``name``), or
+  ``seed`` for every member."""
   validation.check_int("seed", seed, 0)
   if member_seeds is None:
     return np.full(n, seed, np.int32)
   seeds = np.asarray(member_seeds)
   if seeds.shape != (n,) or not np.issubdtype(seeds.dtype, np.integer) or (seeds < 0).any():
-    raise ValueError(f"member_seeds must be {n} integers >= 0 (one per member), got "
+    raise ValueError(f"{name} must be {n} integers >= 0 (one per member), got "
                      f"{member_seeds!r}")
   return seeds.astype(np.int32)
 
@@ -215,14 +217,25 @@ def _member_hparams(values: Mapping[str, np.ndarray], i: int) -> dict[str, jax.A
   return {name: jnp.float32(v[i]) for name, v in values.items()}
 
 
+def member_states(kind: Kind, make_optimizer: MakeOptimizer, values: Mapping[str, np.ndarray],
+                  seeds: np.ndarray, sample: jax.Array, shared) -> list:
+  """Each member's state at step 0, one unstacked state per member: ``_init_member`` with
+  its own hyperparameters and seed, the one compiled program called once per member."""
+  return [_init_program()(kind, make_optimizer, _member_hparams(values, i), jnp.int32(s),
+                          sample, shared, _host_params(kind, s, shared))
+          for i, s in enumerate(seeds)]
+
+
 def init_states(kind: Kind, make_optimizer: MakeOptimizer, values: Mapping[str, np.ndarray],
                 seeds: np.ndarray, sample: jax.Array, shared):
-  """The members' states stacked (leading axis N): member i is ``_init_member`` with its
-  own hyperparameters and seed, the one compiled program called N times."""
-  states = [_init_program()(kind, make_optimizer, _member_hparams(values, i), jnp.int32(s),
-                            sample, shared, _host_params(kind, s, shared))
-            for i, s in enumerate(seeds)]
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  """The members' states (:func:`member_states`) stacked (leading axis N) by one program
+  (stacking leaf by leaf compiles a program per leaf shape)."""
+  return _stack_program()(member_states(kind, make_optimizer, values, seeds, sample, shared))
+
+
+@functools.cache
+def _stack_program():
+  return jax.jit(lambda states: jax.tree.map(lambda *xs: jnp.stack(xs), *states))
 
 
 def initial_state(model, loss_fn: LossFn, make_optimizer: MakeOptimizer,

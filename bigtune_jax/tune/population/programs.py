@@ -3,15 +3,17 @@ trials at once"; the vectorized population of Jaderberg et al., 2017, arXiv:1711
 
 Member :math:`i` has its own trainable tree :math:`w^i` (a whole model, or adapters over
 the frozen shared weights :math:`W`), optimizer state :math:`s^i` and continuous
-hyperparameters :math:`h^i`; every step all members see the same batch :math:`B_t`:
+hyperparameters :math:`h^i`; at its step :math:`t` member :math:`i` sees the batch
+:math:`B_t` of one data order (every member of a plain population at the same :math:`t`;
+a refilled population's members each at steps of their own):
 
 .. math::
   (u^i, s^i_{t+1}) = tx(h^i)\\big(\\nabla \\ell(w^i_t; W, h^i, B_t), s^i_t, w^i_t\\big),
   \\qquad w^i_{t+1} = w^i_t + u^i, \\qquad i = 1..N
 
 as ``jax.vmap`` over :math:`(w, s, h)` of ``bigtune_jax.train.make_train_step`` (NaN guard
-included), :math:`W` and the batch broadcast, inside a ``lax.scan`` over the steps between
-two evaluations. ``make_optimizer(h)`` and the member's loss (``kind.loss(W, h)``) are
+included), :math:`W` broadcast (and the batch, when all members are at one step), inside
+a ``lax.scan`` over the steps between two evaluations. ``make_optimizer(h)`` and the member's loss (``kind.loss(W, h)``) are
 built *inside* the vmapped function with traced scalars, so the hyperparameters are data:
 another population of the same size, kind and batch size runs the program already compiled
 (``kind`` and ``make_optimizer`` are static arguments: pass equal objects to reuse it).
@@ -33,15 +35,19 @@ from bigtune_jax import validation
 
 def train_members(kind, make_optimizer, states, hparams, active, data: Mapping[str, jax.Array],
                   rows: jax.Array, chunk: int | None = None, shared=None):
-  """``len(rows)`` steps of every member on the shared batches ``data[rows[t]]``; members
-  whose ``active`` is False keep their state (``active=None``: all train). Returns
-  ``(states, train_loss (N,))``, the loss averaged over the steps.
+  """``steps`` steps of every member on the batches ``data[rows ...]``: ``rows`` of shape
+  ``(steps, batch)`` are every member's batches (one population, one data order), of shape
+  ``(N, steps, batch)`` each member's own (members of a refilled population are at steps of
+  their own). ``active`` (None: all train; else ``(N, steps)`` bool): where False, the
+  member's state is kept (a select). Returns ``(states, train_loss (N,))``, the loss
+  averaged over each member's active steps.
 
   ``chunk`` (a divisor of N; None: N) members are vmapped together through all the steps,
   and ``lax.map`` runs the N / chunk chunks one after another: the same arithmetic, but a
   CPU keeps a small chunk's parameters and optimizer state in its caches over the steps.
   ``shared``: the weights every member shares and none trains (``kind.loss(shared, hp)``).
   """
+  own = rows.ndim == 3  # each member its own rows
 
   def member_step(state, hp, live, batch):
     train_step = make_train_step(kind.loss(shared, hp))
@@ -52,23 +58,31 @@ def train_members(kind, make_optimizer, states, hparams, active, data: Mapping[s
     return new, metrics["loss"]
 
   def run(members):
-    states, hparams, active = members
+    states, hparams, active, member_rows = members
 
-    def step(states, step_rows):
+    def step(states, xs):
+      step_rows, live = xs  # (batch,) or (members, batch); None or (members,)
       batch = {name: array[step_rows] for name, array in data.items()}
       batch["mask"] = jnp.ones(step_rows.shape, bool)
-      in_axes = (0, 0, None if active is None else 0, None)
-      return jax.vmap(member_step, in_axes=in_axes)(states, hparams, active, batch)
+      in_axes = (0, 0, None if live is None else 0, 0 if own else None)
+      return jax.vmap(member_step, in_axes=in_axes)(states, hparams, live, batch)
 
-    states, losses = jax.lax.scan(step, states, rows)  # losses: (steps, members)
-    return states, losses.mean(axis=0)
+    by_step = lambda x: None if x is None else jnp.swapaxes(x, 0, 1)  # (steps, members, ...)
+    xs = (by_step(member_rows) if own else rows, by_step(active))
+    states, losses = jax.lax.scan(step, states, xs)  # losses: (steps, members)
+    if active is None:
+      return states, losses.mean(axis=0)
+    live = by_step(active)
+    total = jnp.where(live, losses, 0.0).sum(axis=0)
+    return states, total / jnp.maximum(live.sum(axis=0), 1)
 
   n = next(iter(hparams.values())).shape[0]
+  members = (states, hparams, active, rows if own else None)
   if chunk is None or chunk >= n:
-    return run((states, hparams, active))
+    return run(members)
   split = lambda x: x.reshape(n // chunk, chunk, *x.shape[1:])
   merge = lambda x: x.reshape(n, *x.shape[2:])
-  out = jax.lax.map(run, jax.tree.map(split, (states, hparams, active)))
+  out = jax.lax.map(run, jax.tree.map(split, members))
   return jax.tree.map(merge, out)
 
 
@@ -130,14 +144,13 @@ class Programs(NamedTuple):
 
 @functools.cache
 def jitted() -> Programs:
-  """The jit-compiled ``train_members`` and ``evaluate_members``.
-
-  Evaluation runs rarely; on a CPU it is compiled at XLA's backend optimization level 0
-  (2 times faster to compile, the same results, no slower runs). The training scan keeps
-  the full optimization (it runs 3 times slower at level 0).
+  """The jit-compiled ``train_members`` and ``evaluate_members``, both at XLA's full
+  optimization. (Evaluation once compiled at backend optimization level 0 on a CPU: for
+  ``benchmarks/search_quality_tasks``' small GPT it saved 0.1 of 1.1 CPU s of compile and
+  ran 2.7 times slower, 0.82 against 0.30 CPU s for 4 members; for its tiny LoRA it saved
+  0.5 s and ran 1.5 times slower: a loss after a few evaluations.)
   """
-  quick = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
   return Programs(
       train=jax.jit(train_members, static_argnames=("kind", "make_optimizer", "chunk"),
                     donate_argnames=("states",)),
-      evaluate=jax.jit(evaluate_members, static_argnames=("kind",), compiler_options=quick))
+      evaluate=jax.jit(evaluate_members, static_argnames=("kind",)))

@@ -25,6 +25,7 @@ from bigtune_jax.tune.population.members import WholeModels
 from bigtune_jax.tune.population.members import members_for
 from bigtune_jax.tune.population.nnx_members import NNXAdapters
 from bigtune_jax.tune.population.nnx_members import NNXModels
+from bigtune_jax.tune.population.refill import RefillFn
 from bigtune_jax.tune.population.runner import OnEval
 from bigtune_jax.tune.population.runner import PopulationResult
 from bigtune_jax.tune.population.runner import run_population
@@ -36,8 +37,8 @@ def train_population(model, loss_fn: LossFn, make_optimizer: MakeOptimizer,
                      batch_size: int, eval_every: int | None = None, seed: int = 0,
                      member_seeds: Sequence[int] | None = None, on_eval: OnEval | None = None,
                      compact: bool = True, eval_batch_size: int = 512,
-                     input_key: str | None = None,
-                     member_chunk: int | None = None) -> PopulationResult:
+                     input_key: str | None = None, member_chunk: int | None = None,
+                     refill: RefillFn | None = None) -> PopulationResult:
   """Trains N whole models of ``model``, one configuration each, at once.
 
   Args:
@@ -66,10 +67,15 @@ def train_population(model, loss_fn: LossFn, make_optimizer: MakeOptimizer,
       ``y`` or ``targets``), to initialize the parameters.
     member_chunk: members vmapped together, a divisor of N; None: all of them on an
       accelerator, a cache-sized chunk on a CPU (``programs.choose_chunk``).
+    refill: ``refill(step, free) -> None | Refill | {name: values}``, called after each
+      evaluation while slots are free: new members that take the slots of members stopped
+      or done with their ``steps``, each at its own step 0 (``population.refill``); the
+      program keeps its N slots (``compact`` has no effect) and compiles once.
 
   Returns:
-    A ``PopulationResult`` (``result.member(i)``: member i's parameters; NNX: a new module
-    of the factory's graph holding them).
+    A ``PopulationResult`` over every member the run started, in that order
+    (``result.member(i)``: member i's parameters; NNX: a new module of the factory's graph
+    holding them).
 
   Raises:
     ValueError: naming the argument, before any work.
@@ -82,7 +88,7 @@ def train_population(model, loss_fn: LossFn, make_optimizer: MakeOptimizer,
       kind, make_optimizer, hparams, train_data, val_data, steps=steps,
       batch_size=batch_size, eval_every=eval_every, seed=seed, member_seeds=member_seeds,
       on_eval=on_eval, compact=compact, eval_batch_size=eval_batch_size, input_key=input_key,
-      member_chunk=member_chunk)
+      member_chunk=member_chunk, refill=refill)
 
 
 def train_adapter_population(lora: LoRA, loss_fn: LossFn, params, make_optimizer: MakeOptimizer,
@@ -91,8 +97,8 @@ def train_adapter_population(lora: LoRA, loss_fn: LossFn, params, make_optimizer
                              eval_every: int | None = None, seed: int = 0,
                              member_seeds: Sequence[int] | None = None,
                              on_eval: OnEval | None = None, compact: bool = True,
-                             eval_batch_size: int = 64,
-                             member_chunk: int | None = None) -> PopulationResult:
+                             eval_batch_size: int = 64, member_chunk: int | None = None,
+                             refill: RefillFn | None = None) -> PopulationResult:
   """Trains N adapters of ``lora`` on the frozen ``params`` at once (module docstring).
 
   Args:
@@ -108,7 +114,7 @@ def train_adapter_population(lora: LoRA, loss_fn: LossFn, params, make_optimizer
     hparams: ``{name: N values}``; ``alpha`` (> 0) and ``rank`` (an integer in
       ``[1, lora.rank]``) set each member's adapter; every entry reaches make_optimizer.
     train_data, val_data, steps, batch_size, eval_every, seed, member_seeds, on_eval,
-      compact, eval_batch_size, member_chunk: as ``train_population``.
+      compact, eval_batch_size, member_chunk, refill: as ``train_population``.
 
   Returns:
     A ``PopulationResult``; ``result.member(i)`` is member i's ``finetune.Adapters``, sliced
@@ -130,4 +136,4 @@ def train_adapter_population(lora: LoRA, loss_fn: LossFn, params, make_optimizer
       kind, make_optimizer, hparams, train_data, val_data,
       steps=steps, batch_size=batch_size, eval_every=eval_every, seed=seed,
       member_seeds=member_seeds, on_eval=on_eval, compact=compact, shared=params,
-      eval_batch_size=eval_batch_size, member_chunk=member_chunk)
+      eval_batch_size=eval_batch_size, member_chunk=member_chunk, refill=refill)
