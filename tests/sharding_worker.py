@@ -126,10 +126,12 @@ def main(out_dir: str) -> None:
                                                            jax.tree.leaves(saved)))}
   result["restored"] = restored
 
-  # experiments.lm picks its layout by --set: FSDP 2 x tensor 2 x data 2 vs data 8.
+  # experiments.lm picks its layout by --set: FSDP 2 x tensor 2 x data 2 vs data 8. One
+  # evaluation (one checkpoint) and a 2-byte sample: the layouts' losses are what is compared.
   from experiments import lm  # pylint: disable=g-import-not-at-top
+  cheap = ["--set", "eval_every=20", "--set", "sample_bytes=2"]
   result["lm"] = {key: lm.main(["--workdir", os.path.join(out_dir, f"lm_{key}"), "--preset",
-                                "tiny", *flags])
+                                "tiny", *cheap, *flags])
                   for key, flags in (("dp8", []),
                                      ("fsdp2_tp2", ["--set", "fsdp=2", "--set", "tensor=2"]))}
   result["wall_s"] = time.time() - start

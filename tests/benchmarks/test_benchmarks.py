@@ -2,10 +2,16 @@
 
 import math
 
+import os
+
 from benchmarks import optimizer_step
+from tests import multiprocess
 
 
-def test_optimizer_step_benchmark_smoke():
+def test_optimizer_step_benchmark_smoke(monkeypatch):
+  # The JAX rows run in a spawned process, which compiles ~20 tiny programs: LLVM -O0 there.
+  flags = f"{os.environ.get('XLA_FLAGS', '')} {multiprocess.FAST_COMPILE}".strip()
+  monkeypatch.setenv("XLA_FLAGS", flags)
   result = optimizer_step.main(["--preset", "tiny", "--steps", "1", "--warmup", "1"])
   names = {(row["name"], row["layout"]) for row in result["rows"]}
   for layout in ("separate", "stacked"):

@@ -1,8 +1,14 @@
 """The experiments answer like command lines: a bad flag, setting or workdir prints the
 usage and one error line naming it, exits with status 2, shows no traceback and writes
-nothing."""
+nothing.
+
+The command lines of the exit-2 tests run in one process (``tests/cli_worker.py`` runs each
+as ``python -m`` would), not one process each: importing JAX and the experiments is most
+of such a run. One test below runs a real ``python -m`` command line.
+"""
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -12,30 +18,77 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def _run(module, *args):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env.pop("BIGTUNE_TRACEBACK", None)
-  return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=120)
-
-
-@pytest.mark.parametrize("module, args, named", [
+BAD_SETTINGS = [  # (module, arguments after --workdir DIR, the error named)
     ("tune", ["--set", "population=abc"], "--set population=abc: expected a value of type int"),
     ("tune", ["--set", "nope=1"], "--set nope: unknown field"),
     ("tune", ["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
     ("early_stopping", ["--set", "label_noise=1.5"],
      "--set label_noise must be a number in [0, 1), got 1.5"),
     ("mlp_sgd", ["--set", "dataset=mnist"], "pass --set data_dir=DIR"),
-])
-def test_bad_settings_exit_2_with_one_error_line(tmp_path, module, args, named):
-  workdir = tmp_path / "run"
-  out = _run(module, "--workdir", str(workdir), *args)
-  assert out.returncode == 2, out.stderr
-  assert "Traceback" not in out.stderr
-  errors = [line for line in out.stderr.splitlines() if "error:" in line]
-  assert len(errors) == 1 and named in errors[0], out.stderr
-  assert out.stderr.splitlines()[0].startswith("usage:")
+]
+TUNE_SETTINGS = [  # (setting of the tiny tune preset, the error named)
+    ("population=0", "--set population must be an integer >= 1, got 0"),
+    ("rounds=0", "--set rounds must be an integer >= 1, got 0"),
+    ("lr_range=0.1", "--set lr_range must be a pair LOW,HIGH with 0 < LOW < HIGH"),
+    ("lr_range=0.5,0.1", "--set lr_range must be a pair LOW,HIGH"),
+    ("momentum_max=1.0", r"--set momentum_max must lie in [0, 1), got 1.0"),
+    ("batch_sizes=5000", "--set batch_sizes: 5000 is larger than the"),
+]
+SHARED_SETTINGS = [  # (module, setting of its tiny preset, the error named)
+    ("compress", "ranks=0", "--set ranks must be one or more integers >= 1, comma-separated, "
+                            "got 0"),
+    ("mlp_sgd", "dataset=nope", "--set dataset must be one of digits, mnist, fashion_mnist, "
+                                "cifar10, got 'nope'"),
+    ("cnn_momentum", "data_dir=/tmp", "--set data_dir=/tmp: the digits are bundled and read "
+                                      "no files"),
+]
+
+
+def _env():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+  env.pop("BIGTUNE_TRACEBACK", None)
+  return env
+
+
+def _run(module, *args):
+  return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=ROOT,
+                        env=_env(), capture_output=True, text=True, timeout=120)
+
+
+def _command_lines():
+  """Every command line of the exit-2 tests: (module, arguments after --workdir DIR)."""
+  return ([(module, args) for module, args, _ in BAD_SETTINGS]
+          + [("tune", ["--preset", "tiny", "--set", s]) for s, _ in TUNE_SETTINGS]
+          + [(module, ["--preset", "tiny", "--set", s]) for module, s, _ in SHARED_SETTINGS])
+
+
+@pytest.fixture(scope="module")
+def command_lines(tmp_path_factory):
+  """Runs every command line of :func:`_command_lines`, each on a workdir of its own, in one
+  process; returns ``{(module, *args): (exit status, stderr, workdir)}``."""
+  base = tmp_path_factory.mktemp("cli")
+  cases, keys = [], []
+  for i, (module, args) in enumerate(_command_lines()):
+    workdir = base / str(i) / "run"
+    workdir.parent.mkdir()
+    cases.append([module, ["--workdir", str(workdir), *args]])
+    keys.append(((module, *args), workdir))
+  (base / "cases.json").write_text(json.dumps(cases))
+  subprocess.run([sys.executable, "-m", "tests.cli_worker", str(base / "cases.json"),
+                  str(base / "out.json")], cwd=ROOT, env=_env(), check=True, timeout=300)
+  results = json.loads((base / "out.json").read_text())
+  return {key: (r["returncode"], r["stderr"], workdir)
+          for (key, workdir), r in zip(keys, results, strict=True)}
+
+
+@pytest.mark.parametrize("module, args, named", BAD_SETTINGS)
+def test_bad_settings_exit_2_with_one_error_line(command_lines, module, args, named):
+  returncode, stderr, workdir = command_lines[(module, *args)]
+  assert returncode == 2, stderr
+  assert "Traceback" not in stderr
+  errors = [line for line in stderr.splitlines() if "error:" in line]
+  assert len(errors) == 1 and named in errors[0], stderr
+  assert stderr.splitlines()[0].startswith("usage:")
   assert not workdir.exists() or not any(workdir.iterdir())  # nothing written
 
 
@@ -46,19 +99,11 @@ def test_a_workdir_that_is_a_file_is_named_in_those_words(tmp_path):
   assert f"--workdir {tmp_path / 'file'} is a file, not a directory" in out.stderr
 
 
-@pytest.mark.parametrize("setting, named", [
-    ("population=0", "--set population must be an integer >= 1, got 0"),
-    ("rounds=0", "--set rounds must be an integer >= 1, got 0"),
-    ("lr_range=0.1", "--set lr_range must be a pair LOW,HIGH with 0 < LOW < HIGH"),
-    ("lr_range=0.5,0.1", "--set lr_range must be a pair LOW,HIGH"),
-    ("momentum_max=1.0", r"--set momentum_max must lie in [0, 1), got 1.0"),
-    ("batch_sizes=5000", "--set batch_sizes: 5000 is larger than the"),
-])
-def test_tune_checks_every_setting_before_writing(tmp_path, setting, named):
-  workdir = tmp_path / "run"
-  out = _run("tune", "--workdir", str(workdir), "--preset", "tiny", "--set", setting)
-  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-  assert named in out.stderr
+@pytest.mark.parametrize("setting, named", TUNE_SETTINGS)
+def test_tune_checks_every_setting_before_writing(command_lines, setting, named):
+  returncode, stderr, workdir = command_lines[("tune", "--preset", "tiny", "--set", setting)]
+  assert returncode == 2 and "Traceback" not in stderr, stderr
+  assert named in stderr
   assert not workdir.exists()
 
 
@@ -75,20 +120,12 @@ def test_population_members_out_of_range_are_refused_on_the_host():
                           splits["train"], splits["validation"], steps=2, batch_size=8)
 
 
-@pytest.mark.parametrize("module, setting, named", [
-    ("compress", "ranks=0", "--set ranks must be one or more integers >= 1, comma-separated, "
-                            "got 0"),
-    ("mlp_sgd", "dataset=nope", "--set dataset must be one of digits, mnist, fashion_mnist, "
-                                "cifar10, got 'nope'"),
-    ("cnn_momentum", "data_dir=/tmp", "--set data_dir=/tmp: the digits are bundled and read "
-                                      "no files"),
-])
-def test_shared_settings_and_data_choices_exit_2(tmp_path, module, setting, named):
-  workdir = tmp_path / "run"
-  out = _run(module, "--workdir", str(workdir), "--preset", "tiny", "--set", setting)
-  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-  errors = [line for line in out.stderr.splitlines() if "error:" in line]
-  assert len(errors) == 1 and named in errors[0], out.stderr
+@pytest.mark.parametrize("module, setting, named", SHARED_SETTINGS)
+def test_shared_settings_and_data_choices_exit_2(command_lines, module, setting, named):
+  returncode, stderr, workdir = command_lines[(module, "--preset", "tiny", "--set", setting)]
+  assert returncode == 2 and "Traceback" not in stderr, stderr
+  errors = [line for line in stderr.splitlines() if "error:" in line]
+  assert len(errors) == 1 and named in errors[0], stderr
   assert not workdir.exists()
 
 

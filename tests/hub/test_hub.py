@@ -7,10 +7,7 @@ checkpoints are refused by name before any tensor is read.
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -23,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 from bigtune_jax import hub  # noqa: E402
 from bigtune_jax import models  # noqa: E402
+from tests import multiprocess  # noqa: E402
 
 SMALL = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4)
@@ -281,10 +279,7 @@ def test_loads_onto_8_devices_fsdp_times_tensor(checkpoints, tmp_path):
   idx = np.random.default_rng(2).integers(0, 300, (4, 8))
   expected = _ours(model, params, idx)
   np.save(tmp_path / "idx.npy", idx)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
-  subprocess.run([sys.executable, "-m", "tests.hub_worker", str(path), str(tmp_path)],
-                 check=True, env=env, cwd=Path(__file__).parents[2], timeout=300)
+  multiprocess.finish(multiprocess.start("tests.hub_worker", path, tmp_path, devices=8))
   np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, atol=1e-5)
   specs = json.loads((tmp_path / "specs.json").read_text())
   assert specs["devices"] == 8

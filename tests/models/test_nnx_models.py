@@ -3,10 +3,6 @@ table for hub.load_hf / save_hf, equal logits to the linen model and to transfor
 the same training trajectory through the engine."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 from flax import nnx
 import flax.linen as nn
@@ -22,9 +18,9 @@ transformers = pytest.importorskip("transformers")
 from bigtune_jax import data, hub, models, train  # noqa: E402
 from bigtune_jax.models import nnx as nnx_models  # noqa: E402
 from bigtune_jax.models.nnx import params as nnx_params  # noqa: E402
+from tests import multiprocess  # noqa: E402
 from tests.hub import test_hub  # noqa: E402  (its tiny random transformers checkpoints)
 
-ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("gpt2", "llama_gqa_llama3", "qwen2", "mistral")
 
 
@@ -125,10 +121,7 @@ def test_an_nnx_llama_loads_and_trains_on_an_fsdp_by_tensor_mesh_as_the_linen_on
   hf_model, path = checkpoints["llama_gqa_llama3"]
   tokens = np.random.default_rng().integers(0, 300, (16, 9)).astype(np.int32)
   np.save(tmp_path / "tokens.npy", tokens)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-  subprocess.run([sys.executable, "-m", "tests.nnx_mesh_worker", str(path), str(tmp_path)],
-                 check=True, env=env, cwd=ROOT, timeout=300)
+  multiprocess.finish(multiprocess.start("tests.nnx_mesh_worker", path, tmp_path, devices=8))
   report = json.loads((tmp_path / "report.json").read_text())
   assert report["devices"] == 8
   np.testing.assert_allclose(np.load(tmp_path / "logits.npy"),
