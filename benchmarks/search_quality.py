@@ -34,18 +34,20 @@ import numpy as np
 from benchmarks import common
 
 # bt asks one leader per population (leaders=1): every population then holds `size` members
-# of one structure, so each structure compiles one program (a compile costs ~20 times a
+# of one structure, so each structure compiles one program; refill: a program runs
+# refill * size trials, its freed slots taking new proposals (a task without structure: one
+# program for the whole budget) (a compile costs ~20 times a
 # trial's training in the small GPT on a CPU; RESULTS.md)
 PRESETS = {  # per task: steps per trial, evaluation cadence, sizes; budgets in seconds
-    "quick": dict(seeds=1, budget=12, leaders=1, size=3, gpt=dict(
+    "quick": dict(seeds=1, budget=12, leaders=1, size=3, refill=3, gpt=dict(
         steps=20, eval_every=10, batch_size=8, block_size=32, head_size=16, n_layers=[1],
         widths=[16, 32], eval_windows=64), lora=dict(steps=20, eval_every=10,
         base_preset="tiny", eval_windows=64)),
-    "small": dict(seeds=3, budget=60, leaders=1, size=4, gpt=dict(
+    "small": dict(seeds=3, budget=60, leaders=1, size=4, refill=3, gpt=dict(
         steps=60, eval_every=20, batch_size=16, block_size=64, head_size=16, n_layers=[1, 2],
         widths=[32, 64], eval_windows=128), lora=dict(steps=60, eval_every=20,
         base_preset="tiny", eval_windows=128)),
-    "full": dict(seeds=5, budget=300, leaders=1, size=6, gpt=dict(
+    "full": dict(seeds=5, budget=300, leaders=1, size=6, refill=3, gpt=dict(
         steps=150, eval_every=30, batch_size=16, block_size=64, head_size=16,
         n_layers=[1, 2, 3], widths=[32, 64, 96], eval_windows=256), lora=dict(
         steps=100, eval_every=20, base_preset="small", eval_windows=256)),
@@ -63,7 +65,8 @@ def run_one(task_name: str, method: str, seed: int, preset: dict, workdir: str) 
   task = tasks.build(task_name, preset[task_name], workdir)
   budget, clock = preset["budget"], preset.get("clock", "wall")
   if method == "bt":
-    result = methods.run_bt(task, budget, seed, preset["leaders"], preset["size"], clock)
+    result = methods.run_bt(task, budget, seed, preset["leaders"], preset["size"], clock,
+                            preset.get("refill"))
   elif method == "ray":
     result = methods.run_ray(task, budget, seed, workdir)
   else:

@@ -68,16 +68,21 @@ class Record:
 
 
 def run_bt(task: tasks.Task, budget_s: float, seed: int, leaders: int, size: int,
-           clock: str = "wall") -> dict:
+           clock: str = "wall", refill: int | None = None) -> dict:
   """``bt.tune.search_populations`` for ``budget_s`` seconds of ``clock``: populations of
   ``size`` trials of one structure, ``leaders`` a round (a task without structure: one
-  population of ``leaders * size`` a round)."""
+  population of ``leaders * size`` a round); ``refill``: each program runs ``refill *
+  size`` trials, freed slots taking new proposals (a task without structure: one program
+  refilled for the whole budget)."""
   searcher = tune.OptunaSearch(tasks.bt_space(task), seed=seed, pruner="median", mode="min")
   if not task.structure:
     leaders, size = 1, leaders * size
+  program_trials = None
+  if refill:
+    program_trials = refill * size if task.structure else 10**6
   result = tune.search_populations(searcher, task.population_task, size=size,
                                    seconds=budget_s, leaders=leaders, seed=seed,
-                                   clock=CLOCKS[clock])
+                                   clock=CLOCKS[clock], program_trials=program_trials)
   curve, best = result.curve(), result.best_trial
   states = [row["state"] for row in result.trials]
   test = None if best is None else task.test_metric(task.trained(best["params"],

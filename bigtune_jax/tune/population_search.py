@@ -26,9 +26,13 @@ The algorithm, one round after another until the budget (trials or seconds) is s
 The budget is ``trials`` (finished trials of the whole study, every worker's and every
 earlier run's counted: :func:`budget`, with the workers' ``role``) or ``seconds`` (this
 call's clock, compiles included; a population running when it runs out is stopped at its
-next evaluation, and its unfinished members are told pruned). The population step is one
-function (``_train_chunk``), the one place to change to refill freed slots with new
-proposals.
+next evaluation, and its unfinished members are told pruned).
+
+With ``program_trials`` above ``size``, a population refills (``_train_refilled``): each
+member is told as soon as it is pruned or done, and its slot takes the searcher's next
+proposal of the same structure at once, at its own step 0 (``run_population``'s
+``refill``), so one compiled program runs successive halving over many trials, each
+proposal informed by every trial told before it, and never idles nor changes size.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -85,10 +89,10 @@ class PopulationTask:
   report_scale: int = 1
   eval_batch_size: int | None = None
 
-  def train(self, hparams, *, seed: int, on_eval, compact: bool):
+  def train(self, hparams, *, seed: int, on_eval, compact: bool, refill=None):
     """``train_adapter_population`` (a LoRA) or ``train_population`` of ``hparams``."""
     kwargs = dict(steps=self.steps, batch_size=self.batch_size, eval_every=self.eval_every,
-                  seed=seed, on_eval=on_eval, compact=compact)
+                  seed=seed, on_eval=on_eval, compact=compact, refill=refill)
     if self.eval_batch_size is not None:
       kwargs["eval_batch_size"] = self.eval_batch_size
     if isinstance(self.model, LoRA):
@@ -203,12 +207,27 @@ class _Run:
   start: float
   on_population: Callable[[list[dict]], None] | None
   result: SearchResult
+  trials: int | None = None  # the trials budget (None: seconds)
+  program_trials: int = 1  # trials one program runs (more than its size: refill)
 
   def elapsed(self) -> float:
     return self.clock() - self.start
 
   def over(self) -> bool:
     return self.clock() >= self.deadline
+
+  def left(self) -> int:
+    """Trials that may still be asked now: the study's budget less its finished, running
+    and waiting trials (every worker's); with a seconds budget, any until it runs out."""
+    if self.trials is None:
+      return 0 if self.over() else self.program_trials
+    searcher = self.searcher
+    if isinstance(searcher, OptunaSearch):
+      counts = searcher.progress()
+      used = sum(counts[k] for k in ("complete", "pruned", "running", "waiting"))
+    else:
+      used = len(searcher.results) + searcher.running
+    return max(self.trials - used, 0)
 
 
 def _hparams(task: PopulationTask, run: _Run, members: Sequence[Trial]) -> dict[str, list]:
@@ -243,11 +262,61 @@ def _train_chunk(run: _Run, task: PopulationTask, chunk: Sequence[Trial], size: 
   _keep_best(run, rows, outcome)
 
 
+def _train_refilled(run: _Run, task: PopulationTask, structure, first: Sequence[Trial],
+                    size: int) -> None:
+  """One program of ``size`` slots for one structure, successive halving inside it (ASHA,
+  Li et al., MLSys 2020): ``first`` start it (padded with repeats, stopped at their first
+  evaluation); each member is reported at its own step and told as soon as it is pruned or
+  has trained ``task.steps`` (so the next proposal knows it); each freed slot takes a new
+  proposal of the same structure (``Searcher.ask_like``) until the program has run
+  ``run.program_trials`` trials or the budget is spent."""
+  members: list[Trial | None] = list(first) + [None] * (size - len(first))
+  names, rows, pruned, told = list(_hparams(task, run, first)), [], set(), set()
+
+  def on_eval(step, metrics):
+    del step
+    values, own, over = metrics[run.metric], metrics["member_step"], run.over()
+    stop = np.array([t is None for t in members], bool)
+    for i, trial in enumerate(members):
+      if trial is None or i in told or not math.isfinite(float(values[i])):
+        continue
+      if run.searcher.report(trial, int(own[i]) * task.report_scale, float(values[i])):
+        pruned.add(i)
+      if i in pruned or own[i] >= task.steps:
+        final = {k: float(v[i]) for k, v in metrics.items() if k.startswith("val_")}
+        rows.append(_tell_final(run, trial, final, i, i in pruned, False, run.elapsed()))
+        told.add(i)
+      stop[i] |= i in pruned or over
+    return stop
+
+  def refill(step, free):
+    del step
+    started = sum(t is not None for t in members)
+    count = min(free, run.program_trials - started, run.left())
+    new = run.searcher.ask_like(structure, count) if count > 0 and not run.over() else []
+    members.extend(new)
+    return {k: [t.params[k] for t in new] for k in names} if new else None
+
+  first_hp = _hparams(task, run, [first[i % len(first)] for i in range(size)])
+  outcome = task.train(first_hp, seed=run.seed, on_eval=on_eval, compact=False,
+                       refill=refill)
+  run.result.member_steps += int(outcome.member_steps)
+  rows += [_tell(run, t, outcome, i, i in pruned, run.elapsed())
+           for i, t in enumerate(members) if t is not None and i not in told]
+  _keep_best(run, rows, outcome)
+
+
 def _tell(run: _Run, trial: Trial, outcome, i: int, pruned: bool, seconds: float) -> dict:
   """Tells the searcher trial ``i`` of ``outcome``; its record."""
   final = {k: float(v[i]) for k, v in outcome.final.items()}
+  return _tell_final(run, trial, final, i, pruned, bool(outcome.stopped[i]), seconds)
+
+
+def _tell_final(run: _Run, trial: Trial, final: Mapping[str, float], i: int, pruned: bool,
+                stopped: bool, seconds: float) -> dict:
+  """Tells the searcher ``trial`` with its last evaluation ``final``; its record."""
   value = final[run.metric]
-  if pruned or outcome.stopped[i]:
+  if pruned or stopped:
     state = "pruned" if pruned else "cut"
   else:
     state = "complete" if math.isfinite(value) else "failed"
@@ -268,8 +337,9 @@ def _keep_best(run: _Run, rows: list[dict], outcome) -> None:
     if row["state"] == "complete" and (best is None or
                                        sign * row["value"] > sign * best["value"]):
       run.result.best_member = outcome.member(i)
-      run.result.best_trial = dict(row, curve=[(r["step"], float(r[run.metric][i]))
-                                               for r in outcome.history])
+      run.result.best_trial = dict(row, curve=[
+          (int(r.get("member_step", np.full(i + 1, r["step"]))[i]), float(r[run.metric][i]))
+          for r in outcome.history if math.isfinite(float(r[run.metric][i]))])
   run.result.trials += rows
   if run.on_population is not None:
     run.on_population(rows)
@@ -300,7 +370,10 @@ def _train_group(run: _Run, make_task, structure, group: Sequence[Trial], size: 
       if not isinstance(task, PopulationTask):
         raise ValueError(f"make_task({structure!r}) must return a "
                          f"bigtune_jax.tune.PopulationTask, got {task!r}")
-    _train_chunk(run, task, chunk, size)
+    if run.program_trials > size and run.searcher.pins:
+      _train_refilled(run, task, structure, chunk, size)
+    else:
+      _train_chunk(run, task, chunk, size)
 
 
 def search_populations(searcher: Searcher,
@@ -309,8 +382,8 @@ def search_populations(searcher: Searcher,
                        leaders: int = 1, by: Sequence[str] | None = None,
                        metric: str = "val_loss", seed: int = 0, compact: bool = True,
                        role: str = "all", clock: Callable[[], float] = time.perf_counter,
-                       on_population: Callable[[list[dict]], None] | None = None
-                       ) -> SearchResult:
+                       on_population: Callable[[list[dict]], None] | None = None,
+                       program_trials: int | None = None) -> SearchResult:
   """Searches ``searcher``'s space with populations of ``size`` trials trained at once
   (the module docstring's algorithm) until the budget, ``trials`` or ``seconds``.
 
@@ -334,6 +407,12 @@ def search_populations(searcher: Searcher,
       ``"worker"`` returns once the rest is in their hands (:func:`budget`).
     clock: the seconds budget's clock (``time.process_time`` counts CPU seconds).
     on_population: called with each population's trial records once they are told.
+    program_trials: the trials one program runs (None: ``size``). Above ``size``, a
+      program refills: a member pruned or done leaves its slot at once and a new proposal
+      of the program's structure takes it at its own step 0 (``run_population``'s
+      ``refill``), told trials informing each proposal, so the program never idles nor
+      changes size (successive halving inside one program; ``compact`` does not apply).
+      A searcher that cannot pin a structure (a grid) does not refill.
 
   Returns:
     A :class:`SearchResult` (the searcher, this call's trial records with their times,
@@ -345,10 +424,12 @@ def search_populations(searcher: Searcher,
   """
   _check_budget(trials, seconds)
   _check_arguments(searcher, make_task, size, leaders, by, role, metric, seed, compact)
+  if program_trials is not None:
+    validation.check_int("program_trials", program_trials, size, " (at least size)")
   start = clock()
   run = _Run(searcher, metric, seed, compact, clock,
              math.inf if seconds is None else start + seconds, start, on_population,
-             SearchResult(searcher))
+             SearchResult(searcher), trials, program_trials or size)
   for count in _rounds(run, trials, role, leaders, size):
     groups = searcher.ask_populations(count, size, by=by)
     if not groups:

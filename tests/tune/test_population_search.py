@@ -228,3 +228,50 @@ def test_an_exhausted_grid_ends_the_search(splits):
   result = tune.search_populations(grid, mlp_task(splits, []), size=3, trials=10)
   assert sorted(r["params"]["learning_rate"] for r in result.trials) == pytest.approx(
       [0.01, 0.055, 0.1])
+
+
+def test_refilled_programs_tell_each_trial_when_it_ends_and_keep_one_structure(splits):
+  """program_trials above size: one program per structure runs that many trials, each
+  told as soon as it is pruned or done (the next proposal sees it: it is asked after),
+  pruned slots taken by new proposals of the same structure; every trial's value is its
+  configuration trained alone; the budget in trials holds exactly."""
+  told_before_ask = []
+
+  class Watch(PruneFastRates):
+    def ask(self, n=1):
+      told_before_ask.append(len(self.results))
+      return super().ask(n)
+
+  searcher = Watch(SPACE, seed=int(np.random.default_rng().integers(1 << 30)), mode="min")
+  built = []
+  result = tune.search_populations(searcher, mlp_task(splits, built), size=2, trials=7,
+                                   program_trials=5, seed=0)
+  assert len(result.trials) == len(searcher.results) == 7 and searcher.running == 0
+  assert len(built) == 2  # 5 trials in the first program, the 2 left in a second one
+  first = sorted(result.trials, key=lambda r: r["number"])[:5]
+  assert len({r["params"]["hidden"] for r in first}) == 1  # one structure per program
+  assert max(told_before_ask[2:5]) >= 1  # refills were asked after trials were told
+  for row in result.trials:
+    pruned = row["params"]["learning_rate"] > 0.03
+    assert row["state"] == ("pruned" if pruned else "complete")
+    model = models.MLP(hidden=(row["params"]["hidden"],), num_classes=1)
+    alone = tune.train_population(
+        model, train.regression_loss(model), make_optimizer,
+        {"learning_rate": [row["params"]["learning_rate"]]}, splits["train"],
+        splits["validation"], steps=EVAL_EVERY if pruned else STEPS,
+        batch_size=BATCH, eval_every=EVAL_EVERY, seed=0)
+    np.testing.assert_allclose(row["val_loss"], alone.final["val_loss"][0], rtol=1e-5)
+  # a program's compute: its slots (2) times the intervals it ran; never more than the
+  # trials' own steps plus the slots a drained program leaves idle
+  assert result.member_steps <= 7 * STEPS + 2 * 2 * STEPS
+  complete = [r for r in result.trials if r["state"] == "complete"]
+  if complete:
+    assert result.best_trial["curve"][-1][0] == STEPS
+
+
+def test_program_trials_below_size_is_refused_before_any_work(splits):
+  searcher = tune.RandomSearch(SPACE, seed=0, mode="min")
+  with pytest.raises(ValueError, match="program_trials"):
+    tune.search_populations(searcher, mlp_task(splits, []), size=3, trials=4,
+                            program_trials=2)
+  assert searcher.running == 0 and not searcher.results

@@ -111,6 +111,33 @@ class Searcher:
       return self.space.partition(params)[1]
     return {k: params[k] for k in by if k in params}
 
+  def ask_like(self, structure: dict[str, Any], n: int = 1) -> list[Trial]:
+    """Up to ``n`` new trials that keep ``structure``'s values (``structure_of`` a trial:
+    the axes that select a program), the others proposed as usual (TPE: given every trial
+    told so far); [] where the searcher cannot pin them (a grid's points are fixed) or
+    has nothing left."""
+    validation.check_int("n", n, 1)
+    if not self.pins:
+      return []
+    trials = []
+    for _ in range(n):
+      self._pin(dict(structure))
+      new = self.ask(1)
+      if not new:
+        break
+      trials += new
+    return trials
+
+  @property
+  def running(self) -> int:
+    """Trials asked and not yet told."""
+    return len(self._pending)
+
+  @property
+  def pins(self) -> bool:
+    """Whether ``ask`` can keep pinned values (``_pin`` does something)."""
+    return type(self)._pin is not Searcher._pin
+
   def ask_populations(self, leaders: int, size: int,
                       by: Sequence[str] | None = None) -> list[list[Trial]]:
     """``leaders`` proposals, each followed by ``size - 1`` more that keep its values of the
