@@ -56,11 +56,15 @@ def test_tiny_preset_writes_the_report_and_resumes(tmp_path, monkeypatch):
 
 
 def test_small_preset_clears_the_bar(tmp_path):
-  """The README's main command: test accuracy >= 0.97 (the README reports its time; a test
-  on a shared machine does not judge it)."""
-  summary = tune.main(["--workdir", str(tmp_path)])
+  """The README's main command on half its search (2 rounds, 32 trials; the search is most
+  of its time): the median test accuracy of the winner's 3 retrains >= 0.97. Measured with
+  ``--set rounds=2``, seeds 0, 1, 2: 0.9916, 0.9749, 0.9749 (the 64 trials of the README:
+  0.9889, 0.9721 at the lowest); at seed 0, the one tested, 0.9916, 7.8 test examples of
+  360 over the bar (retrains 0.9889-0.9916). The README reports its time; a test on a
+  shared machine does not judge it."""
+  summary = tune.main(["--workdir", str(tmp_path), "--set", "rounds=2"])
   assert summary["test_accuracy"] >= 0.97
-  assert summary["trials"] == 64
+  assert summary["trials"] == 32 and summary["final_seeds"] == 3
 
 
 def test_the_reported_accuracy_survives_a_last_bit_change_of_the_initial_weights(tmp_path):
