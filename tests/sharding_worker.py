@@ -13,6 +13,7 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 import bigtune_jax as bt
 from bigtune_jax import data
@@ -76,6 +77,17 @@ def max_relative_difference(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def save_whole_shards() -> None:
+  """From here on, Orbax writes each shard whole from its first replica.
+
+  By default it splits a replicated shard into one slice per replica, each a program compiled
+  for its shape: ~80 compiles (~8 s of this worker) for the lm runs' checkpoints, which no test
+  reads. The checkpoints the tests restore are written before this, the default way.
+  """
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 def main(out_dir: str) -> None:
   start = time.time()
   result = {"device_count": jax.device_count()}
@@ -129,6 +141,7 @@ def main(out_dir: str) -> None:
   # experiments.lm picks its layout by --set: FSDP 2 x tensor 2 x data 2 vs data 8. One
   # evaluation (one checkpoint) and a 2-byte sample: the layouts' losses are what is compared.
   from experiments import lm  # pylint: disable=g-import-not-at-top
+  save_whole_shards()
   cheap = ["--set", "eval_every=20", "--set", "sample_bytes=2"]
   result["lm"] = {key: lm.main(["--workdir", os.path.join(out_dir, f"lm_{key}"), "--preset",
                                 "tiny", *cheap, *flags])

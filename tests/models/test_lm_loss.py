@@ -51,7 +51,7 @@ def test_fused_loss_equals_the_logits_formula(make):
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref["inner"])):
     np.testing.assert_allclose(a, b, atol=1e-6)
   # And the logits path is what optax computes from the logits, by hand:
-  logits = model.apply({"params": params}, batch["inputs"])
+  logits = jax.jit(model.apply)({"params": params}, batch["inputs"])
   per_token = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
   np.testing.assert_allclose(loss, per_token[np.asarray(batch["mask"])].mean(), rtol=1e-6)
 

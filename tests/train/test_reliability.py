@@ -14,8 +14,9 @@ import pytest
 from experiments import mlp_sgd
 
 ROOT = Path(__file__).resolve().parents[2]
-# Enough steps that the run is still going when the first checkpoint lands.
-ARGS = ["--preset", "tiny", "--set", "steps=1500", "--set", "eval_every=25"]
+# Enough steps that the run is still going when the first checkpoint lands (1,350 steps,
+# seconds, after it), and few evaluations: each writes a checkpoint, which costs ~25 steps.
+ARGS = ["--preset", "tiny", "--set", "steps=1500", "--set", "eval_every=150"]
 
 
 def command(workdir):
