@@ -186,6 +186,9 @@ def create_train_state(model: nn.Module, params, tx: optax.GradientTransformatio
       skipped_steps=jnp.zeros([], jnp.int32),
       # not NaN: a multi-host device_put checks that every process holds the same value
       metric=jnp.zeros([], jnp.float32), metric_count=jnp.zeros([], jnp.int32))
+  # a strongly typed int32 step, as a restored checkpoint's is: a weakly typed 0 made a
+  # resumed fit trace and compile its train step again
+  state = state.replace(step=jnp.zeros([], jnp.int32))
   if make_optimizer is None:
     return state
   return state.replace(tx=traced_optimizer(make_optimizer, tuple(hparams)))
