@@ -338,7 +338,7 @@ def _keep_best(run: _Run, rows: list[dict], outcome) -> None:
                                        sign * row["value"] > sign * best["value"]):
       run.result.best_member = outcome.member(i)
       run.result.best_trial = dict(row, curve=[
-          (int(r.get("member_step", np.full(i + 1, r["step"]))[i]), float(r[run.metric][i]))
+          (int(r["member_step"][i]), float(r[run.metric][i]))
           for r in outcome.history if math.isfinite(float(r[run.metric][i]))])
   run.result.trials += rows
   if run.on_population is not None:
